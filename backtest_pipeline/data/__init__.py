@@ -1,0 +1,1 @@
+"""Input data: schemas, validating readers, importers and the sample-data generator."""

@@ -1,0 +1,1 @@
+"""Signal-driven execution backtests on NautilusTrader."""

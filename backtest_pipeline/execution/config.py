@@ -1,0 +1,150 @@
+"""The typed run configuration: everything that decides a backtest's result, and nothing else.
+
+It is pydantic so that the CLI (YAML), Dagster (`Config` builds on pydantic) and the summary
+(`config` echoed back, enough to re-run) all share one validated model, and so that the run_id
+can be derived from its canonical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backtest_pipeline import layout
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencyConfig(_Strict):
+    """Milliseconds; the base is added to insert/update/cancel as in Nautilus's `LatencyModel`."""
+
+    base_ms: float = Field(20.0, ge=0)
+    insert_ms: float = Field(0.0, ge=0)
+    update_ms: float = Field(0.0, ge=0)
+    cancel_ms: float = Field(0.0, ge=0)
+
+
+class FeeOverride(_Strict):
+    maker_fee: float | None = Field(None, gt=-0.01, lt=0.01)
+    taker_fee: float | None = Field(None, gt=-0.01, lt=0.01)
+
+
+class VenueConfig(_Strict):
+    """One exchange of the run. The venue name is the instrument key's first part."""
+
+    starting_balance: float = Field(100_000.0, gt=0)
+    latency: LatencyConfig = LatencyConfig()
+    fees: FeeOverride = FeeOverride()
+
+
+class RiskLimits(_Strict):
+    """Pre-trade limits; `None` disables a limit. Notional is in the account currency."""
+
+    max_order_quantity: float | None = Field(None, gt=0)
+    max_order_notional: float | None = Field(None, gt=0)
+    max_position_notional: float | None = Field(None, gt=0)
+    max_gross_leverage: float | None = Field(None, gt=0)
+    limit_price_band_pct: float | None = Field(5.0, gt=0)
+
+
+class FillModelConfig(_Strict):
+    """Nautilus `FillModel` probabilities and liquidity tracking (see spec execution.md)."""
+
+    prob_fill_on_limit: float = Field(1.0, ge=0, le=1)
+    prob_slippage: float = Field(0.0, ge=0, le=1)
+    liquidity_consumption: bool = True
+    random_seed: int = 42
+
+
+class BacktestConfig(_Strict):
+    """A backtest configuration as stored in `configs/*.yaml`."""
+
+    name: str = "backtest"
+    strategy_id: str
+    instruments: list[str] = Field(min_length=1)
+    venues: dict[str, VenueConfig] = Field(default_factory=dict)
+    primary_venue: str | None = None
+    account_currency: str = "USDT"
+    risk: RiskLimits = RiskLimits()
+    fill_model: FillModelConfig = FillModelConfig()
+    equity_interval_s: float = Field(60.0, gt=0)
+    metrics_interval_s: float = Field(3600.0, gt=0)
+    lookback_s: float = Field(5.0, ge=0)
+    grace_s: float = Field(5.0, ge=0)
+    full_day: bool = False
+    use_bars_for_marks: bool = True
+
+    @field_validator("strategy_id")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return layout.validate_strategy_id(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return layout.validate_component(v, "config name")
+
+    @field_validator("instruments")
+    @classmethod
+    def _instruments(cls, v: list[str]) -> list[str]:
+        for key in v:
+            layout.validate_instrument_key(key)
+        if len(set(v)) != len(v):
+            raise ValueError(f"instruments contain duplicates: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _venues(self) -> BacktestConfig:
+        needed = {k.split(":")[0] for k in self.instruments}
+        unknown = set(self.venues) - needed
+        if unknown:
+            raise ValueError(
+                f"venues {sorted(unknown)} have no instrument in the run; instruments use {sorted(needed)}"
+            )
+        if self.primary_venue is not None and self.primary_venue not in needed:
+            raise ValueError(f"primary_venue {self.primary_venue!r} is not a venue of the run")
+        return self
+
+    def venue(self, name: str) -> VenueConfig:
+        """Venues not listed in the file run with the defaults (20 ms latency, file fees)."""
+        return self.venues.get(name, VenueConfig())
+
+    @property
+    def venue_names(self) -> list[str]:
+        return sorted({k.split(":")[0] for k in self.instruments})
+
+    def canonical_json(self) -> str:
+        """Sorted, default-complete JSON: the same configuration always hashes the same."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def run_id(self, start: date | str, end: date | str) -> str:
+        """`BT-YYYYMMDD-YYYYMMDD-<hash>`: a re-run of the same work overwrites instead of piling up."""
+        s, e = layout.parse_day(start), layout.parse_day(end)
+        digest = hashlib.sha256(
+            f"{self.canonical_json()}|{s.isoformat()}|{e.isoformat()}".encode()
+        ).hexdigest()[:8]
+        return f"BT-{s:%Y%m%d}-{e:%Y%m%d}-{digest}"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BacktestConfig:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"config file {p} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {p} must hold a mapping, got {type(raw).__name__}")
+        return cls.model_validate(raw)
+
+
+RunStatus = Literal["COMPLETED", "FAILED"]

@@ -1,0 +1,1 @@
+"""Storage backends behind the UCS interface: a local directory and Google Cloud Storage."""

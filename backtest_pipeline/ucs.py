@@ -1,0 +1,373 @@
+"""UCS — Unified Cloud Services: the one storage interface of the product (spec/storage.md).
+
+Everything that touches storage goes through :class:`UnifiedCloudService`: readers, the backtest,
+the CLI and the Dagster IO manager. The root decides the backend (`gs://` → GCS or its emulator;
+a local directory otherwise), so the same code runs on a laptop and against a bucket.
+
+Methods are async (for callers that overlap I/O) with ``*_sync`` twins; the async versions run
+the blocking client in a worker thread, which is what google-cloud-storage needs anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from backtest_pipeline.layout import CloudTarget
+from backtest_pipeline.storage.base import (
+    Backend,
+    ObjectInfo,
+    ObjectNotFoundError,
+    RetryPolicy,
+    StorageError,
+)
+from backtest_pipeline.storage.gcs import GCSBackend
+from backtest_pipeline.storage.local import LocalBackend
+from backtest_pipeline.storage.parquet_ranges import (
+    Footer,
+    ParquetRangeError,
+    RangeReadResult,
+    read_footer,
+    read_ranges,
+)
+
+__all__ = [
+    "CloudTarget",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "ParquetRangeError",
+    "StorageError",
+    "StreamingResult",
+    "UnifiedCloudService",
+    "resolve_root",
+]
+
+DEFAULT_ROOT = "./data"
+Format = Literal["json", "parquet", "text", "bytes"]
+
+CONTENT_TYPES = {
+    "json": "application/json",
+    "parquet": "application/vnd.apache.parquet",
+    "text": "text/plain; charset=utf-8",
+    "bytes": "application/octet-stream",
+}
+
+
+@dataclass
+class StreamingResult(RangeReadResult):
+    """A byte-range read: the rows, and what it cost (bytes fetched vs object size)."""
+
+    generation: str = ""
+    uri: str = ""
+
+    def to_polars(self) -> pl.DataFrame:
+        return pl.from_arrow(self.table)  # type: ignore[return-value]
+
+
+def resolve_root(root: str | os.PathLike[str] | None = None) -> str:
+    """`--root` beats `BACKTEST_STORAGE_ROOT` beats `./data`."""
+    value = str(root) if root is not None else os.environ.get("BACKTEST_STORAGE_ROOT") or DEFAULT_ROOT
+    return value
+
+
+def _backend_for(root: str) -> Backend:
+    if root.startswith("gs://"):
+        rest = root[len("gs://") :].strip("/")
+        if rest:
+            raise StorageError(
+                f"storage root {root!r}: a gs:// root names no bucket (buckets come from the "
+                "*_GCS_BUCKET variables); use plain 'gs://'"
+            )
+        return GCSBackend()
+    if root.startswith("file://"):
+        path = root[len("file://") :]
+        if not path.startswith("/"):
+            raise StorageError(f"storage root {root!r}: file:// roots must be absolute (file:///abs/path)")
+        return LocalBackend(Path(path))
+    if "://" in root:
+        raise StorageError(f"storage root {root!r}: unsupported scheme (use gs://, file:///abs or a path)")
+    return LocalBackend(Path(root))
+
+
+def _to_parquet_bytes(data: Any, **write_options: Any) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, pl.DataFrame):
+        table = data.to_arrow()
+    elif isinstance(data, pa.Table):
+        table = data
+    elif isinstance(data, pa.RecordBatch):
+        table = pa.Table.from_batches([data])
+    else:
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover
+            pd = None  # type: ignore[assignment]
+        if pd is not None and isinstance(data, pd.DataFrame):
+            table = pa.Table.from_pandas(data, preserve_index=False)
+        else:
+            raise TypeError(f"cannot write {type(data).__name__} as parquet")
+    buf = io.BytesIO()
+    opts = {"compression": "zstd", "write_page_checksum": True, **write_options}
+    pq.write_table(table, buf, **opts)
+    return buf.getvalue()
+
+
+def _encode(data: Any, fmt: Format, write_options: dict[str, Any]) -> bytes:
+    if fmt == "parquet":
+        return _to_parquet_bytes(data, **write_options)
+    if fmt == "json":
+        if isinstance(data, bytes | str):
+            json.loads(data)  # refuse to store something that is not JSON under a .json name
+            return data.encode() if isinstance(data, str) else data
+        return (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode()
+    if fmt == "text":
+        return data.encode() if isinstance(data, str) else bytes(data)
+    if fmt == "bytes":
+        return bytes(data)
+    raise ValueError(f"unknown format {fmt!r}; expected json, parquet, text or bytes")
+
+
+class UnifiedCloudService:
+    """The storage interface. One instance per process is enough; it is thread-safe."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, retry: RetryPolicy | None = None) -> None:
+        self.root = resolve_root(root)
+        self.backend: Backend = _backend_for(self.root)
+        self.retry = retry or RetryPolicy()
+        self._footers: dict[tuple[str, str, str], Footer] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"UnifiedCloudService(root={self.root!r}, backend={self.backend.name})"
+
+    @property
+    def is_gcs(self) -> bool:
+        return self.backend.name == "gcs"
+
+    def uri(self, target: CloudTarget, gcs_path: str) -> str:
+        return self.backend.uri(target.gcs_bucket, gcs_path)
+
+    # ---- sync API ---------------------------------------------------------------------------
+
+    def stat_sync(self, target: CloudTarget, gcs_path: str) -> ObjectInfo:
+        b = target.gcs_bucket
+        return self.retry.call(lambda: self.backend.stat(b, gcs_path), self.uri(target, gcs_path))
+
+    def exists_sync(self, target: CloudTarget, gcs_path: str) -> bool:
+        b = target.gcs_bucket
+        return self.retry.call(lambda: self.backend.exists(b, gcs_path), self.uri(target, gcs_path))
+
+    def download_bytes_sync(self, target: CloudTarget, gcs_path: str) -> bytes:
+        b = target.gcs_bucket
+        return self.retry.call(lambda: self.backend.read(b, gcs_path), self.uri(target, gcs_path))
+
+    def download_from_gcs_sync(
+        self, target: CloudTarget, gcs_path: str, format: Format | None = None
+    ) -> Any:
+        """Whole object: Parquet → polars DataFrame, JSON → object, text → str, else bytes."""
+        fmt = format or _format_of(gcs_path)
+        data = self.download_bytes_sync(target, gcs_path)
+        where = self.uri(target, gcs_path)
+        if fmt == "parquet":
+            if not data:
+                raise ParquetRangeError(f"{where}: the object is empty (0 bytes), not a Parquet file")
+            try:
+                return pl.from_arrow(
+                    pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+                )
+            except Exception as exc:
+                raise ParquetRangeError(f"{where}: not a readable Parquet file: {exc}") from exc
+        if fmt == "json":
+            try:
+                return json.loads(data)
+            except ValueError as exc:
+                raise ValueError(f"{where}: not valid JSON: {exc}") from exc
+        if fmt == "text":
+            return data.decode()
+        return data
+
+    def _footer(self, target: CloudTarget, gcs_path: str, info: ObjectInfo, ts_col: str) -> tuple[Footer, bool]:
+        key = (target.gcs_bucket, gcs_path, info.generation)
+        with self._lock:
+            cached = self._footers.get(key)
+        if cached is not None:
+            return cached, False
+        footer = read_footer(info.size, self._fetcher(target, gcs_path, info), self.uri(target, gcs_path), ts_col)
+        with self._lock:
+            if len(self._footers) > 4096:
+                self._footers.clear()
+            self._footers[key] = footer
+        return footer, True
+
+    def _fetcher(self, target: CloudTarget, gcs_path: str, info: ObjectInfo):  # type: ignore[no-untyped-def]
+        b, where = target.gcs_bucket, self.uri(target, gcs_path)
+        backend = self.backend
+        if isinstance(backend, GCSBackend):
+            gen = info.generation
+
+            def fetch(start: int, end: int) -> bytes:
+                return self.retry.call(lambda: backend.read_range(b, gcs_path, start, end, gen), where)
+        else:
+
+            def fetch(start: int, end: int) -> bytes:
+                return self.retry.call(lambda: backend.read_range(b, gcs_path, start, end), where)
+
+        return fetch
+
+    def download_from_gcs_streaming_sync(
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        timestamp_range: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+        timestamp_column: str = "ts_event",
+        columns: Sequence[str] | None = None,
+        use_byte_range: bool = True,
+    ) -> StreamingResult:
+        """Rows of `gcs_path` whose `timestamp_column` lies in any [start, end) range.
+
+        With `use_byte_range`, only the footer (cached per object generation) and the column
+        chunks of overlapping row groups are fetched; `bytes_read` says what that cost. Without
+        it the whole object is downloaded (the seed system's way, kept for comparison).
+        """
+        ranges = _normalise_ranges(timestamp_range)
+        where = self.uri(target, gcs_path)
+        info = self.stat_sync(target, gcs_path)
+        if not use_byte_range:
+            data = self.download_bytes_sync(target, gcs_path)
+            footer = read_footer(len(data), lambda s, e: data[s:e], where, timestamp_column)
+            res = read_ranges(footer, lambda s, e: data[s:e], where, ranges=ranges,
+                              timestamp_column=timestamp_column, columns=columns)
+            return StreamingResult(**{**res.__dict__, "bytes_read": len(data)}, generation=info.generation, uri=where)
+        footer, fresh = self._footer(target, gcs_path, info, timestamp_column)
+        res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=ranges,
+                          timestamp_column=timestamp_column, columns=columns)
+        bytes_read = res.bytes_read + (len(footer.tail) if fresh else 0)
+        return StreamingResult(**{**res.__dict__, "bytes_read": bytes_read}, generation=info.generation, uri=where)
+
+    def read_parquet_sync(
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        row_groups: Sequence[int] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> StreamingResult:
+        """Chosen row groups and columns only, by ranged reads (footer cached)."""
+        where = self.uri(target, gcs_path)
+        info = self.stat_sync(target, gcs_path)
+        footer, fresh = self._footer(target, gcs_path, info, "ts_event")
+        res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=None,
+                          timestamp_column="ts_event", columns=columns, row_groups=row_groups)
+        bytes_read = res.bytes_read + (len(footer.tail) if fresh else 0)
+        return StreamingResult(**{**res.__dict__, "bytes_read": bytes_read}, generation=info.generation, uri=where)
+
+    def parquet_metadata_sync(self, target: CloudTarget, gcs_path: str) -> pq.FileMetaData:
+        info = self.stat_sync(target, gcs_path)
+        return self._footer(target, gcs_path, info, "ts_event")[0].metadata
+
+    def upload_to_gcs_sync(
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        data: Any,
+        format: Format | None = None,
+        **write_options: Any,
+    ) -> ObjectInfo:
+        """Atomic from a reader's view; retried as a whole on transient errors."""
+        fmt = format or _format_of(gcs_path)
+        payload = _encode(data, fmt, write_options)
+        b = target.gcs_bucket
+        return self.retry.call(
+            lambda: self.backend.write(b, gcs_path, payload, CONTENT_TYPES[fmt]), self.uri(target, gcs_path)
+        )
+
+    def list_files_sync(self, target: CloudTarget, prefix: str = "") -> list[str]:
+        b = target.gcs_bucket
+        return self.retry.call(lambda: self.backend.list(b, prefix), self.uri(target, prefix))
+
+    def delete_sync(self, target: CloudTarget, gcs_path: str) -> None:
+        b = target.gcs_bucket
+        self.retry.call(lambda: self.backend.delete(b, gcs_path), self.uri(target, gcs_path))
+
+    # ---- async API --------------------------------------------------------------------------
+
+    async def download_from_gcs(self, target: CloudTarget, gcs_path: str, format: Format | None = None) -> Any:
+        return await asyncio.to_thread(self.download_from_gcs_sync, target, gcs_path, format)
+
+    async def download_from_gcs_streaming(
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        timestamp_range: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+        timestamp_column: str = "ts_event",
+        columns: Sequence[str] | None = None,
+        use_byte_range: bool = True,
+    ) -> StreamingResult:
+        return await asyncio.to_thread(
+            self.download_from_gcs_streaming_sync,
+            target, gcs_path, timestamp_range, timestamp_column, columns, use_byte_range,
+        )
+
+    async def upload_to_gcs(
+        self, target: CloudTarget, gcs_path: str, data: Any, format: Format | None = None, **write_options: Any
+    ) -> ObjectInfo:
+        return await asyncio.to_thread(self.upload_to_gcs_sync, target, gcs_path, data, format, **write_options)
+
+    async def list_files(self, target: CloudTarget, prefix: str = "") -> list[str]:
+        return await asyncio.to_thread(self.list_files_sync, target, prefix)
+
+    async def read_parquet(
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        row_groups: Sequence[int] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> StreamingResult:
+        return await asyncio.to_thread(self.read_parquet_sync, target, gcs_path, row_groups, columns)
+
+    async def stat(self, target: CloudTarget, gcs_path: str) -> ObjectInfo:
+        return await asyncio.to_thread(self.stat_sync, target, gcs_path)
+
+    async def exists(self, target: CloudTarget, gcs_path: str) -> bool:
+        return await asyncio.to_thread(self.exists_sync, target, gcs_path)
+
+    async def delete(self, target: CloudTarget, gcs_path: str) -> None:
+        await asyncio.to_thread(self.delete_sync, target, gcs_path)
+
+
+def _format_of(path: str) -> Format:
+    if path.endswith(".parquet"):
+        return "parquet"
+    if path.endswith(".json"):
+        return "json"
+    if path.endswith((".log", ".txt", ".csv", ".yaml", ".md")):
+        return "text"
+    return "bytes"
+
+
+def _normalise_ranges(
+    timestamp_range: tuple[int, int] | Sequence[tuple[int, int]] | None,
+) -> list[tuple[int, int]] | None:
+    if timestamp_range is None:
+        return None
+    seq = list(timestamp_range)
+    if len(seq) == 2 and all(isinstance(v, int) or hasattr(v, "__int__") and not isinstance(v, tuple | list) for v in seq):
+        seq = [tuple(seq)]  # type: ignore[list-item]
+    out: list[tuple[int, int]] = []
+    for r in seq:
+        start, end = int(r[0]), int(r[1])  # type: ignore[index]
+        if end < start:
+            raise ValueError(f"timestamp range ({start}, {end}) ends before it starts")
+        out.append((start, end))
+    return out
