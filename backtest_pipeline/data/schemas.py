@@ -15,7 +15,6 @@ downstream code sees exactly one shape per table.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal, overload
@@ -192,7 +191,9 @@ def _to_polars(table: pa.Table | pl.DataFrame, object_name: str) -> pl.DataFrame
             raise DataValidationError(object_name, f"cannot convert the table: {exc}") from exc
         assert isinstance(df, pl.DataFrame)
         return df
-    raise TypeError(f"{object_name}: expected a pyarrow Table or polars DataFrame, got {type(table)}")
+    raise TypeError(
+        f"{object_name}: expected a pyarrow Table or polars DataFrame, got {type(table)}"
+    )
 
 
 def _conform_column(df: pl.DataFrame, col: Column, object_name: str) -> pl.Expr:
@@ -205,7 +206,9 @@ def _conform_column(df: pl.DataFrame, col: Column, object_name: str) -> pl.Expr:
         if col.nullable or df.height == 0:
             return pl.lit(None, dtype=target).alias(col.name)
         raise DataValidationError(
-            object_name, f"expected {_EXPECTED[col.kind]}, found an all-null column", column=col.name
+            object_name,
+            f"expected {_EXPECTED[col.kind]}, found an all-null column",
+            column=col.name,
         )
     if col.kind == "timestamp":
         if dtype == pl.Int64:
@@ -214,7 +217,9 @@ def _conform_column(df: pl.DataFrame, col: Column, object_name: str) -> pl.Expr:
             return c.cast(pl.Int64, strict=True)
         if isinstance(dtype, pl.Datetime):
             return c.cast(pl.Datetime("ns", dtype.time_zone)).cast(pl.Int64)
-        raise DataValidationError(object_name, f"expected {_EXPECTED['timestamp']}, {found}", column=col.name)
+        raise DataValidationError(
+            object_name, f"expected {_EXPECTED['timestamp']}, {found}", column=col.name
+        )
     if col.kind == "float":
         if dtype.is_float() or dtype.is_integer():
             return c.cast(pl.Float64)
@@ -229,7 +234,9 @@ def _conform_column(df: pl.DataFrame, col: Column, object_name: str) -> pl.Expr:
             return c.cast(pl.String)
         if col.int_as_string and dtype.is_integer():
             return c.cast(pl.String)
-    raise DataValidationError(object_name, f"expected {_EXPECTED[col.kind]}, {found}", column=col.name)
+    raise DataValidationError(
+        object_name, f"expected {_EXPECTED[col.kind]}, {found}", column=col.name
+    )
 
 
 def conform(
@@ -255,7 +262,9 @@ def conform(
     if missing:
         hints = []
         for name in missing:
-            close = difflib.get_close_matches(name, [h for h in have if h not in {c.name for c in columns}], n=1)
+            close = difflib.get_close_matches(
+                name, [h for h in have if h not in {c.name for c in columns}], n=1
+            )
             if close:
                 hints.append(f"{close[0]!r} looks like a renamed {name!r}")
         hint = f"; {'; '.join(hints)}" if hints else ""
@@ -273,10 +282,14 @@ def conform(
     try:
         out = df.select(exprs)
     except pl.exceptions.InvalidOperationError as exc:  # e.g. an int64 that overflows int32
-        raise DataValidationError(object_name, f"{what}: a column does not fit its type: {exc}") from exc
+        raise DataValidationError(
+            object_name, f"{what}: a column does not fit its type: {exc}"
+        ) from exc
     for col in columns:
         if not col.nullable:
-            _check(out, pl.col(col.name).is_null(), object_name, col.name, "a non-null value", "null")
+            _check(
+                out, pl.col(col.name).is_null(), object_name, col.name, "a non-null value", "null"
+            )
     return out
 
 
@@ -310,7 +323,9 @@ def _check(
     )
 
 
-def _check_positive_finite(df: pl.DataFrame, name: str, object_name: str, *, nullable: bool = False) -> None:
+def _check_positive_finite(
+    df: pl.DataFrame, name: str, object_name: str, *, nullable: bool = False
+) -> None:
     c = pl.col(name)
     bad = ~(c.is_finite() & (c > 0))
     if nullable:
@@ -321,7 +336,9 @@ def _check_positive_finite(df: pl.DataFrame, name: str, object_name: str, *, nul
 def _check_sorted(df: pl.DataFrame, object_name: str, what: str) -> None:
     c = pl.col("ts_event")
     back = c.diff() < 0
-    res = df.select(n=back.fill_null(False).sum(), first=back.fill_null(False).arg_true().first()).row(0)
+    res = df.select(
+        n=back.fill_null(False).sum(), first=back.fill_null(False).arg_true().first()
+    ).row(0)
     if res[0]:
         i = int(res[1])
         prev, cur = df["ts_event"][i - 1], df["ts_event"][i]
@@ -336,6 +353,8 @@ def _check_sorted(df: pl.DataFrame, object_name: str, what: str) -> None:
 
 
 def _check_unique(df: pl.DataFrame, name: str, object_name: str, what: str) -> None:
+    if df.select(pl.col(name).n_unique()).item() == df.height:  # fast path (hash count only)
+        return
     dup = pl.col(name).is_duplicated()
     res = df.select(n=dup.sum(), first=dup.arg_true().first()).row(0)
     if res[0]:
@@ -352,7 +371,9 @@ def _check_unique(df: pl.DataFrame, name: str, object_name: str, what: str) -> N
         )
 
 
-def _check_day(df: pl.DataFrame, day: str | date | None, object_name: str, column: str = "ts_event") -> None:
+def _check_day(
+    df: pl.DataFrame, day: str | date | None, object_name: str, column: str = "ts_event"
+) -> None:
     if day is None or df.height == 0:
         return
     start, end = layout.day_bounds_ns(day)
@@ -375,7 +396,11 @@ def _check_keys(df: pl.DataFrame, name: str, object_name: str) -> None:
         except layout.LayoutError as exc:
             row = df.select(pl.col(name).eq(key).arg_true().first()).item()
             raise DataValidationError(
-                object_name, f"invalid instrument key at row {row}: {exc}", column=name, row=row, value=key
+                object_name,
+                f"invalid instrument key at row {row}: {exc}",
+                column=name,
+                row=row,
+                value=key,
             ) from exc
 
 
@@ -437,7 +462,9 @@ def validate_instruments(
     table: pa.Table | pl.DataFrame, object_name: str, *, allow_empty: bool = False
 ) -> pl.DataFrame:
     """One row per instrument; the key must agree with venue/type/base/quote columns."""
-    df = conform(table, INSTRUMENT_COLUMNS, object_name, what="instruments", allow_empty=allow_empty)
+    df = conform(
+        table, INSTRUMENT_COLUMNS, object_name, what="instruments", allow_empty=allow_empty
+    )
     _check_keys(df, "instrument_key", object_name)
     _check_unique(df, "instrument_key", object_name, "instrument keys")
     parts = pl.col("instrument_key").str.split(":")
@@ -461,7 +488,13 @@ def validate_instruments(
     _check_positive_finite(df, "max_quantity", object_name, nullable=True)
     for name in ("min_quantity", "min_notional"):
         c = pl.col(name)
-        _check(df, c.is_not_null() & ~(c.is_finite() & (c >= 0)), object_name, name, "finite values >= 0")
+        _check(
+            df,
+            c.is_not_null() & ~(c.is_finite() & (c >= 0)),
+            object_name,
+            name,
+            "finite values >= 0",
+        )
     for name in ("maker_fee", "taker_fee"):
         c = pl.col(name)
         _check(
@@ -504,7 +537,9 @@ def validate_funding(
         "one funding event per timestamp",
     )
     c = pl.col("funding_rate")
-    _check(df, ~(c.is_finite() & (c.abs() < 1)), object_name, "funding_rate", "a finite rate fraction")
+    _check(
+        df, ~(c.is_finite() & (c.abs() < 1)), object_name, "funding_rate", "a finite rate fraction"
+    )
     _check_positive_finite(df, "mark_price", object_name)
     return df
 
@@ -524,7 +559,13 @@ def validate_signals(
     _check_sorted(df, object_name, "signals")
     _check_day(df, day, object_name)
     _check_keys(df, "instrument_key", object_name)
-    _check(df, ~pl.col("target_position").is_finite(), object_name, "target_position", "a finite position")
+    _check(
+        df,
+        ~pl.col("target_position").is_finite(),
+        object_name,
+        "target_position",
+        "a finite position",
+    )
     _check_positive_finite(df, "execution_window_s", object_name)
     _check(df, ~pl.col("algo").is_in(ALGOS), object_name, "algo", f"one of {list(ALGOS)}")
     _check_positive_finite(df, "limit_price", object_name, nullable=True)
@@ -554,5 +595,130 @@ def to_arrow(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     return table.cast(schema)
 
 
-def is_finite_number(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
+# ---- reference instrument definitions ------------------------------------------------------
+
+_FUT = {"maker_fee": 0.0002, "taker_fee": 0.0005, "margin_init": 0.05, "margin_maint": 0.025}
+_SPOT = {"maker_fee": 0.001, "taker_fee": 0.001, "margin_init": 1.0, "margin_maint": 1.0}
+
+# Venue rules as published (2024): tick/lot sizes, precisions, min notional. Spot is fully funded
+# (margin 1.0); linear perpetuals use 20x initial / 40x maintenance-equivalent fractions.
+REFERENCE_INSTRUMENTS: Final[dict[str, dict[str, Any]]] = {
+    "BINANCE-FUTURES:PERPETUAL:BTC-USDT": {
+        "venue_symbol": "BTCUSDT",
+        "price_precision": 1,
+        "size_precision": 3,
+        "tick_size": 0.1,
+        "lot_size": 0.001,
+        "min_quantity": 0.001,
+        "max_quantity": 1000.0,
+        "min_notional": 100.0,
+        **_FUT,
+    },
+    "BINANCE-FUTURES:PERPETUAL:ETH-USDT": {
+        "venue_symbol": "ETHUSDT",
+        "price_precision": 2,
+        "size_precision": 3,
+        "tick_size": 0.01,
+        "lot_size": 0.001,
+        "min_quantity": 0.001,
+        "max_quantity": 10000.0,
+        "min_notional": 20.0,
+        **_FUT,
+    },
+    "BYBIT:PERPETUAL:BTC-USDT": {
+        "venue_symbol": "BTCUSDT",
+        "price_precision": 1,
+        "size_precision": 3,
+        "tick_size": 0.1,
+        "lot_size": 0.001,
+        "min_quantity": 0.001,
+        "max_quantity": 1190.0,
+        "min_notional": 5.0,
+        **_FUT,
+        "taker_fee": 0.00055,
+    },
+    "BYBIT:PERPETUAL:ETH-USDT": {
+        "venue_symbol": "ETHUSDT",
+        "price_precision": 2,
+        "size_precision": 2,
+        "tick_size": 0.01,
+        "lot_size": 0.01,
+        "min_quantity": 0.01,
+        "max_quantity": 7240.0,
+        "min_notional": 5.0,
+        **_FUT,
+        "taker_fee": 0.00055,
+    },
+    "BINANCE:SPOT:BTC-USDT": {
+        "venue_symbol": "BTCUSDT",
+        "price_precision": 2,
+        "size_precision": 5,
+        "tick_size": 0.01,
+        "lot_size": 0.00001,
+        "min_quantity": 0.00001,
+        "max_quantity": 9000.0,
+        "min_notional": 5.0,
+        **_SPOT,
+    },
+    "BINANCE:SPOT:ETH-USDT": {
+        "venue_symbol": "ETHUSDT",
+        "price_precision": 2,
+        "size_precision": 4,
+        "tick_size": 0.01,
+        "lot_size": 0.0001,
+        "min_quantity": 0.0001,
+        "max_quantity": 9000.0,
+        "min_notional": 5.0,
+        **_SPOT,
+    },
+}
+
+
+def default_instrument_row(
+    key: str, *, price_precision: int | None = None, size_precision: int | None = None
+) -> dict[str, Any]:
+    """An instruments.parquet row for `key`: the reference definition, else venue-type defaults.
+
+    Importers call this for instruments that are not yet listed on a day; precisions inferred
+    from the imported prices/sizes (when given) replace the generic 2/3 decimals, so that tick and
+    lot sizes are at least consistent with the data.
+    """
+    venue, itype, base, quote = layout.parse_instrument_key(key)
+    inverse = quote == "USD" and itype != "SPOT"
+    row: dict[str, Any] = {
+        "instrument_key": key,
+        "venue": venue,
+        "instrument_type": itype,
+        "base_asset": base,
+        "quote_asset": quote,
+        "settle_asset": base if inverse else quote,
+        "venue_symbol": f"{base}{quote}",
+        "contract_multiplier": 1.0,
+        "is_inverse": inverse,
+        "expiry_ts": None,
+    }
+    ref = REFERENCE_INSTRUMENTS.get(key)
+    if ref is not None:
+        return {**row, **ref}
+    pp = 2 if price_precision is None else int(price_precision)
+    sp = 3 if size_precision is None else int(size_precision)
+    fees = _SPOT if itype == "SPOT" else _FUT
+    return {
+        **row,
+        "price_precision": pp,
+        "size_precision": sp,
+        "tick_size": round(10.0**-pp, pp),
+        "lot_size": round(10.0**-sp, sp),
+        "min_quantity": round(10.0**-sp, sp),
+        "max_quantity": None,
+        "min_notional": None,
+        **fees,
+    }
+
+
+def instruments_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows (dicts) → a canonical instruments frame, in the given order."""
+    table = pa.Table.from_pylist(rows, schema=INSTRUMENTS_SCHEMA)
+    out = pl.from_arrow(table)
+    assert isinstance(out, pl.DataFrame)
+    return out

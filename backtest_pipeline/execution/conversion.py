@@ -65,18 +65,19 @@ def trades_to_ticks(
     df = normalise_trades(table, instrument.size_precision)
     if df.height == 0:
         return []
-    ts_event = df["ts_event"].to_numpy().astype(np.uint64)
-    ts_init = (df["ts_init"] if use_ts_init else df["ts_event"]).to_numpy().astype(np.uint64)
+    # The Cython API takes writable memoryviews; polars' zero-copy arrays are read-only.
+    ts_event = np.array(df["ts_event"].to_numpy(), dtype=np.uint64)
+    ts_init = np.array((df["ts_init"] if use_ts_init else df["ts_event"]).to_numpy(), np.uint64)
     return TradeTick.from_raw_arrays_to_list(
         instrument.id,
         instrument.price_precision,
         instrument.size_precision,
-        np.ascontiguousarray(df["price"].to_numpy(), dtype=np.float64),
-        np.ascontiguousarray(df["size"].to_numpy(), dtype=np.float64),
-        np.ascontiguousarray(df["aggressor"].to_numpy(), dtype=np.uint8),
+        np.array(df["price"].to_numpy(), dtype=np.float64),
+        np.array(df["size"].to_numpy(), dtype=np.float64),
+        np.array(df["aggressor"].to_numpy(), dtype=np.uint8),
         df["trade_id"].to_list(),
-        np.ascontiguousarray(ts_event),
-        np.ascontiguousarray(ts_init),
+        ts_event,
+        ts_init,
     )
 
 
@@ -92,9 +93,9 @@ def marks_per_second(table: pa.Table | pl.DataFrame, instrument_key: str) -> pl.
         )
     return (
         df.select(_ns("ts_event").alias("ts_event"), pl.col("price").cast(pl.Float64))
-        .with_row_index("_i")
-        .group_by(pl.col("ts_event") // 1_000_000_000, maintain_order=True)
-        .agg(pl.all().sort_by("_i").last())
+        .with_columns((pl.col("ts_event") // 1_000_000_000).alias("_sec"))
+        .group_by("_sec", maintain_order=True)
+        .agg(pl.col("ts_event").last(), pl.col("price").last())
         .select(
             pl.col("ts_event"),
             pl.lit(instrument_key).alias("instrument_key"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from backtest_pipeline import layout
@@ -66,10 +67,11 @@ def filter_to_intervals(trades: pl.DataFrame, intervals: pl.DataFrame) -> pl.Dat
     """Rows of one instrument's trades inside any of the (already per-instrument) intervals."""
     if intervals.height == 0 or trades.height == 0:
         return trades.head(0)
-    ts = trades["ts_event"].cast(pl.Int64)
-    starts = intervals["start_ns"].sort()
-    ends = intervals.sort("start_ns")["end_ns"]
+    ts = trades["ts_event"].cast(pl.Int64).to_numpy()
+    iv = intervals.sort("start_ns")
+    starts = iv["start_ns"].to_numpy()
+    ends = iv["end_ns"].to_numpy()
     # Index of the last interval starting at or before ts; inside if ts <= its end.
-    idx = starts.search_sorted(ts, side="right") - 1
-    ok = (idx >= 0) & (ts <= ends.gather(idx.clip(lower_bound=0)))
-    return trades.filter(ok)
+    idx = np.searchsorted(starts, ts, side="right") - 1
+    ok = (idx >= 0) & (ts <= ends[np.clip(idx, 0, None)])
+    return trades.filter(pl.Series(ok))

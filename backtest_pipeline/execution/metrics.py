@@ -97,9 +97,7 @@ def compute_metrics(
 
     sharpe: float | None = None
     if returns.size >= 2 and not np.all(returns == returns[0]):
-        sharpe = _finite_or_none(
-            float(returns.mean() / returns.std(ddof=1) * math.sqrt(periods))
-        )
+        sharpe = _finite_or_none(float(returns.mean() / returns.std(ddof=1) * math.sqrt(periods)))
 
     sortino: float | None = None
     if np.any(returns < 0):

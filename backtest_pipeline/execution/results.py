@@ -175,8 +175,7 @@ def conform(table: FrameLike, name: str) -> pa.Table:
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise ValueError(
-            f"{name}: missing column(s) {missing}; have {table.column_names}, "
-            f"need {schema.names}"
+            f"{name}: missing column(s) {missing}; have {table.column_names}, need {schema.names}"
         )
     columns: list[pa.ChunkedArray] = []
     for fld in schema:
@@ -241,8 +240,10 @@ def _fills(fills: FrameLike) -> pl.DataFrame:
     if df.filter(~pl.col("price").is_finite() | ~pl.col("fee").is_finite()).height:
         raise ValueError("fills: price and fee must be finite")
     # Stable: simultaneous fills keep the engine's order.
-    return df.sort("ts_event", maintain_order=True).with_row_index("seq").with_columns(
-        pl.col("seq").cast(pl.Int64)
+    return (
+        df.sort("ts_event", maintain_order=True)
+        .with_row_index("seq")
+        .with_columns(pl.col("seq").cast(pl.Int64))
     )
 
 
@@ -324,7 +325,13 @@ def _account(fills: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     for i in range(n):
         inst = instruments[i]
         book = books.setdefault(inst, _Book())
-        prev, d, p, f, t = book.quantity, float(signed[i]), float(price[i]), float(fee[i]), int(ts[i])
+        prev, d, p, f, t = (
+            book.quantity,
+            float(signed[i]),
+            float(price[i]),
+            float(fee[i]),
+            int(ts[i]),
+        )
         delta = 0.0
         if prev == 0.0:
             book.quantity, book.avg = d, p
@@ -442,10 +449,7 @@ def _check_bounds(df: pl.DataFrame, what: str, start_ns: int, end_ns: int) -> No
         return
     lo, hi = int(df["ts_event"].min()), int(df["ts_event"].max())  # type: ignore[arg-type]
     if lo < start_ns or hi > end_ns:
-        raise ValueError(
-            f"{what}: ts_event outside the run [{start_ns}, {end_ns}]: "
-            f"{lo} .. {hi}"
-        )
+        raise ValueError(f"{what}: ts_event outside the run [{start_ns}, {end_ns}]: {lo} .. {hi}")
 
 
 def _rows(events: pl.DataFrame, grid: np.ndarray) -> pl.DataFrame:
@@ -515,7 +519,8 @@ def _instrument_states(
             .alias("current_price"),
         ).with_columns(
             pl.when(pl.col("quantity") != 0.0)
-            .then(pl.col("quantity") * (pl.col("current_price") - pl.col("avg_entry_price")))
+            # + 0.0 turns the -0.0 of a short at its entry price into 0.0.
+            .then(pl.col("quantity") * (pl.col("current_price") - pl.col("avg_entry_price")) + 0.0)
             .otherwise(0.0)
             .alias("unrealized_pnl"),
         )
@@ -606,11 +611,14 @@ def build_equity_curve(
     for inst, st in states.items():
         rate = 0.0 if margin_init is None else float(margin_init[inst])
         unrealized = unrealized + st["unrealized_pnl"]
-        margin = margin + st.select(
-            pl.when(pl.col("quantity") != 0.0)
-            .then(pl.col("quantity").abs() * pl.col("current_price") * rate)
-            .otherwise(0.0)
-        ).to_series()
+        margin = (
+            margin
+            + st.select(
+                pl.when(pl.col("quantity") != 0.0)
+                .then(pl.col("quantity").abs() * pl.col("current_price") * rate)
+                .otherwise(0.0)
+            ).to_series()
+        )
 
     totals = events.select(
         "seq",
@@ -754,9 +762,16 @@ def _attribute_funding(events: pl.DataFrame, funding: pl.DataFrame) -> pl.DataFr
         pl.col("ts_event").alias("ev_ts"),
         "quantity",
         "trip_id",
-    )
+    ).unique(subset=["instrument_key", "ev_ts"], keep="last", maintain_order=True)
+    # One state per instrument and instant (after its last fill then), so the as-of join does
+    # not depend on how ties among right keys are resolved.
     at = relevant.join_asof(
-        state, left_on="ts_event", right_on="ev_ts", by="instrument_key", strategy="backward"
+        state,
+        left_on="ts_event",
+        right_on="ev_ts",
+        by="instrument_key",
+        strategy="backward",
+        check_sortedness=False,  # both sides are sorted by time above
     )
     before = relevant.select("funding_row", "instrument_key", "ts_event").join_asof(
         state.rename({"quantity": "quantity_before", "trip_id": "trip_before"}),
@@ -765,22 +780,20 @@ def _attribute_funding(events: pl.DataFrame, funding: pl.DataFrame) -> pl.DataFr
         by="instrument_key",
         strategy="backward",
         allow_exact_matches=False,
+        check_sortedness=False,
     )
     sign = pl.col("position").sign()
-    matched = (
-        at.join(
-            before.select("funding_row", "quantity_before", "trip_before"),
-            on="funding_row",
-            maintain_order="left",
-        )
-        .with_columns(
-            pl.when((sign != 0) & (pl.col("quantity").fill_null(0.0).sign() == sign))
-            .then(pl.col("trip_id"))
-            .when((sign != 0) & (pl.col("quantity_before").fill_null(0.0).sign() == sign))
-            .then(pl.col("trip_before"))
-            .otherwise(None)
-            .alias("attributed_trip")
-        )
+    matched = at.join(
+        before.select("funding_row", "quantity_before", "trip_before"),
+        on="funding_row",
+        maintain_order="left",
+    ).with_columns(
+        pl.when((sign != 0) & (pl.col("quantity").fill_null(0.0).sign() == sign))
+        .then(pl.col("trip_id"))
+        .when((sign != 0) & (pl.col("quantity_before").fill_null(0.0).sign() == sign))
+        .then(pl.col("trip_before"))
+        .otherwise(None)
+        .alias("attributed_trip")
     )
     orphans = matched.filter(pl.col("attributed_trip").is_null())
     if orphans.height:

@@ -1,0 +1,86 @@
+"""Validating readers of the small per-day input objects (instruments, signals, funding).
+
+A missing object is an error naming the object, never a silent skip: a backtest that quietly
+drops a day would report a wrong PnL. Trades are read by the streaming range reader (UCS) and
+validated with :func:`backtest_pipeline.data.schemas.validate_trades`; :func:`read_trades` here is
+the whole-object variant (full-day runs, importers, tests).
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from backtest_pipeline import layout
+from backtest_pipeline.data import schemas
+from backtest_pipeline.data.schemas import DataValidationError, MissingDataError
+
+try:  # the storage error types; readers also work with any UCS-like object
+    from backtest_pipeline.storage.base import ObjectNotFoundError
+except ImportError:  # pragma: no cover
+    ObjectNotFoundError = FileNotFoundError  # type: ignore[misc,assignment]
+
+
+def object_name(ucs: Any, target: layout.CloudTarget, path: str) -> str:
+    """`gs://bucket/path` (or the local root's URI) for messages."""
+    uri = getattr(ucs, "uri", None)
+    return uri(target, path) if callable(uri) else f"gs://{target.gcs_bucket}/{path}"
+
+
+def parquet_bytes_to_table(data: bytes, name: str) -> pa.Table:
+    """Parse Parquet bytes, turning 'empty' and 'not Parquet' into errors naming the object."""
+    if not data:
+        raise DataValidationError(name, "the object is empty (0 bytes), not a Parquet file")
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError variants
+        raise DataValidationError(name, f"not a readable Parquet file ({len(data)} bytes): {exc}") from exc
+
+
+def read_parquet_object(ucs: Any, target: layout.CloudTarget, path: str, what: str) -> tuple[pa.Table, str]:
+    """Whole object as an Arrow table, plus its name; MissingDataError if absent."""
+    name = object_name(ucs, target, path)
+    try:
+        data = ucs.download_bytes_sync(target, path)
+    except (ObjectNotFoundError, FileNotFoundError) as exc:
+        raise MissingDataError(name, f"{what} object does not exist") from exc
+    return parquet_bytes_to_table(data, name), name
+
+
+def read_instruments(ucs: Any, day: str | date) -> pl.DataFrame:
+    """The instruments available on `day` (validated, canonical columns)."""
+    path = layout.instruments_path(day)
+    table, name = read_parquet_object(ucs, layout.target("instruments"), path, f"instruments of {layout.day_str(day)}")
+    return schemas.validate_instruments(table, name)
+
+
+def read_signals(ucs: Any, day: str | date, strategy_id: str) -> pl.DataFrame:
+    """Signals of `strategy_id` on `day`; every ts_event must fall inside that UTC day."""
+    path = layout.signals_path(day, strategy_id)  # validates the strategy id before any I/O
+    table, name = read_parquet_object(
+        ucs, layout.target("signals"), path, f"signals of strategy {strategy_id!r} on {layout.day_str(day)}"
+    )
+    return schemas.validate_signals(table, name, day=day)
+
+
+def read_funding(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
+    """Funding events of a perpetual on `day`."""
+    path = layout.funding_path(day, instrument_key)
+    table, name = read_parquet_object(
+        ucs, layout.target("ticks"), path, f"funding rates of {instrument_key} on {layout.day_str(day)}"
+    )
+    return schemas.validate_funding(table, name, day=day)
+
+
+def read_trades(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
+    """A whole trades day file (validated). Window reads should use the UCS streaming reader."""
+    path = layout.trades_path(day, instrument_key)
+    table, name = read_parquet_object(
+        ucs, layout.target("ticks"), path, f"trades of {instrument_key} on {layout.day_str(day)}"
+    )
+    return schemas.validate_trades_frame(table, name, day=day, allow_empty=False)

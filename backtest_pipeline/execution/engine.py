@@ -1,0 +1,360 @@
+"""Run a configured backtest through ONE NautilusTrader ``BacktestEngine``, streamed day by day.
+
+Days are added, run with ``streaming=True`` and cleared in order, so positions, balances, open
+orders, timers and strategy state carry across midnight while memory stays bounded by one day.
+Each day's run is given explicit ``[day_start, day_end − 1]`` bounds: timers that fall after a
+day's last tick then fire at their own timestamps at the start of the next day's run (or at the
+final ``end()`` flush), never late and never skipped.
+
+No storage access here: the caller hands in-memory frames/tables per day (``DayInput``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from nautilus_trader.accounting.margin_models import StandardMarginModel
+from nautilus_trader.backtest.config import BacktestEngineConfig
+from nautilus_trader.backtest.engine import BacktestEngine
+from nautilus_trader.backtest.models import FillModel, LatencyModel, MakerTakerFeeModel
+from nautilus_trader.config import LoggingConfig, RiskEngineConfig
+from nautilus_trader.model.data import TradeTick
+from nautilus_trader.model.enums import AccountType, OmsType
+from nautilus_trader.model.identifiers import TraderId, Venue
+from nautilus_trader.model.objects import Currency, Money
+
+from backtest_pipeline import layout
+from backtest_pipeline.execution import instruments as names
+from backtest_pipeline.execution.config import BacktestConfig
+from backtest_pipeline.execution.conversion import marks_per_second, trades_to_ticks
+from backtest_pipeline.execution.intervals import signal_intervals
+from backtest_pipeline.execution.orchestrator import Signal
+from backtest_pipeline.execution.strategy import ExecutionStrategy, FundingEvent, VenueHandle
+
+_MS = 1_000_000
+DEFAULT_TWAP_SLICE_S = 10.0
+
+FILLS_SCHEMA: dict[str, pl.DataType] = {
+    "fill_id": pl.Utf8(),
+    "order_id": pl.Utf8(),
+    "instrument_key": pl.Utf8(),
+    "side": pl.Utf8(),
+    "quantity": pl.Float64(),
+    "price": pl.Float64(),
+    "fee": pl.Float64(),
+    "fee_currency": pl.Utf8(),
+    "ts_event": pl.Int64(),
+    "venue": pl.Utf8(),
+}
+FUNDING_SCHEMA: dict[str, pl.DataType] = {
+    "ts_event": pl.Int64(),
+    "instrument_key": pl.Utf8(),
+    "position": pl.Float64(),
+    "mark_price": pl.Float64(),
+    "funding_rate": pl.Float64(),
+    "payment": pl.Float64(),
+}
+MARKS_SCHEMA: dict[str, pl.DataType] = {
+    "ts_event": pl.Int64(),
+    "instrument_key": pl.Utf8(),
+    "price": pl.Float64(),
+}
+
+
+class EngineInputError(ValueError):
+    """Inputs that cannot be run as given (unknown instrument, bad signal...)."""
+
+
+@dataclass
+class DayInput:
+    day: date
+    instruments: pl.DataFrame
+    signals: pl.DataFrame
+    trades: dict[str, pa.Table]
+    funding: dict[str, pl.DataFrame]
+    bars: dict[str, pl.DataFrame] | None = None
+
+
+@dataclass
+class EngineOutput:
+    orders: pl.DataFrame
+    order_status_history: pl.DataFrame
+    fills: pl.DataFrame
+    funding: pl.DataFrame
+    marks: pl.DataFrame
+    operations: pl.DataFrame
+    stats: dict[str, Any]
+    final_balances: dict[str, float]
+    intervals: dict[date, pl.DataFrame] = field(default_factory=dict)
+    engine_order_ids: list[str] = field(default_factory=list)
+
+
+def _is_derivatives_venue(config: BacktestConfig, venue: str) -> bool:
+    return any(
+        layout.parse_instrument_key(k)[1] != "SPOT"
+        for k in config.instruments
+        if layout.parse_instrument_key(k)[0] == venue
+    )
+
+
+def _logging(log_dir: Path | None) -> LoggingConfig:
+    if log_dir is None:
+        return LoggingConfig(bypass_logging=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return LoggingConfig(
+        log_level="ERROR",
+        log_level_file="INFO",
+        log_directory=str(log_dir),
+        log_file_name="execution",
+        log_colors=False,
+    )
+
+
+def _build_engine(
+    config: BacktestConfig, log_dir: Path | None
+) -> tuple[BacktestEngine, dict[str, VenueHandle]]:
+    engine = BacktestEngine(
+        config=BacktestEngineConfig(
+            trader_id=TraderId("BACKTESTER-001"),
+            logging=_logging(log_dir),
+            risk_engine=RiskEngineConfig(bypass=False),
+            run_analysis=False,
+        )
+    )
+    ccy = Currency.from_str(config.account_currency)
+    handles: dict[str, VenueHandle] = {}
+    fm = config.fill_model
+    for venue in config.venue_names:
+        vc = config.venue(venue)
+        lat = vc.latency
+        derivatives = _is_derivatives_venue(config, venue)
+        handle = VenueHandle()
+        handles[venue] = handle
+        engine.add_venue(
+            venue=Venue(names.to_nautilus_venue(venue)),
+            oms_type=OmsType.NETTING,
+            account_type=AccountType.MARGIN if derivatives else AccountType.CASH,
+            # Spot pairs need a multi-currency cash account (base_currency None).
+            base_currency=ccy if derivatives else None,
+            starting_balances=[Money(vc.starting_balance, ccy)],
+            default_leverage=Decimal(1),
+            margin_model=StandardMarginModel() if derivatives else None,
+            modules=[handle],
+            fill_model=FillModel(
+                prob_fill_on_limit=fm.prob_fill_on_limit,
+                prob_slippage=fm.prob_slippage,
+                random_seed=fm.random_seed,
+            ),
+            fee_model=MakerTakerFeeModel(),
+            latency_model=LatencyModel(
+                base_latency_nanos=round(lat.base_ms * _MS),
+                insert_latency_nanos=round(lat.insert_ms * _MS),
+                update_latency_nanos=round(lat.update_ms * _MS),
+                cancel_latency_nanos=round(lat.cancel_ms * _MS),
+            ),
+            bar_execution=False,
+            trade_execution=True,
+            liquidity_consumption=fm.liquidity_consumption,
+            use_random_ids=False,
+        )
+    return engine, handles
+
+
+def _signals_of(df: pl.DataFrame) -> list[Signal]:
+    if df.height == 0:
+        return []
+    d = df.with_columns(pl.col("ts_event").cast(pl.Int64)).sort("ts_event", maintain_order=True)
+    lp = d["limit_price"] if "limit_price" in d.columns else pl.Series([None] * d.height)
+    return [
+        Signal(
+            signal_id=str(sid),
+            ts_event=int(ts),
+            instrument_key=str(key),
+            target_position=float(tp),
+            execution_window_s=float(w),
+            algo=str(algo).upper(),
+            limit_price=None if p is None or (isinstance(p, float) and math.isnan(p)) else float(p),
+        )
+        for sid, ts, key, tp, w, algo, p in zip(
+            d["signal_id"], d["ts_event"], d["instrument_key"], d["target_position"],
+            d["execution_window_s"], d["algo"], lp, strict=True,
+        )
+    ]  # fmt: skip
+
+
+def _funding_of(funding: dict[str, pl.DataFrame], keys: set[str]) -> list[FundingEvent]:
+    out: list[FundingEvent] = []
+    for key in sorted(funding):
+        if key not in keys:
+            continue
+        df = funding[key]
+        if df.height == 0:
+            continue
+        d = df.select(
+            pl.col("ts_event").cast(pl.Int64),
+            pl.col("funding_rate").cast(pl.Float64),
+            pl.col("mark_price").cast(pl.Float64),
+        )
+        for ts, rate, mark in d.iter_rows():
+            out.append(FundingEvent(int(ts), key, float(rate), float(mark)))
+    out.sort(key=lambda e: (e.ts_event, e.instrument_key))
+    return out
+
+
+def _validate_signals(day: DayInput, sigs: list[Signal], run_keys: set[str], day_keys: set[str]):
+    for s in sigs:
+        if s.instrument_key not in run_keys:
+            raise EngineInputError(
+                f"signal {s.signal_id} on {day.day}: instrument {s.instrument_key} is not in "
+                f"config.instruments {sorted(run_keys)}"
+            )
+        if s.instrument_key not in day_keys:
+            raise EngineInputError(
+                f"signal {s.signal_id} on {day.day}: instrument {s.instrument_key} is not in "
+                f"that day's instruments.parquet"
+            )
+
+
+def run_engine(
+    config: BacktestConfig,
+    days: Iterable[DayInput],
+    log_dir: Path | None = None,
+    *,
+    twap_slice_s: float = DEFAULT_TWAP_SLICE_S,
+    router_drift_per_s: float = 0.0,
+) -> EngineOutput:
+    """Stream ``days`` (chronological; may be a lazy generator) through one engine."""
+    engine, handles = _build_engine(config, log_dir)
+    strategy = ExecutionStrategy(config, handles, twap_slice_s, router_drift_per_s)
+    engine.add_strategy(strategy)
+    run_keys = set(config.instruments)
+    ccy = Currency.from_str(config.account_currency)
+    marks: list[pl.DataFrame] = []
+    intervals: dict[date, pl.DataFrame] = {}
+    ticks_total = 0
+    engine_time = 0.0
+    last_day: date | None = None
+    n_days = 0
+    try:
+        for day in days:
+            if last_day is not None and day.day <= last_day:
+                raise EngineInputError(f"days must be strictly increasing: {day.day} after {last_day}")
+            last_day = day.day
+            n_days += 1
+            day_start, day_end = layout.day_bounds_ns(day.day)
+            rows = {r["instrument_key"]: r for r in day.instruments.iter_rows(named=True)}
+            day_keys = set(rows) & run_keys
+            for key in sorted(day_keys):
+                if key not in strategy.info:
+                    venue = names.venue_of_key(key)
+                    inst = names.build_instrument(rows[key], config.venue(venue).fees, day_start)
+                    engine.add_instrument(inst)
+                    strategy.register_instrument(key, inst)
+            strategy.set_available(day_start // 86_400_000_000_000, day_keys)
+            sigs = _signals_of(day.signals)
+            _validate_signals(day, sigs, run_keys, day_keys)
+            intervals[day.day] = signal_intervals(
+                day.signals, day.day, config.lookback_s, config.grace_s
+            )
+            ticks: list[TradeTick] = []
+            for key in sorted(day.trades):
+                if key not in run_keys:
+                    continue
+                if key not in strategy.info:
+                    raise EngineInputError(
+                        f"trades for {key} on {day.day} but it is not in that day's instruments"
+                    )
+                table = day.trades[key]
+                ticks.extend(trades_to_ticks(table, strategy.info[key].instrument))
+                marks.append(marks_per_second(table, key))
+            if config.use_bars_for_marks and day.bars:
+                for key in sorted(day.bars):
+                    b = day.bars[key]
+                    marks.append(
+                        b.select(
+                            pl.col("ts_event").cast(pl.Int64),
+                            pl.lit(key).alias("instrument_key"),
+                            pl.col("close").cast(pl.Float64).alias("price"),
+                        )
+                    )
+            strategy.schedule_day(day.day.isoformat(), sigs, _funding_of(day.funding, day_keys))
+            ticks_total += len(ticks)
+            t0 = time.perf_counter()
+            if ticks:
+                engine.add_data(ticks, sort=True)
+            del ticks
+            engine.run(start=day_start, end=day_end - 1, streaming=True)
+            engine.clear_data()
+            engine_time += time.perf_counter() - t0
+            if strategy.errors:
+                raise strategy.errors[0]
+        t0 = time.perf_counter()
+        engine.end()
+        engine_time += time.perf_counter() - t0
+        if strategy.errors:
+            raise strategy.errors[0]
+        balances: dict[str, float] = {}
+        for venue in config.venue_names:
+            acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
+            bal = acct.balance_total(ccy) if acct is not None else None
+            balances[venue] = bal.as_double() if bal is not None else float("nan")
+        out = _collect(strategy, marks, intervals, balances, ticks_total, engine_time, n_days)
+        # What actually reached Nautilus: lets callers prove risk-rejected orders never did.
+        out.engine_order_ids = sorted(o.client_order_id.value for o in engine.cache.orders())
+        return out
+    finally:
+        engine.dispose()
+
+
+def _collect(
+    strategy: ExecutionStrategy,
+    marks: list[pl.DataFrame],
+    intervals: dict[date, pl.DataFrame],
+    balances: dict[str, float],
+    ticks_total: int,
+    engine_time: float,
+    n_days: int,
+) -> EngineOutput:
+    orders = strategy.oms.orders_frame()
+    fills = pl.DataFrame(strategy.fills, schema=FILLS_SCHEMA, orient="row")
+    funding = pl.DataFrame(strategy.funding_rows, schema=FUNDING_SCHEMA, orient="row")
+    mk = (
+        pl.concat(marks).sort(["ts_event", "instrument_key"], maintain_order=True)
+        if marks
+        else pl.DataFrame(schema=MARKS_SCHEMA)
+    )
+    ops = strategy.orch.operations_frame()
+    submitted = orders.filter(~pl.col("order_id").str.starts_with("R-"))
+    stats: dict[str, Any] = {
+        "signals": strategy.signals_seen,
+        "operations": ops.height,
+        "orders_submitted": submitted.height,
+        "orders_filled": orders.filter(pl.col("status") == "FILLED").height,
+        "orders_canceled": orders.filter(pl.col("status") == "CANCELED").height,
+        "orders_rejected": orders.filter(pl.col("status") == "REJECTED").height,
+        "fills": fills.height,
+        "avg_slippage_bps": strategy.avg_slippage_bps,
+        "ticks_processed": ticks_total,
+        "engine_time_s": engine_time,
+        "days": n_days,
+    }
+    return EngineOutput(
+        orders=orders,
+        order_status_history=strategy.oms.history_frame(),
+        fills=fills,
+        funding=funding,
+        marks=mk,
+        operations=ops,
+        stats=stats,
+        final_balances=balances,
+        intervals=intervals,
+    )

@@ -1,0 +1,419 @@
+"""`run_backtest`: the one function every entry point (CLI, Dagster, benchmark) calls.
+
+It reads a range of days through UCS (only the signal intervals, by byte ranges, unless
+`full_day`), streams them through one NautilusTrader engine with the next day prefetched while the
+current one runs, then builds and writes the results of spec/outputs.md. Results are written so
+that nothing can be mistaken for complete: the Parquet objects first, `summary.json` last; a
+failure removes this run's Parquet objects and writes a FAILED summary and the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import psutil
+
+from backtest_pipeline import layout
+from backtest_pipeline.data import readers
+from backtest_pipeline.execution import metrics as metrics_mod
+from backtest_pipeline.execution import results as results_mod
+from backtest_pipeline.execution.config import BacktestConfig
+from backtest_pipeline.execution.engine import DayInput, EngineOutput, run_engine
+from backtest_pipeline.execution.intervals import signal_intervals
+from backtest_pipeline.storage.base import ObjectNotFoundError
+from backtest_pipeline.ucs import UnifiedCloudService
+
+log = logging.getLogger("backtest_pipeline.run")
+
+TRADE_COLUMNS = ["ts_event", "trade_id", "price", "size", "side"]
+NS = 1_000_000_000
+
+
+class BacktestFailed(RuntimeError):
+    """The run failed; `summary.json` with status FAILED and the log were written."""
+
+    def __init__(self, message: str, run_id: str, summary_uri: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.summary_uri = summary_uri
+
+
+@dataclass
+class InputRecord:
+    bucket: str
+    path: str
+    generation: str
+    bytes_total: int
+    bytes_read: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "path": self.path,
+            "generation": self.generation,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+        }
+
+
+@dataclass
+class BacktestResult:
+    run_id: str
+    status: str
+    summary: dict[str, Any]
+    locations: dict[str, str]
+    orders: pl.DataFrame
+    fills: pl.DataFrame
+    positions: pl.DataFrame
+    equity_curve: pl.DataFrame
+    operations: pl.DataFrame
+    intervals: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
+DayLoader = Callable[
+    [UnifiedCloudService, BacktestConfig, date],
+    tuple[DayInput, list["InputRecord"], dict[str, pl.DataFrame]],
+]
+
+
+def _trade_keys_for_day(config: BacktestConfig, instruments: pl.DataFrame, signals: pl.DataFrame) -> list[str]:
+    """Instruments whose ticks the day needs: those signalled, plus their router peers."""
+    available = set(instruments.get_column("instrument_key").to_list())
+    configured = [k for k in config.instruments if k in available]
+    if config.full_day:
+        return configured
+    signalled = set(signals.get_column("instrument_key").to_list()) if signals.height else set()
+
+    def asset(k: str) -> tuple[str, str]:
+        _v, t, pair = k.split(":")
+        return ("SPOT" if t == "SPOT" else "DERIV", pair)
+
+    wanted_assets = {asset(k) for k in signalled}
+    return [k for k in configured if asset(k) in wanted_assets]
+
+
+def load_day(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
+    """Everything one day of the run needs, read and validated."""
+    inputs: list[InputRecord] = []
+    t_instr, t_sig, t_ticks = layout.target("instruments"), layout.target("signals"), layout.target("ticks")
+
+    ipath = layout.instruments_path(day)
+    info = ucs.stat_sync(t_instr, ipath)
+    instruments = readers.read_instruments(ucs, day)
+    inputs.append(InputRecord(t_instr.gcs_bucket, ipath, info.generation, info.size, info.size))
+
+    spath = layout.signals_path(day, config.strategy_id)
+    try:
+        sinfo = ucs.stat_sync(t_sig, spath)
+    except ObjectNotFoundError:
+        log.warning("no signals for strategy %s on %s (%s): the day is skipped for trading",
+                    config.strategy_id, day, ucs.uri(t_sig, spath))
+        signals = readers.empty_signals()
+    else:
+        signals = readers.read_signals(ucs, day, config.strategy_id)
+        inputs.append(InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size))
+
+    keys = _trade_keys_for_day(config, instruments, signals)
+    day_start, day_end = layout.day_bounds_ns(day)
+    intervals = signal_intervals(signals, day, config.lookback_s, config.grace_s)
+    by_key: dict[str, pl.DataFrame] = {}
+    trades = {}
+    for key in keys:
+        if config.full_day:
+            ranges = [(day_start, day_end)]
+        else:
+            # Router peers share the intervals of the signalled instruments of their asset.
+            pair = key.split(":")[2]
+            rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
+            if rows.height == 0:
+                continue
+            merged = _merge(rows.select("start_ns", "end_ns").rows())
+            ranges = merged
+        by_key[key] = pl.DataFrame(ranges, schema=["start_ns", "end_ns"], orient="row")
+        tpath = layout.trades_path(day, key)
+        res = ucs.download_from_gcs_streaming_sync(
+            t_ticks, tpath, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True
+        )
+        table = readers.validate_trades(res.table, ucs.uri(t_ticks, tpath))
+        trades[key] = table
+        inputs.append(InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read))
+
+    funding: dict[str, pl.DataFrame] = {}
+    bars: dict[str, pl.DataFrame] = {}
+    for key in config.instruments:
+        if key.split(":")[1] == "PERPETUAL" and key in set(instruments["instrument_key"].to_list()):
+            fpath = layout.funding_path(day, key)
+            try:
+                finfo = ucs.stat_sync(t_ticks, fpath)
+            except ObjectNotFoundError:
+                log.warning("no funding rates for %s on %s (%s): no funding applied that day",
+                            key, day, ucs.uri(t_ticks, fpath))
+            else:
+                funding[key] = readers.read_funding(ucs, day, key)
+                inputs.append(InputRecord(t_ticks.gcs_bucket, fpath, finfo.generation, finfo.size, finfo.size))
+        if config.use_bars_for_marks and not config.full_day:
+            bpath = layout.bars_path(day, key)
+            if ucs.exists_sync(t_ticks, bpath):
+                binfo = ucs.stat_sync(t_ticks, bpath)
+                bars[key] = ucs.download_from_gcs_sync(t_ticks, bpath).select("ts_event", "close")
+                inputs.append(InputRecord(t_ticks.gcs_bucket, bpath, binfo.generation, binfo.size, binfo.size))
+    day_input = DayInput(day=day, instruments=instruments, signals=signals, trades=trades,
+                         funding=funding, bars=bars or None)
+    return day_input, inputs, by_key
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+class _Prefetcher:
+    """Reads day d+1 in a thread while the engine runs day d (I/O overlapped with the engine)."""
+
+    def __init__(self, ucs: UnifiedCloudService, config: BacktestConfig, days: list[date],
+                 progress: ProgressFn | None, loader: DayLoader) -> None:
+        self.ucs, self.config, self.days, self.progress = ucs, config, days, progress
+        self.loader = loader
+        self.inputs: list[InputRecord] = []
+        self.intervals: dict[str, pl.DataFrame] = {}
+        self.read_time_s = 0.0
+        self.ticks = 0
+
+    def _load(self, day: date) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame], float]:
+        t0 = time.perf_counter()
+        d, inp, iv = self.loader(self.ucs, self.config, day)
+        return d, inp, iv, time.perf_counter() - t0
+
+    def __iter__(self) -> Iterator[DayInput]:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+            nxt: Future[Any] | None = pool.submit(self._load, self.days[0]) if self.days else None
+            for i, day in enumerate(self.days):
+                assert nxt is not None
+                day_input, inputs, intervals, dt = nxt.result()
+                nxt = pool.submit(self._load, self.days[i + 1]) if i + 1 < len(self.days) else None
+                self.inputs.extend(inputs)
+                for k, v in intervals.items():
+                    self.intervals[f"{day.isoformat()}|{k}"] = v
+                self.read_time_s += dt
+                n = sum(t.num_rows for t in day_input.trades.values())
+                self.ticks += n
+                if self.progress:
+                    self.progress("day", i + 1, len(self.days), {"day": day.isoformat(), "ticks": n})
+                yield day_input
+
+
+def run_backtest(
+    config: BacktestConfig,
+    start: date | str,
+    end: date | str,
+    ucs: UnifiedCloudService | None = None,
+    run_id: str | None = None,
+    progress: ProgressFn | None = None,
+    write_results: bool = True,
+    day_loader: DayLoader | None = None,
+) -> BacktestResult:
+    """Backtest `config` over the UTC days [start, end] and write its results under `run_id`.
+
+    `day_loader` replaces how a day's inputs are obtained (the Dagster path reads the day from
+    the NautilusTrader catalog its assets materialized); the default reads through UCS.
+    """
+    ucs = ucs or UnifiedCloudService()
+    days = layout.days_between(start, end)
+    run_id = layout.validate_run_id(run_id) if run_id else config.run_id(days[0], days[-1])
+    t_res = layout.target("results")
+    locations = {name: ucs.uri(t_res, layout.result_path(run_id, name)) for name in layout.RESULT_OBJECTS}
+    locations["backtest_config.json"] = ucs.uri(t_res, layout.config_path(run_id))
+    locations["execution.log"] = ucs.uri(t_res, layout.log_path(run_id))
+    created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    workdir = Path(tempfile.mkdtemp(prefix=f"bt-{run_id}-"))
+    handler = logging.FileHandler(workdir / "product.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger("backtest_pipeline")
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)
+    wall0 = time.perf_counter()
+    prefetch = _Prefetcher(ucs, config, days, progress, day_loader or load_day)
+    try:
+        log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
+        if write_results:
+            # A stale result of an earlier attempt must not survive a failed re-run.
+            _remove_results(ucs, run_id)
+            ucs.upload_to_gcs_sync(t_res, layout.config_path(run_id), config.model_dump(mode="json"))
+        engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
+        result = _build_result(config, days, run_id, engine_out, prefetch, wall0, created_at, locations)
+        if write_results:
+            _write_results(ucs, run_id, result, workdir)
+        log.info("run %s completed in %.2f s", run_id, time.perf_counter() - wall0)
+        return result
+    except Exception as exc:
+        log.error("run %s failed: %s\n%s", run_id, exc, traceback.format_exc())
+        summary = {
+            "run_id": run_id,
+            "status": "FAILED",
+            "created_at": created_at,
+            "config": config.model_dump(mode="json"),
+            "error": f"{type(exc).__name__}: {exc}",
+            "days": [d.isoformat() for d in days],
+            "inputs": [i.as_dict() for i in prefetch.inputs],
+            "execution_stats": {"wall_time_s": round(time.perf_counter() - wall0, 3)},
+        }
+        if write_results:
+            try:
+                _remove_results(ucs, run_id)
+                _upload_log(ucs, run_id, workdir)
+                ucs.upload_to_gcs_sync(t_res, layout.result_path(run_id, "summary.json"), summary)
+            except Exception as write_exc:  # storage itself may be what failed
+                log.error("could not record the failure of %s: %s", run_id, write_exc)
+                raise BacktestFailed(
+                    f"{exc} (and the FAILED summary could not be written: {write_exc})",
+                    run_id, locations["summary.json"],
+                ) from exc
+        raise BacktestFailed(str(exc), run_id, locations["summary.json"]) from exc
+    finally:
+        root_logger.removeHandler(handler)
+        handler.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _remove_results(ucs: UnifiedCloudService, run_id: str) -> None:
+    t_res = layout.target("results")
+    # summary.json first: without it, no reader treats the other objects as a finished run.
+    for name in ("summary.json", *layout.RESULT_PARQUETS):
+        ucs.delete_sync(t_res, layout.result_path(run_id, name))
+
+
+def _upload_log(ucs: UnifiedCloudService, run_id: str, workdir: Path) -> None:
+    parts = []
+    for name in ("execution.log", "product.log"):
+        f = workdir / name
+        if f.exists():
+            parts.append(f"===== {name} =====\n{f.read_text(errors='replace')}")
+    ucs.upload_to_gcs_sync(layout.target("results"), layout.log_path(run_id), "\n".join(parts), format="text")
+
+
+def _build_result(
+    config: BacktestConfig,
+    days: list[date],
+    run_id: str,
+    out: EngineOutput,
+    prefetch: _Prefetcher,
+    wall0: float,
+    created_at: str,
+    locations: dict[str, str],
+) -> BacktestResult:
+    start_ns = layout.day_bounds_ns(days[0])[0]
+    end_ns = layout.day_bounds_ns(days[-1])[1]
+    starting_balance = sum(config.venue(v).starting_balance for v in config.venue_names)
+    margin_init = _margin_init(out)
+    equity_ns = int(config.equity_interval_s * NS)
+    metrics_ns = int(config.metrics_interval_s * NS)
+    positions = results_mod.build_positions(
+        out.fills, out.marks, start_ns=start_ns, end_ns=end_ns, equity_interval_ns=equity_ns
+    )
+    equity = results_mod.build_equity_curve(
+        out.fills, out.funding, out.marks, starting_balance=starting_balance, start_ns=start_ns,
+        end_ns=end_ns, equity_interval_ns=equity_ns, margin_init=margin_init,
+    )
+    pnl = results_mod.build_pnl(out.fills, out.funding, equity, starting_balance=starting_balance)
+    trips = results_mod.round_trips(out.fills, out.funding)
+    mets = metrics_mod.compute_metrics(equity, trips, metrics_ns, start_ns, end_ns)
+    wall = time.perf_counter() - wall0
+    bytes_read = sum(i.bytes_read for i in prefetch.inputs)
+    tick_inputs = [i for i in prefetch.inputs if "/data_type-trades/" in i.path]
+    stats = dict(out.stats)
+    stats.update(
+        {
+            "days": len(days),
+            "bytes_read": bytes_read,
+            "bytes_available": sum(i.bytes_total for i in tick_inputs),
+            "tick_bytes_read": sum(i.bytes_read for i in tick_inputs),
+            "read_time_s": round(prefetch.read_time_s, 3),
+            "wall_time_s": round(wall, 3),
+            "ticks_per_second": round(stats.get("ticks_processed", 0) / max(stats.get("engine_time_s", 0), 1e-9), 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "full_day": config.full_day,
+        }
+    )
+    summary = {
+        "run_id": run_id,
+        "status": "COMPLETED",
+        "created_at": created_at,
+        "config": config.model_dump(mode="json"),
+        "start": days[0].isoformat(),
+        "end": days[-1].isoformat(),
+        "days": [d.isoformat() for d in days],
+        "starting_balance": starting_balance,
+        "account_currency": config.account_currency,
+        "pnl": pnl,
+        "metrics": mets,
+        "execution_stats": stats,
+        "inputs": [i.as_dict() for i in prefetch.inputs],
+        "results": locations,
+    }
+    return BacktestResult(
+        run_id=run_id,
+        status="COMPLETED",
+        summary=summary,
+        locations=locations,
+        orders=out.orders,
+        fills=out.fills,
+        positions=positions,
+        equity_curve=equity,
+        operations=out.operations,
+        intervals=prefetch.intervals,
+    )
+
+
+def _margin_init(out: EngineOutput) -> dict[str, float]:
+    return dict(getattr(out, "margin_init", {}) or {})
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # pragma: no cover
+        return psutil.Process().memory_info().rss / 2**20
+
+
+def result_tables(result: BacktestResult) -> dict[str, Any]:
+    """The four Parquet outputs conformed to the exact schemas of spec/outputs.md."""
+    return {
+        "orders.parquet": results_mod.conform(result.orders, "orders"),
+        "fills.parquet": results_mod.conform(result.fills, "fills"),
+        "positions.parquet": results_mod.conform(result.positions, "positions"),
+        "equity_curve.parquet": results_mod.conform(result.equity_curve, "equity_curve"),
+    }
+
+
+def _write_results(ucs: UnifiedCloudService, run_id: str, result: BacktestResult, workdir: Path) -> None:
+    t_res = layout.target("results")
+    for name, table in result_tables(result).items():
+        ucs.upload_to_gcs_sync(t_res, layout.result_path(run_id, name), table, format="parquet")
+    _upload_log(ucs, run_id, workdir)
+    ucs.upload_to_gcs_sync(t_res, layout.result_path(run_id, "summary.json"), result.summary)
+
+
+def summary_json(result: BacktestResult) -> str:
+    return json.dumps(result.summary, indent=2, default=str)

@@ -1,0 +1,394 @@
+"""The Nautilus ``Strategy`` that hosts the orchestrator, risk, OMS and router inside the engine.
+
+It is the :class:`ExecutionContext` of the orchestrator: positions and last prices come from the
+engine's portfolio and cache, timers from its clock, and order events flow back into the OMS.
+Signals and funding events are scheduled as clock time alerts, so they interleave with the ticks
+exactly at their timestamps, including across the streamed day boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+from nautilus_trader.backtest.config import SimulationModuleConfig
+from nautilus_trader.backtest.modules import SimulationModule
+from nautilus_trader.common.component import Logger
+from nautilus_trader.config import StrategyConfig
+from nautilus_trader.model.enums import OrderSide, TimeInForce
+from nautilus_trader.model.events import (
+    OrderAccepted,
+    OrderCanceled,
+    OrderDenied,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+)
+from nautilus_trader.model.identifiers import ClientOrderId, InstrumentId, Venue
+from nautilus_trader.model.instruments import Instrument
+from nautilus_trader.model.objects import Currency, Money, Price, Quantity
+from nautilus_trader.trading.strategy import Strategy
+
+from backtest_pipeline.execution import instruments as names
+from backtest_pipeline.execution.config import BacktestConfig
+from backtest_pipeline.execution.oms import OMS
+from backtest_pipeline.execution.orchestrator import Operation, Orchestrator, Signal
+from backtest_pipeline.execution.risk import OrderIntent, PreTradeRisk, RiskSnapshot
+from backtest_pipeline.execution.router import SmartRouter, VenueQuote, group_of, groups
+
+
+class VenueHandle(SimulationModule):
+    """Gives the strategy the venue's ``SimulatedExchange`` (for ``adjust_account``).
+
+    ``BacktestEngine`` keeps its exchanges private; a simulation module is the supported way to
+    be handed one. It does nothing per tick.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(SimulationModuleConfig())
+
+    def process(self, ts_now: int) -> None:  # noqa: D401 - Nautilus hook
+        return None
+
+    def log_diagnostics(self, logger: Logger) -> None:
+        return None
+
+    def reset(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class InstrumentInfo:
+    key: str
+    venue: str
+    instrument: Instrument
+    lot: float
+    min_qty: float
+    maker_fee: float
+    taker_fee: float
+    latency_s: float
+    tick: Decimal
+
+
+@dataclass(frozen=True)
+class FundingEvent:
+    ts_event: int
+    instrument_key: str
+    funding_rate: float
+    mark_price: float
+
+
+class ExecutionStrategy(Strategy):
+    def __init__(
+        self,
+        config: BacktestConfig,
+        venue_handles: dict[str, VenueHandle],
+        twap_slice_s: float = 10.0,
+        router_drift_per_s: float = 0.0,
+    ) -> None:
+        super().__init__(StrategyConfig(strategy_id="EXEC-001", order_id_tag="001"))
+        self.run_config = config
+        self.currency = Currency.from_str(config.account_currency)
+        self.venue_handles = venue_handles
+        self.info: dict[str, InstrumentInfo] = {}
+        self.iids: dict[str, InstrumentId] = {}
+        self.group_members = groups(config.instruments)
+        self.available: dict[int, set[str]] = {}  # day index (ns // 86400e9) → keys
+        self.oms = OMS()
+        self.risk = PreTradeRisk(config.risk, config.account_currency)
+        self.router = SmartRouter(config.primary_venue, router_drift_per_s)
+        self.orch = Orchestrator(self, group_of, twap_slice_s)
+        self.fills: list[tuple[Any, ...]] = []
+        self.funding_rows: list[tuple[Any, ...]] = []
+        self.signals_seen = 0
+        self._slip_num = 0.0
+        self._slip_den = 0.0
+        self._pending: list[tuple[str, int, Callable[[], None]]] = []
+        self._started = False
+        self.errors: list[BaseException] = []
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def register_instrument(self, key: str, instrument: Instrument) -> None:
+        venue = names.venue_of_key(key)
+        lat = self.run_config.venue(venue).latency
+        self.info[key] = InstrumentInfo(
+            key=key,
+            venue=venue,
+            instrument=instrument,
+            lot=float(instrument.size_increment),
+            min_qty=float(instrument.min_quantity) if instrument.min_quantity else 0.0,
+            maker_fee=float(instrument.maker_fee),
+            taker_fee=float(instrument.taker_fee),
+            latency_s=(lat.base_ms + lat.insert_ms) / 1000.0,
+            tick=instrument.price_increment.as_decimal(),
+        )
+        self.iids[key] = instrument.id
+
+    def set_available(self, day_index: int, keys: set[str]) -> None:
+        self.available[day_index] = keys
+
+    def schedule_day(
+        self, day_label: str, signals: list[Signal], funding: list[FundingEvent]
+    ) -> None:
+        """Time alerts for the day's signals and funding events (one per distinct timestamp).
+
+        Grouping by timestamp keeps the processing order the file order, whatever order the
+        clock would give equal-time alerts.
+        """
+        by_ts: dict[int, list[Signal]] = {}
+        for s in signals:
+            by_ts.setdefault(s.ts_event, []).append(s)
+        for ts, sigs in by_ts.items():
+            self._schedule(f"SIG:{ts}", ts, lambda sigs=sigs: self._on_signals(sigs))
+        f_by_ts: dict[int, list[FundingEvent]] = {}
+        for f in funding:
+            f_by_ts.setdefault(f.ts_event, []).append(f)
+        for ts, evs in f_by_ts.items():
+            self._schedule(f"FUND:{ts}", ts, lambda evs=evs: self._on_funding(evs))
+
+    def _schedule(self, name: str, ts: int, cb: Callable[[], None]) -> None:
+        if self._started:
+            self.set_alert(name, ts, cb)
+        else:
+            self._pending.append((name, ts, cb))
+
+    def on_start(self) -> None:
+        self._started = True
+        for name, ts, cb in self._pending:
+            self.set_alert(name, ts, cb)
+        self._pending.clear()
+
+    # -- ExecutionContext ------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        return self.clock.timestamp_ns()
+
+    def position(self, key: str) -> float:
+        iid = self.iids.get(key)
+        if iid is None:
+            return 0.0
+        return float(self.portfolio.net_position(iid))
+
+    def group_position(self, group: str) -> float:
+        return sum(self.position(k) for k in self.group_members.get(group, []))
+
+    def lot_rules(self, instrument_key: str) -> tuple[float, float]:
+        i = self.info[instrument_key]
+        return i.lot, i.min_qty
+
+    def last_price(self, key: str) -> float | None:
+        iid = self.iids.get(key)
+        if iid is None:
+            return None
+        tick = self.cache.trade_tick(iid)
+        return tick.price.as_double() if tick is not None else None
+
+    def last_prices(self, group: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for k in self.group_members.get(group, []):
+            p = self.last_price(k)
+            if p is not None:
+                out[k] = p
+        return out
+
+    def _is_available(self, key: str) -> bool:
+        # Alerts after a day's last tick may fire at the next day's start or at the final
+        # flush: use the latest loaded day not after now.
+        day = self.now_ns() // 86_400_000_000_000
+        known = [d for d in self.available if d <= day]
+        return bool(known) and key in self.available[max(known)] and key in self.info
+
+    def _equity_and_gross(self, exclude: str) -> tuple[float, float]:
+        equity = 0.0
+        for v in {i.venue for i in self.info.values()}:
+            acct = self.cache.account_for_venue(Venue(names.to_nautilus_venue(v)))
+            if acct is not None:
+                bal = acct.balance_total(self.currency)
+                equity += bal.as_double() if bal is not None else 0.0
+        gross = 0.0
+        for key, info in self.info.items():
+            pos = self.position(key)
+            if pos == 0:
+                continue
+            last = self.last_price(key)
+            if last is None:
+                continue
+            for p in self.cache.positions_open(instrument_id=info.instrument.id):
+                equity += p.signed_qty * (last - p.avg_px_open)
+            if key != exclude:
+                gross += abs(pos) * last
+        return equity, gross
+
+    def send(
+        self,
+        op: Operation,
+        side: str,
+        quantity: float,
+        order_type: str,
+        limit_price: float | None,
+    ) -> str | None:
+        candidates = [
+            VenueQuote(k, self.last_price(k), i.maker_fee, i.taker_fee, i.latency_s)
+            for k in self.group_members.get(op.group, [])
+            if (i := self.info.get(k)) is not None and self._is_available(k)
+        ]
+        key = self.router.choose(side, order_type, candidates, op.signal.instrument_key)
+        now = self.now_ns()
+        info = self.info.get(key)
+        last = self.last_price(key)
+        price = limit_price if order_type == "LIMIT" and limit_price is not None else None
+        if order_type == "LIMIT" and price is None:
+            price = last
+        if info is not None:
+            units = math.floor(quantity / info.lot + 1e-9)
+            quantity = units * info.lot
+            if price is not None and order_type == "LIMIT":
+                # Round the limit price passively: a buy never pays above what was asked.
+                d = Decimal(repr(price)) / info.tick
+                mode = ROUND_FLOOR if side == "BUY" else ROUND_CEILING
+                price = float(d.to_integral_value(rounding=mode) * info.tick)
+        reason: str | None = None
+        if order_type == "LIMIT" and price is None:
+            reason = f"no_reference_price: LIMIT without limit_price and no trade seen for {key}"
+        elif info is not None and (quantity <= 0 or quantity < info.min_qty - 1e-12):
+            reason = f"min_quantity: {quantity:.8g} < {info.min_qty:.8g} on {key} after lot rounding"
+        else:
+            equity, gross = self._equity_and_gross(key)
+            snap = RiskSnapshot(
+                last_price=last,
+                position=self.position(key),
+                gross_notional_others=gross,
+                equity=equity,
+                available=self._is_available(key),
+                day=_day_label(now),
+            )
+            reason = self.risk.check(OrderIntent(key, side, quantity, order_type, price), snap)
+        if reason is not None or info is None:
+            self.oms.record_risk_rejected(
+                op.operation_id, key, side, order_type, quantity, price, now,
+                reason or f"instrument_unavailable: {key}",
+            )  # fmt: skip
+            return None
+        inst = info.instrument
+        qty = Quantity(quantity, inst.size_precision)
+        o_side = OrderSide.BUY if side == "BUY" else OrderSide.SELL
+        if order_type == "MARKET":
+            order = self.order_factory.market(inst.id, o_side, qty, time_in_force=TimeInForce.GTC)
+        else:
+            assert price is not None
+            order = self.order_factory.limit(
+                inst.id, o_side, qty, Price(price, inst.price_precision), TimeInForce.GTC
+            )
+        oid = order.client_order_id.value
+        self.oms.record_submitted(oid, op.operation_id, key, side, order_type, quantity, price, now)
+        self.submit_order(order)
+        return oid
+
+    def cancel(self, order_id: str) -> None:
+        order = self.cache.order(ClientOrderId(order_id))
+        if order is not None and order.is_open and not order.is_pending_cancel:
+            self.cancel_order(order)
+
+    def open_order_ids(self, operation_id: str) -> list[str]:
+        return [r.order_id for r in self.oms.open_orders(operation_id)]
+
+    def set_alert(self, name: str, ts_ns: int, callback: Callable[[], None]) -> None:
+        self.clock.set_time_alert_ns(name, ts_ns, lambda _e, cb=callback: self._guard(cb))
+
+    def cancel_alert(self, name: str) -> None:
+        if name in self.clock.timer_names:
+            self.clock.cancel_timer(name)
+
+    def _guard(self, cb: Callable[[], None]) -> None:
+        # An exception inside a clock callback would be logged and swallowed by the engine;
+        # keep it so run_engine can raise it after the day.
+        try:
+            cb()
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(exc)
+
+    # -- signals and funding ---------------------------------------------------------------
+
+    def _on_signals(self, sigs: list[Signal]) -> None:
+        for s in sigs:
+            self.signals_seen += 1
+            self.orch.on_signal(s)
+
+    def _on_funding(self, events: list[FundingEvent]) -> None:
+        for ev in events:
+            pos = self.position(ev.instrument_key)
+            if pos == 0:
+                continue
+            payment = pos * ev.mark_price * ev.funding_rate
+            self.funding_rows.append(
+                (ev.ts_event, ev.instrument_key, pos, ev.mark_price, ev.funding_rate, payment)
+            )
+            handle = self.venue_handles[names.venue_of_key(ev.instrument_key)]
+            handle.exchange.adjust_account(Money(-payment, self.currency))
+
+    # -- order events ----------------------------------------------------------------------
+
+    def on_order_event(self, event: OrderEvent) -> None:
+        oid = event.client_order_id.value
+        ts = event.ts_event
+        if isinstance(event, OrderFilled):
+            self._on_fill(event)
+        elif isinstance(event, OrderAccepted):
+            self.oms.on_status(oid, "ACCEPTED", ts)
+        elif isinstance(event, OrderCanceled):
+            self.oms.on_status(oid, "CANCELED", ts)
+        elif isinstance(event, OrderExpired):
+            self.oms.on_status(oid, "EXPIRED", ts)
+        elif isinstance(event, OrderRejected):
+            self.oms.on_status(oid, "REJECTED", ts, reason=f"venue: {event.reason}")
+        elif isinstance(event, OrderDenied):
+            self.oms.on_status(oid, "REJECTED", ts, reason=f"nautilus_risk: {event.reason}")
+
+    def _on_fill(self, ev: OrderFilled) -> None:
+        oid = ev.client_order_id.value
+        qty = float(ev.last_qty)
+        px = float(ev.last_px)
+        rec = self.oms.on_status(oid, "FILLED_PART", ev.ts_event, fill_qty=qty)
+        key = names.key_for(ev.instrument_id)
+        side = "BUY" if ev.order_side == OrderSide.BUY else "SELL"
+        fee = self._fee_in_account_ccy(ev.commission, key, px)
+        self.fills.append(
+            (
+                ev.trade_id.value, oid, key, side, qty, px, fee,
+                self.run_config.account_currency, ev.ts_event, names.venue_of_key(key),
+            )
+        )  # fmt: skip
+        if rec is None:
+            return
+        signed = qty if side == "BUY" else -qty
+        self.orch.on_fill(rec.operation_id, signed)
+        op = self.orch.operations.get(rec.operation_id)
+        ref = op.ref_prices.get(key) if op is not None else None
+        if ref:
+            sign = 1.0 if side == "BUY" else -1.0
+            self._slip_num += qty * sign * (px - ref) / ref * 1e4
+            self._slip_den += qty
+
+    def _fee_in_account_ccy(self, commission: Money, key: str, px: float) -> float:
+        code = commission.currency.code
+        if code == self.run_config.account_currency:
+            return commission.as_double()
+        inst = self.info[key].instrument
+        if code == inst.base_currency.code:
+            return commission.as_double() * px
+        raise ValueError(f"{key}: commission in {code} cannot be converted to the account currency")
+
+    @property
+    def avg_slippage_bps(self) -> float | None:
+        return self._slip_num / self._slip_den if self._slip_den else None
+
+
+def _day_label(ts_ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).date().isoformat()
