@@ -81,8 +81,14 @@ def trades(rows: list[tuple[int, float, float, str]], prefix: str = "T") -> pa.T
 
 
 def steady_trades(
-    day: date, start_s: float, end_s: float, step_s: float, price: float, size: float = 5.0,
-    prefix: str = "T", drift: float = 0.0,
+    day: date,
+    start_s: float,
+    end_s: float,
+    step_s: float,
+    price: float,
+    size: float = 5.0,
+    prefix: str = "T",
+    drift: float = 0.0,
 ) -> pa.Table:
     rows = []
     i = 0
@@ -127,6 +133,7 @@ def day_input(
 
 def funding_df(rows: list[tuple[int, float, float]]) -> pl.DataFrame:
     return pl.DataFrame(
-        rows, schema={"ts_event": pl.Int64, "funding_rate": pl.Float64, "mark_price": pl.Float64},
+        rows,
+        schema={"ts_event": pl.Int64, "funding_rate": pl.Float64, "mark_price": pl.Float64},
         orient="row",
     )

@@ -39,10 +39,14 @@ def parquet_bytes_to_table(data: bytes, name: str) -> pa.Table:
     try:
         return pq.read_table(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError variants
-        raise DataValidationError(name, f"not a readable Parquet file ({len(data)} bytes): {exc}") from exc
+        raise DataValidationError(
+            name, f"not a readable Parquet file ({len(data)} bytes): {exc}"
+        ) from exc
 
 
-def read_parquet_object(ucs: Any, target: layout.CloudTarget, path: str, what: str) -> tuple[pa.Table, str]:
+def read_parquet_object(
+    ucs: Any, target: layout.CloudTarget, path: str, what: str
+) -> tuple[pa.Table, str]:
     """Whole object as an Arrow table, plus its name; MissingDataError if absent."""
     name = object_name(ucs, target, path)
     try:
@@ -55,7 +59,9 @@ def read_parquet_object(ucs: Any, target: layout.CloudTarget, path: str, what: s
 def read_instruments(ucs: Any, day: str | date) -> pl.DataFrame:
     """The instruments available on `day` (validated, canonical columns)."""
     path = layout.instruments_path(day)
-    table, name = read_parquet_object(ucs, layout.target("instruments"), path, f"instruments of {layout.day_str(day)}")
+    table, name = read_parquet_object(
+        ucs, layout.target("instruments"), path, f"instruments of {layout.day_str(day)}"
+    )
     return schemas.validate_instruments(table, name)
 
 
@@ -63,7 +69,10 @@ def read_signals(ucs: Any, day: str | date, strategy_id: str) -> pl.DataFrame:
     """Signals of `strategy_id` on `day`; every ts_event must fall inside that UTC day."""
     path = layout.signals_path(day, strategy_id)  # validates the strategy id before any I/O
     table, name = read_parquet_object(
-        ucs, layout.target("signals"), path, f"signals of strategy {strategy_id!r} on {layout.day_str(day)}"
+        ucs,
+        layout.target("signals"),
+        path,
+        f"signals of strategy {strategy_id!r} on {layout.day_str(day)}",
     )
     return schemas.validate_signals(table, name, day=day)
 
@@ -72,7 +81,10 @@ def read_funding(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame
     """Funding events of a perpetual on `day`."""
     path = layout.funding_path(day, instrument_key)
     table, name = read_parquet_object(
-        ucs, layout.target("ticks"), path, f"funding rates of {instrument_key} on {layout.day_str(day)}"
+        ucs,
+        layout.target("ticks"),
+        path,
+        f"funding rates of {instrument_key} on {layout.day_str(day)}",
     )
     return schemas.validate_funding(table, name, day=day)
 
@@ -84,3 +96,15 @@ def read_trades(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
         ucs, layout.target("ticks"), path, f"trades of {instrument_key} on {layout.day_str(day)}"
     )
     return schemas.validate_trades_frame(table, name, day=day, allow_empty=False)
+
+
+# Re-exported so callers of the readers need one import: the streaming reader validates its
+# window's rows with this (Arrow in → Arrow out; an empty window is fine).
+validate_trades = schemas.validate_trades
+
+
+def empty_signals() -> pl.DataFrame:
+    """A zero-row signals frame with the canonical schema (a day the strategy did not signal)."""
+    out = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
+    assert isinstance(out, pl.DataFrame)
+    return out

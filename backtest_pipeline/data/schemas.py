@@ -680,8 +680,8 @@ def default_instrument_row(
     """An instruments.parquet row for `key`: the reference definition, else venue-type defaults.
 
     Importers call this for instruments that are not yet listed on a day; precisions inferred
-    from the imported prices/sizes (when given) replace the generic 2/3 decimals, so that tick and
-    lot sizes are at least consistent with the data.
+    from the imported prices/sizes (when given) replace the generic 2/3 decimals, or the reference
+    ones when finer, so that tick and lot sizes are consistent with the data.
     """
     venue, itype, base, quote = layout.parse_instrument_key(key)
     inverse = quote == "USD" and itype != "SPOT"
@@ -699,7 +699,22 @@ def default_instrument_row(
     }
     ref = REFERENCE_INSTRUMENTS.get(key)
     if ref is not None:
-        return {**row, **ref}
+        out = {**row, **ref}
+        # Historical data can be finer than today's rules (BTCUSDT-PERP had a 0.01 tick in 2020):
+        # the instrument must describe the data, so finer observed precisions win.
+        if price_precision is not None and price_precision > out["price_precision"]:
+            out.update(
+                price_precision=price_precision,
+                tick_size=round(10.0**-price_precision, price_precision),
+            )
+        if size_precision is not None and size_precision > out["size_precision"]:
+            lot = round(10.0**-size_precision, size_precision)
+            out.update(
+                size_precision=size_precision,
+                lot_size=lot,
+                min_quantity=min(out["min_quantity"], lot),
+            )
+        return out
     pp = 2 if price_precision is None else int(price_precision)
     sp = 3 if size_precision is None else int(size_precision)
     fees = _SPOT if itype == "SPOT" else _FUT

@@ -60,7 +60,10 @@ class FillModelConfig(_Strict):
 
     prob_fill_on_limit: float = Field(1.0, ge=0, le=1)
     prob_slippage: float = Field(0.0, ge=0, le=1)
-    liquidity_consumption: bool = True
+    # Off by default: in 1.231, with trade-tick-only books the consumed size of a price level is
+    # reset only by a trade of a different size at that level, which leaves market orders hanging
+    # (see tests/test_engine_run.py for the pinned reproduction). Turn on to study queue effects.
+    liquidity_consumption: bool = False
     random_seed: int = 42
 
 
@@ -80,6 +83,9 @@ class BacktestConfig(_Strict):
     lookback_s: float = Field(5.0, ge=0)
     grace_s: float = Field(5.0, ge=0)
     full_day: bool = False
+    twap_slice_s: float = Field(10.0, gt=0)
+    router_drift_bps_per_s: float = Field(0.0, ge=0)
+    allow_spot_short: bool = False
     use_bars_for_marks: bool = True
 
     @field_validator("strategy_id")

@@ -210,7 +210,9 @@ def _funding_of(funding: dict[str, pl.DataFrame], keys: set[str]) -> list[Fundin
     return out
 
 
-def _validate_signals(day: DayInput, sigs: list[Signal], run_keys: set[str], day_keys: set[str]):
+def _validate_signals(
+    day: DayInput, sigs: list[Signal], run_keys: set[str], day_keys: set[str]
+) -> None:
     for s in sigs:
         if s.instrument_key not in run_keys:
             raise EngineInputError(
@@ -247,7 +249,9 @@ def run_engine(
     try:
         for day in days:
             if last_day is not None and day.day <= last_day:
-                raise EngineInputError(f"days must be strictly increasing: {day.day} after {last_day}")
+                raise EngineInputError(
+                    f"days must be strictly increasing: {day.day} after {last_day}"
+                )
             last_day = day.day
             n_days += 1
             day_start, day_end = layout.day_bounds_ns(day.day)
@@ -342,6 +346,10 @@ def _collect(
         "orders_canceled": orders.filter(pl.col("status") == "CANCELED").height,
         "orders_rejected": orders.filter(pl.col("status") == "REJECTED").height,
         "fills": fills.height,
+        # Orders neither filled nor cancelled/rejected when the run ended (see strategy.send).
+        "orders_open_at_end": submitted.filter(
+            pl.col("status").is_in(["SUBMITTED", "ACCEPTED", "PARTIALLY_FILLED"])
+        ).height,
         "avg_slippage_bps": strategy.avg_slippage_bps,
         "ticks_processed": ticks_total,
         "engine_time_s": engine_time,

@@ -131,9 +131,7 @@ class OMS:
             return None
         rec.filled_quantity += fill_qty
         if status == "FILLED_PART":
-            status = (
-                "FILLED" if rec.filled_quantity >= rec.quantity - 1e-12 else "PARTIALLY_FILLED"
-            )
+            status = "FILLED" if rec.filled_quantity >= rec.quantity - 1e-12 else "PARTIALLY_FILLED"
         if status == "ACCEPTED" and rec.status == "PARTIALLY_FILLED":
             status = rec.status
         rec.status = status
@@ -145,7 +143,9 @@ class OMS:
 
     def open_orders(self, operation_id: str) -> list[OrderRecord]:
         return [
-            self._orders[o] for o in self._by_operation.get(operation_id, []) if self._orders[o].is_open
+            self._orders[o]
+            for o in self._by_operation.get(operation_id, [])
+            if self._orders[o].is_open
         ]
 
     def orders_of(self, operation_id: str) -> list[OrderRecord]:

@@ -38,6 +38,7 @@ class RiskSnapshot:
     equity: float
     available: bool
     day: str = ""
+    allow_short: bool = True
 
 
 class PreTradeRisk:
@@ -53,6 +54,14 @@ class PreTradeRisk:
             return f"instrument_unavailable: {order.instrument_key} is not in the instruments of {snap.day or 'the day'}"
         if order.quantity <= 0:
             return f"invalid_quantity: {order.quantity} <= 0"
+        signed = order.quantity if order.side == "BUY" else -order.quantity
+        if not snap.allow_short and snap.position + signed < -1e-12:
+            # Nautilus's multi-currency cash account would let a spot sell run the base
+            # balance negative; a spot venue cannot be shorted.
+            return (
+                f"spot_short: position after the order {snap.position + signed:.8g} < 0 "
+                f"on {order.instrument_key}"
+            )
         if lim.max_order_quantity is not None and order.quantity > lim.max_order_quantity:
             return f"max_order_quantity: {order.quantity:.8g} > {lim.max_order_quantity:.8g}"
         if (
@@ -80,7 +89,6 @@ class PreTradeRisk:
         notional = order.quantity * price
         if lim.max_order_notional is not None and notional > lim.max_order_notional:
             return f"max_order_notional: {notional:.2f} > {lim.max_order_notional:.2f} {cur}"
-        signed = order.quantity if order.side == "BUY" else -order.quantity
         pos_after = abs(snap.position + signed) * price
         if lim.max_position_notional is not None and pos_after > lim.max_position_notional:
             return (

@@ -26,7 +26,7 @@ import polars as pl
 import psutil
 
 from backtest_pipeline import layout
-from backtest_pipeline.data import readers
+from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.execution import metrics as metrics_mod
 from backtest_pipeline.execution import results as results_mod
 from backtest_pipeline.execution.config import BacktestConfig
@@ -123,7 +123,7 @@ def load_day(
     except ObjectNotFoundError:
         log.warning("no signals for strategy %s on %s (%s): the day is skipped for trading",
                     config.strategy_id, day, ucs.uri(t_sig, spath))
-        signals = readers.empty_signals()
+        signals = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
     else:
         signals = readers.read_signals(ucs, day, config.strategy_id)
         inputs.append(InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size))
@@ -149,7 +149,7 @@ def load_day(
         res = ucs.download_from_gcs_streaming_sync(
             t_ticks, tpath, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True
         )
-        table = readers.validate_trades(res.table, ucs.uri(t_ticks, tpath))
+        table = schemas.validate_trades(res.table, ucs.uri(t_ticks, tpath), day=day)
         trades[key] = table
         inputs.append(InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read))
 
@@ -198,6 +198,7 @@ class _Prefetcher:
         self.intervals: dict[str, pl.DataFrame] = {}
         self.read_time_s = 0.0
         self.ticks = 0
+        self.margin_init: dict[str, float] = {}
 
     def _load(self, day: date) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame], float]:
         t0 = time.perf_counter()
@@ -212,6 +213,11 @@ class _Prefetcher:
                 day_input, inputs, intervals, dt = nxt.result()
                 nxt = pool.submit(self._load, self.days[i + 1]) if i + 1 < len(self.days) else None
                 self.inputs.extend(inputs)
+                for row in day_input.instruments.select(
+                    "instrument_key", "instrument_type", "margin_init"
+                ).iter_rows():
+                    # Spot is a cash account: holding it uses no margin.
+                    self.margin_init.setdefault(row[0], 0.0 if row[1] == "SPOT" else float(row[2]))
                 for k, v in intervals.items():
                     self.intervals[f"{day.isoformat()}|{k}"] = v
                 self.read_time_s += dt
@@ -324,7 +330,7 @@ def _build_result(
     start_ns = layout.day_bounds_ns(days[0])[0]
     end_ns = layout.day_bounds_ns(days[-1])[1]
     starting_balance = sum(config.venue(v).starting_balance for v in config.venue_names)
-    margin_init = _margin_init(out)
+    margin_init = prefetch.margin_init
     equity_ns = int(config.equity_interval_s * NS)
     metrics_ns = int(config.metrics_interval_s * NS)
     positions = results_mod.build_positions(
@@ -382,10 +388,6 @@ def _build_result(
         operations=out.operations,
         intervals=prefetch.intervals,
     )
-
-
-def _margin_init(out: EngineOutput) -> dict[str, float]:
-    return dict(getattr(out, "margin_init", {}) or {})
 
 
 def _peak_rss_mb() -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -33,6 +34,7 @@ from nautilus_trader.model.instruments import Instrument
 from nautilus_trader.model.objects import Currency, Money, Price, Quantity
 from nautilus_trader.trading.strategy import Strategy
 
+from backtest_pipeline import layout
 from backtest_pipeline.execution import instruments as names
 from backtest_pipeline.execution.config import BacktestConfig
 from backtest_pipeline.execution.oms import OMS
@@ -256,7 +258,9 @@ class ExecutionStrategy(Strategy):
         if order_type == "LIMIT" and price is None:
             reason = f"no_reference_price: LIMIT without limit_price and no trade seen for {key}"
         elif info is not None and (quantity <= 0 or quantity < info.min_qty - 1e-12):
-            reason = f"min_quantity: {quantity:.8g} < {info.min_qty:.8g} on {key} after lot rounding"
+            reason = (
+                f"min_quantity: {quantity:.8g} < {info.min_qty:.8g} on {key} after lot rounding"
+            )
         else:
             equity, gross = self._equity_and_gross(key)
             snap = RiskSnapshot(
@@ -266,6 +270,7 @@ class ExecutionStrategy(Strategy):
                 equity=equity,
                 available=self._is_available(key),
                 day=_day_label(now),
+                allow_short=layout.parse_instrument_key(key)[1] != "SPOT",
             )
             reason = self.risk.check(OrderIntent(key, side, quantity, order_type, price), snap)
         if reason is not None or info is None:
@@ -278,7 +283,12 @@ class ExecutionStrategy(Strategy):
         qty = Quantity(quantity, inst.size_precision)
         o_side = OrderSide.BUY if side == "BUY" else OrderSide.SELL
         if order_type == "MARKET":
-            order = self.order_factory.market(inst.id, o_side, qty, time_in_force=TimeInForce.GTC)
+            # Known trap (Nautilus 1.231, liquidity_consumption=True on trade-tick L1 books): a
+            # market order that finds its level "consumed" (an earlier print of the SAME size at
+            # that price) gets no fill and no event, and stays SUBMITTED forever. IOC does not
+            # help (it then cancels partial fills early). Surfaced as stats["orders_open_at_end"].
+            tif = TimeInForce.GTC
+            order = self.order_factory.market(inst.id, o_side, qty, time_in_force=tif)
         else:
             assert price is not None
             order = self.order_factory.limit(
@@ -389,6 +399,4 @@ class ExecutionStrategy(Strategy):
 
 
 def _day_label(ts_ns: int) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).date().isoformat()

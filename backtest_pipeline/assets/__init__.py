@@ -1,0 +1,1 @@
+"""Dagster assets, one module per group: inputs, catalog, backtest (+ their checks)."""

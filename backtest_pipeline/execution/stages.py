@@ -1,0 +1,393 @@
+"""The pipeline's stages as plain functions: what each Dagster asset does, minus Dagster.
+
+Each function mirrors one step of ``runner.load_day`` (same readers, same key selection, same
+byte ranges), so that a backtest fed from the materialized assets — through the NautilusTrader
+catalog — gives exactly the result of ``run_backtest`` reading storage directly. The read
+statistics that ``run_backtest`` puts in ``summary.inputs`` travel with the tables, in their
+Arrow schema metadata (``backtest.inputs``).
+
+:func:`run_backtest_isolated` runs one backtest in a freshly *spawned* process: NautilusTrader
+initialises logging once per process, so a second engine in a long-lived Dagster worker would
+write into the first run's log (notes/nautilus-1.231.md).
+"""
+
+import json
+import logging
+import multiprocessing
+import shutil
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from backtest_pipeline import layout
+from backtest_pipeline.data import readers, schemas
+from backtest_pipeline.execution import catalog as catalog_mod
+from backtest_pipeline.execution.config import BacktestConfig
+from backtest_pipeline.execution.engine import DayInput
+from backtest_pipeline.execution.intervals import signal_intervals
+from backtest_pipeline.execution.runner import (
+    TRADE_COLUMNS,
+    InputRecord,
+    _merge,
+    _trade_keys_for_day,
+)
+from backtest_pipeline.storage.base import ObjectNotFoundError
+from backtest_pipeline.ucs import UnifiedCloudService
+
+log = logging.getLogger("backtest_pipeline.stages")
+
+INPUTS_KEY = b"backtest.inputs"
+
+
+def _validate_trades(table: pa.Table, name: str) -> pa.Table:
+    # The readers module re-exports the schema validator; fall back while it is being written.
+    fn = getattr(readers, "validate_trades", None) or schemas.validate_trades
+    return fn(table, name)
+
+
+def _empty_signals() -> pl.DataFrame:
+    fn = getattr(readers, "empty_signals", None)
+    if fn is not None:
+        return fn()
+    return pl.DataFrame(schema={c.name: schemas._POLARS[c.kind] for c in schemas.SIGNAL_COLUMNS})
+
+
+# ---- read statistics carried in schema metadata ----------------------------------------------
+
+
+def with_inputs(table: pa.Table | pl.DataFrame, records: Sequence[InputRecord]) -> pa.Table:
+    """``table`` as Arrow with the read records attached (they survive Parquet round trips)."""
+    t = table.to_arrow() if isinstance(table, pl.DataFrame) else table
+    meta = dict(t.schema.metadata or {})
+    meta[INPUTS_KEY] = json.dumps([r.as_dict() for r in records]).encode()
+    return t.replace_schema_metadata(meta)
+
+
+def inputs_of(table: pa.Table) -> list[InputRecord]:
+    raw = (table.schema.metadata or {}).get(INPUTS_KEY)
+    return [InputRecord(**r) for r in json.loads(raw)] if raw else []
+
+
+def to_polars(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
+    df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def _record(ucs: UnifiedCloudService, role: layout.Role, path: str) -> InputRecord:
+    target = layout.target(role)
+    info = ucs.stat_sync(target, path)
+    return InputRecord(target.gcs_bucket, path, info.generation, info.size, info.size)
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+
+def load_instruments(ucs: UnifiedCloudService, day: date) -> pa.Table:
+    """The day's validated instruments (with the object's read record)."""
+    rec = _record(ucs, "instruments", layout.instruments_path(day))
+    return with_inputs(readers.read_instruments(ucs, day), [rec])
+
+
+def load_signals(ucs: UnifiedCloudService, config: BacktestConfig, day: date) -> pa.Table:
+    """The day's validated signals of the configuration's strategy; none → an empty table.
+
+    A day without a signals object is traded as a day without signals, as ``load_day`` does.
+    """
+    path = layout.signals_path(day, config.strategy_id)
+    try:
+        rec = _record(ucs, "signals", path)
+    except ObjectNotFoundError:
+        log.warning("no signals for strategy %s on %s", config.strategy_id, day)
+        return with_inputs(_empty_signals(), [])
+    return with_inputs(readers.read_signals(ucs, day, config.strategy_id), [rec])
+
+
+def compute_intervals(signals: pa.Table | pl.DataFrame, config: BacktestConfig, day: date) -> pl.DataFrame:
+    """Per-instrument merged signal intervals of the day (inclusive ns bounds)."""
+    return signal_intervals(to_polars(signals), day, config.lookback_s, config.grace_s)
+
+
+def ranges_for_key(config: BacktestConfig, intervals: pl.DataFrame, key: str, day: date) -> list[tuple[int, int]]:
+    """The time ranges of ``key``'s trades a run needs: its asset's intervals (router peers share)."""
+    if config.full_day:
+        return [layout.day_bounds_ns(day)]
+    pair = key.split(":")[2]
+    rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
+    return _merge(rows.select("start_ns", "end_ns").rows()) if rows.height else []
+
+
+def fetch_tick_slices(
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    day: date,
+    instruments: pa.Table | pl.DataFrame,
+    signals: pa.Table | pl.DataFrame,
+    intervals: pl.DataFrame,
+) -> pa.Table:
+    """Trades inside the day's signal intervals, by byte-range reads; one table, all keys.
+
+    Columns: ``instrument_key`` + the validated trade columns. The records (bytes read vs object
+    size, generation) of every ticks object are attached as metadata.
+    """
+    t_ticks = layout.target("ticks")
+    keys = _trade_keys_for_day(config, to_polars(instruments), to_polars(signals))
+    parts: list[pa.Table] = []
+    records: list[InputRecord] = []
+    for key in keys:
+        ranges = ranges_for_key(config, intervals, key, day)
+        if not ranges:
+            continue
+        path = layout.trades_path(day, key)
+        res = ucs.download_from_gcs_streaming_sync(
+            t_ticks, path, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True
+        )
+        table = _validate_trades(res.table, ucs.uri(t_ticks, path))
+        table = table.add_column(0, "instrument_key", pa.array([key] * table.num_rows, pa.string()))
+        parts.append(table)
+        records.append(InputRecord(t_ticks.gcs_bucket, path, res.generation, res.object_size, res.bytes_read))
+    if parts:
+        out = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
+    else:
+        out = pa.table(
+            {
+                "instrument_key": pa.array([], pa.string()),
+                **{c: pa.array([], pa.int64() if c == "ts_event" else pa.float64() if c in ("price", "size") else pa.string()) for c in TRADE_COLUMNS},
+            }
+        )
+    meta = dict(out.schema.metadata or {})
+    meta[b"backtest.keys"] = json.dumps([k for k in keys if ranges_for_key(config, intervals, k, day)]).encode()
+    return with_inputs(out.replace_schema_metadata(meta), records)
+
+
+def split_slices(table: pa.Table) -> dict[str, pa.Table]:
+    """tick_slices → ``{instrument_key: trades}`` (keys with no row in range kept, empty)."""
+    df = to_polars(table)
+    raw = (table.schema.metadata or {}).get(b"backtest.keys")
+    keys = json.loads(raw) if raw else df["instrument_key"].unique(maintain_order=True).to_list()
+    return {k: df.filter(pl.col("instrument_key") == k).drop("instrument_key").to_arrow() for k in keys}
+
+
+def load_funding(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date, instruments: pa.Table | pl.DataFrame
+) -> pa.Table:
+    """Funding events of the run's perpetuals that day, one table with ``instrument_key``."""
+    available = set(to_polars(instruments)["instrument_key"].to_list())
+    t_ticks = layout.target("ticks")
+    frames: list[pl.DataFrame] = []
+    records: list[InputRecord] = []
+    for key in config.instruments:
+        if key.split(":")[1] != "PERPETUAL" or key not in available:
+            continue
+        path = layout.funding_path(day, key)
+        try:
+            rec = _record(ucs, "ticks", path)
+        except ObjectNotFoundError:
+            log.warning("no funding rates for %s on %s (%s)", key, day, ucs.uri(t_ticks, path))
+            continue
+        frames.append(readers.read_funding(ucs, day, key).with_columns(pl.lit(key).alias("instrument_key")))
+        records.append(rec)
+    df = (
+        pl.concat(frames, how="vertical_relaxed")
+        if frames
+        else pl.DataFrame(
+            schema={"ts_event": pl.Int64, "funding_rate": pl.Float64, "mark_price": pl.Float64, "instrument_key": pl.Utf8}
+        )
+    )
+    return with_inputs(df, records)
+
+
+def split_funding(table: pa.Table) -> dict[str, pl.DataFrame]:
+    df = to_polars(table)
+    keys = df["instrument_key"].unique(maintain_order=True).to_list()
+    return {k: df.filter(pl.col("instrument_key") == k).drop("instrument_key") for k in keys}
+
+
+def load_bars(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+) -> tuple[dict[str, pl.DataFrame], list[InputRecord]]:
+    """Derived 1-minute bars used to mark positions between intervals (as ``load_day``)."""
+    bars: dict[str, pl.DataFrame] = {}
+    records: list[InputRecord] = []
+    if not config.use_bars_for_marks or config.full_day:
+        return bars, records
+    t_ticks = layout.target("ticks")
+    for key in config.instruments:
+        path = layout.bars_path(day, key)
+        if ucs.exists_sync(t_ticks, path):
+            records.append(_record(ucs, "ticks", path))
+            bars[key] = ucs.download_from_gcs_sync(t_ticks, path).select("ts_event", "close")
+    return bars, records
+
+
+# ---- the catalog --------------------------------------------------------------------------------
+
+
+def build_catalog(
+    ucs: UnifiedCloudService,
+    day: date,
+    scope: str,
+    slices: pa.Table,
+    instruments: pa.Table | pl.DataFrame,
+) -> dict[str, Any]:
+    """Write the day's slices as a Nautilus catalog and store it under its prefix via UCS."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"catalog-{day}-"))
+    try:
+        manifest = catalog_mod.write_day_catalog(
+            workdir,
+            day,
+            split_slices(slices),
+            to_polars(instruments),
+            extra={"inputs": [r.as_dict() for r in inputs_of(slices)], "scope": scope},
+        )
+        prefix = catalog_mod.catalog_prefix(day, scope)
+        catalog_mod.upload_catalog(ucs, workdir, prefix)
+        manifest["uri"] = ucs.uri(layout.target("results"), prefix)
+        manifest["bytes"] = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
+        return manifest
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def manifest_table(manifest: dict[str, Any]) -> pa.Table:
+    """The catalog asset's per-day value: one row per instrument written."""
+    rows = [
+        {"instrument_key": k, "instrument_id": e["instrument_id"], "rows": e["rows"], "file": e["file"] or ""}
+        for k, e in manifest["instruments"].items()
+    ]
+    schema = pa.schema(
+        [("instrument_key", pa.string()), ("instrument_id", pa.string()), ("rows", pa.int64()), ("file", pa.string())]
+    )
+    t = pa.Table.from_pylist(rows, schema=schema)
+    return t.replace_schema_metadata({b"backtest.catalog_uri": str(manifest.get("uri", "")).encode()})
+
+
+@dataclass
+class DayBundle:
+    """Everything of a day except the trades, which the child reads from the day's catalog."""
+
+    day: date
+    instruments: pl.DataFrame
+    signals: pl.DataFrame
+    intervals: pl.DataFrame
+    funding: dict[str, pl.DataFrame]
+    bars: dict[str, pl.DataFrame]
+    pre_inputs: list[InputRecord] = field(default_factory=list)
+    post_inputs: list[InputRecord] = field(default_factory=list)
+    catalog_prefix: str = ""
+
+
+def make_bundle(
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    scope: str,
+    day: date,
+    instruments: pa.Table,
+    signals: pa.Table,
+    intervals: pa.Table | pl.DataFrame,
+    funding: pa.Table,
+) -> DayBundle:
+    bars, bar_records = load_bars(ucs, config, day)
+    return DayBundle(
+        day=day,
+        instruments=to_polars(instruments),
+        signals=to_polars(signals),
+        intervals=to_polars(intervals),
+        funding=split_funding(funding),
+        bars=bars,
+        pre_inputs=inputs_of(instruments) + inputs_of(signals),
+        post_inputs=inputs_of(funding) + bar_records,
+        catalog_prefix=catalog_mod.catalog_prefix(day, scope),
+    )
+
+
+class CatalogDayLoader:
+    """A ``run_backtest`` day loader that takes the day's trades from its Nautilus catalog.
+
+    Local roots are read in place; for ``gs://`` the catalog is downloaded to a temp dir first.
+    """
+
+    def __init__(self, bundles: Sequence[DayBundle]) -> None:
+        self.bundles = {b.day: b for b in bundles}
+
+    def _catalog_dir(self, ucs: UnifiedCloudService, prefix: str, tmp: Path) -> Path:
+        if not ucs.is_gcs:
+            root = Path(ucs.backend.root)  # type: ignore[attr-defined]
+            local = root / layout.target("results").gcs_bucket / prefix
+            catalog_mod.read_manifest(local)
+            return local
+        return catalog_mod.download_catalog(ucs, prefix, tmp)
+
+    def __call__(
+        self, ucs: UnifiedCloudService, config: BacktestConfig, day: date
+    ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
+        b = self.bundles.get(day)
+        if b is None:
+            raise KeyError(f"no materialized inputs for {day}; have {sorted(self.bundles)}")
+        with tempfile.TemporaryDirectory(prefix=f"catalog-read-{day}-") as tmp:
+            cdir = self._catalog_dir(ucs, b.catalog_prefix, Path(tmp))
+            manifest = catalog_mod.read_manifest(cdir)
+            trades = catalog_mod.read_day_trades(cdir)
+        tick_inputs = [InputRecord(**r) for r in manifest.get("inputs", [])]
+        by_key = {
+            k: pl.DataFrame(ranges_for_key(config, b.intervals, k, day), schema=["start_ns", "end_ns"], orient="row")
+            for k in trades
+        }
+        day_input = DayInput(
+            day=day,
+            instruments=b.instruments,
+            signals=b.signals,
+            trades=trades,
+            funding=b.funding,
+            bars=b.bars or None,
+        )
+        return day_input, b.pre_inputs + tick_inputs + b.post_inputs, by_key
+
+
+# ---- one backtest, one process ------------------------------------------------------------------
+
+
+def _child(root: str, config_json: str, start: str, end: str, run_id: str, bundles: list[DayBundle]) -> dict[str, Any]:
+    from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
+
+    config = BacktestConfig.model_validate_json(config_json)
+    ucs = UnifiedCloudService(root)
+    try:
+        result = run_backtest(
+            config, start, end, ucs=ucs, run_id=run_id, write_results=True, day_loader=CatalogDayLoader(bundles)
+        )
+    except BacktestFailed as exc:  # its custom __init__ does not survive pickling: send data
+        return {"status": "FAILED", "error": str(exc), "run_id": exc.run_id, "summary_uri": exc.summary_uri}
+    return {"status": result.status, "summary": result.summary, "locations": result.locations, "run_id": result.run_id}
+
+
+class IsolatedBacktestError(RuntimeError):
+    """The backtest failed in its process; its FAILED summary and log were written."""
+
+
+def run_backtest_isolated(
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    bundles: Sequence[DayBundle],
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Run ``run_backtest`` over the bundles' days in a spawned process; returns summary + locations."""
+    days = sorted(b.day for b in bundles)
+    if not days:
+        raise ValueError("no day to backtest")
+    rid = run_id or config.run_id(days[0], days[-1])
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        out = pool.submit(
+            _child, ucs.root, config.model_dump_json(), days[0].isoformat(), days[-1].isoformat(), rid, list(bundles)
+        ).result()
+    if out["status"] != "COMPLETED":
+        raise IsolatedBacktestError(f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})")
+    return out
