@@ -6,6 +6,7 @@ object per day through the UCS IO manager.
 """
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
@@ -49,7 +50,7 @@ def signal_intervals(
         for d in days_of(context.partition_keys)
     }
     covered_ns = sum(
-        int(pa.compute.sum(pa.compute.subtract(t["end_ns"], t["start_ns"])).as_py() or 0) for t in out.values()
+        int(pc.sum(pc.subtract(t["end_ns"], t["start_ns"])).as_py() or 0) for t in out.values()
     )
     context.add_output_metadata(
         {"intervals": sum(t.num_rows for t in out.values()), "covered_hours": round(covered_ns / 3.6e12, 3)}

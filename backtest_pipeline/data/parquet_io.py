@@ -51,12 +51,37 @@ TRADES_ENCODINGS: Final[dict[str, str]] = {
 
 
 def _as_table(table: pa.Table | pl.DataFrame, schema: pa.Schema) -> pa.Table:
-    """Exactly the canonical schema: column order, int64 ns timestamps, plain (not large) strings."""
-    if isinstance(table, pl.DataFrame):
-        table = table.select(schema.names).to_arrow()
-    else:
-        table = table.select(schema.names)
-    return table.cast(schema)
+    """Exactly the canonical schema: column order, int64 ns timestamps, plain (not large) strings.
+
+    A missing optional column is added the way validation fills it (``ts_init`` = ``ts_event``,
+    other nullable columns null); a missing required column is an error.
+    """
+    t = table.to_arrow() if isinstance(table, pl.DataFrame) else table
+    for field in schema:
+        if field.name in t.column_names:
+            continue
+        if field.name == "ts_init" and "ts_event" in t.column_names:
+            t = t.append_column(field.name, t.column("ts_event"))
+        elif field.nullable:
+            t = t.append_column(field.name, pa.nulls(t.num_rows, field.type))
+        else:
+            raise ValueError(
+                f"cannot write Parquet: required column {field.name!r} missing; has {t.column_names}"
+            )
+    t = t.select(schema.names)
+    if "ts_event" in schema.names and pa.types.is_timestamp(t.schema.field("ts_event").type):
+        t = t.set_column(
+            t.schema.get_field_index("ts_event"),
+            "ts_event",
+            t.column("ts_event").cast(pa.timestamp("ns")).cast(pa.int64()),
+        )
+    if "ts_init" in schema.names and pa.types.is_timestamp(t.schema.field("ts_init").type):
+        t = t.set_column(
+            t.schema.get_field_index("ts_init"),
+            "ts_init",
+            t.column("ts_init").cast(pa.timestamp("ns")).cast(pa.int64()),
+        )
+    return t.cast(schema)
 
 
 def trades_to_parquet_bytes(

@@ -391,3 +391,13 @@ def run_backtest_isolated(
     if out["status"] != "COMPLETED":
         raise IsolatedBacktestError(f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})")
     return out
+
+
+def read_result_table(ucs: UnifiedCloudService, run_id: str, name: str) -> pa.Table:
+    """A run's result Parquet object as written by ``run_backtest`` (exact output schema)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = ucs.download_bytes_sync(layout.target("results"), layout.result_path(run_id, name))
+    return pq.read_table(io.BytesIO(data))

@@ -256,13 +256,18 @@ def read_ranges(
     sparse.add(footer.tail_start, footer.tail)
     col_idx = [names.index(c) for c in read_cols]
     spans = _chunk_ranges(md, rgs, col_idx)
-    if len(spans) > 1:
-        datas = list(_executor().map(lambda se: fetch(se[0], se[1]), spans))
+    # Bytes already held in the cached footer tail are not fetched (or counted) again.
+    tail_start = footer.tail_start
+    to_fetch = [(s, min(e, tail_start)) for s, e in spans if s < tail_start]
+    if len(to_fetch) > 1:
+        datas = list(_executor().map(lambda se: fetch(se[0], se[1]), to_fetch))
     else:
-        datas = [fetch(s, e) for s, e in spans]
-    for (s, _e), d in zip(spans, datas, strict=True):
-        sparse.add(s, d)
+        datas = [fetch(s, e) for s, e in to_fetch]
+    for (s, e), d in zip(to_fetch, datas, strict=True):
         counter[0] += len(d)
+        if e == tail_start:
+            d = d + footer.tail  # one contiguous chunk, so reads across the boundary are served
+        sparse.add(s, d)
     if not rgs:
         schema = md.schema.to_arrow_schema()
         table = schema.empty_table().select(read_cols)
