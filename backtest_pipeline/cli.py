@@ -228,6 +228,22 @@ def demo_cmd(
     _run(DEMO_CONFIG, days[0].isoformat(), days[-1].isoformat(), root, None, False, False)
 
 
+@app.command("bench")
+def bench_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help="Small workload (minutes, not the reference)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the benchmark's figures")] = False,
+    reps: Annotated[int | None, typer.Option(min=1, help="Repetitions per figure (median; default 3, quick 1)")] = None,
+    skip: Annotated[list[str] | None, typer.Option("--skip", help="Parts to skip: gcs, full, dagster, naive")] = None,
+) -> None:
+    """Measure the targets of spec/targets.md side by side (see benchmarks/README.md)."""
+    from benchmarks.bench import figures, format_table, run_bench
+
+    out = run_bench(quick=quick, reps=reps, log=lambda m: err.print(f"[dim]{m}[/]"), skip=set(skip or []))
+    err.print(format_table(out))
+    if as_json:
+        print(json.dumps(figures(out)))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

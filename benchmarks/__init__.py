@@ -1,0 +1,1 @@
+"""The benchmark of spec/targets.md (`backtest bench`)."""
