@@ -3,6 +3,15 @@
 Nautilus's cache knows only orders that reached it; research needs to see the rejected ones next
 to the rest, each tied to the operation (signal) that created it, with its status history.
 ``orders.parquet`` is written from here.
+
+Final statuses (the only ones ``orders.parquet`` may hold): ``FILLED``, ``PARTIALLY_FILLED``,
+``CANCELED``, ``REJECTED``, ``EXPIRED``. Nautilus reports a partially filled order that is then
+cancelled (or expires) as ``CANCELED``/``EXPIRED``; research needs to see that some of it traded,
+so the OMS reports it as ``PARTIALLY_FILLED`` (the cancel stays visible in the status history).
+An order closed with nothing filled is ``CANCELED``/``EXPIRED``. While an order is working its
+status is ``SUBMITTED``/``ACCEPTED``/``PARTIALLY_FILLED`` with ``final`` False; the engine layer
+closes every order by the end of the run (window-end and end-of-run cancels), and
+:meth:`OMS.close_all_open` is the last resort for an order the venue never resolved.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-FINAL = {"FILLED", "CANCELED", "REJECTED", "EXPIRED"}
+FINAL_STATUSES = ("FILLED", "PARTIALLY_FILLED", "CANCELED", "REJECTED", "EXPIRED")
+_CLOSING = {"FILLED", "CANCELED", "REJECTED", "EXPIRED"}  # engine events that end an order
 
 ORDERS_SCHEMA: dict[str, pl.DataType] = {
     "order_id": pl.Utf8(),
@@ -49,11 +59,12 @@ class OrderRecord:
     updated_at: int
     rejection_reason: str | None = None
     filled_quantity: float = 0.0
+    final: bool = False
     history: list[tuple[str, int, float, str | None]] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:
-        return self.status not in FINAL
+        return not self.final
 
 
 class OMS:
@@ -112,7 +123,7 @@ class OMS:
         return self._add(
             OrderRecord(
                 f"R-{operation_id}-{n}", operation_id, instrument_key, side, order_type, quantity,
-                price, "REJECTED", ts_ns, ts_ns, reason,
+                price, "REJECTED", ts_ns, ts_ns, reason, final=True,
             )
         )  # fmt: skip
 
@@ -125,21 +136,50 @@ class OMS:
         reason: str | None = None,
         fill_qty: float = 0.0,
     ) -> OrderRecord | None:
-        """Apply an engine event; unknown ids (not ours) are ignored and return None."""
+        """Apply an engine event; unknown ids (not ours) are ignored and return None.
+
+        ``FILLED_PART`` is a fill of ``fill_qty``; the record becomes FILLED once the whole
+        quantity traded. Events after an order is final (a late cancel ack) only add history.
+        """
         rec = self._orders.get(order_id)
         if rec is None:
             return None
         rec.filled_quantity += fill_qty
         if status == "FILLED_PART":
             status = "FILLED" if rec.filled_quantity >= rec.quantity - 1e-12 else "PARTIALLY_FILLED"
+        rec.history.append((status, ts_ns, rec.filled_quantity, reason))
+        if rec.final and fill_qty == 0.0:
+            return rec
         if status == "ACCEPTED" and rec.status == "PARTIALLY_FILLED":
             status = rec.status
+        if status in ("CANCELED", "EXPIRED") and rec.filled_quantity > 1e-12:
+            status = "PARTIALLY_FILLED"  # see the module docstring
         rec.status = status
+        rec.final = rec.final or status in _CLOSING or (
+            status == "PARTIALLY_FILLED" and fill_qty == 0.0
+        )
         rec.updated_at = ts_ns
         if reason is not None:
             rec.rejection_reason = reason
-        rec.history.append((status, ts_ns, rec.filled_quantity, reason))
         return rec
+
+    def close_all_open(self, ts_ns: int, reason: str) -> list[str]:
+        """Give every still-working order its final status; the ids closed this way.
+
+        Only for orders the venue never resolved (e.g. a market order Nautilus neither filled
+        nor rejected): CANCELED if nothing filled, PARTIALLY_FILLED otherwise, with ``reason``.
+        """
+        closed = []
+        for rec in self._orders.values():
+            if rec.final:
+                continue
+            rec.status = "PARTIALLY_FILLED" if rec.filled_quantity > 1e-12 else "CANCELED"
+            rec.final = True
+            rec.updated_at = max(rec.updated_at, ts_ns)
+            rec.rejection_reason = reason
+            rec.history.append((rec.status, rec.updated_at, rec.filled_quantity, reason))
+            closed.append(rec.order_id)
+        return closed
 
     def open_orders(self, operation_id: str) -> list[OrderRecord]:
         return [
