@@ -41,7 +41,7 @@ from backtest_pipeline.execution.orchestrator import Signal
 from backtest_pipeline.execution.strategy import ExecutionStrategy, FundingEvent, VenueHandle
 
 _MS = 1_000_000
-DEFAULT_TWAP_SLICE_S = 10.0
+_DAY_NS = 86_400_000_000_000
 
 FILLS_SCHEMA: dict[str, pl.DataType] = {
     "fill_id": pl.Utf8(),
@@ -107,11 +107,17 @@ def _is_derivatives_venue(config: BacktestConfig, venue: str) -> bool:
 
 
 def _logging(log_dir: Path | None) -> LoggingConfig:
+    """Nothing from Nautilus on the terminal; with ``log_dir``, everything from INFO to a file.
+
+    ``log_level="OFF"`` also silences the ERROR lines Nautilus otherwise always copies to
+    stderr: a CLI run's terminal belongs to the product, and problems that matter to a result
+    surface through our exceptions and stats; the engine's own view stays in ``execution.log``.
+    """
     if log_dir is None:
         return LoggingConfig(bypass_logging=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     return LoggingConfig(
-        log_level="ERROR",
+        log_level="OFF",
         log_level_file="INFO",
         log_directory=str(log_dir),
         log_file_name="execution",

@@ -150,14 +150,13 @@ class OMS:
         rec.history.append((status, ts_ns, rec.filled_quantity, reason))
         if rec.final and fill_qty == 0.0:
             return rec
+        closing = status in _CLOSING
         if status == "ACCEPTED" and rec.status == "PARTIALLY_FILLED":
             status = rec.status
         if status in ("CANCELED", "EXPIRED") and rec.filled_quantity > 1e-12:
             status = "PARTIALLY_FILLED"  # see the module docstring
         rec.status = status
-        rec.final = rec.final or status in _CLOSING or (
-            status == "PARTIALLY_FILLED" and fill_qty == 0.0
-        )
+        rec.final = rec.final or closing
         rec.updated_at = ts_ns
         if reason is not None:
             rec.rejection_reason = reason

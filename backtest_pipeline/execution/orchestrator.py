@@ -11,10 +11,13 @@ Rules:
   position is the *filled* position at signal time (orders still in flight are not netted).
 - MARKET: one market order now.
 - LIMIT: one limit order now (``limit_price`` or, when null, the last trade price of the venue it
-  is routed to); at ``ts + execution_window_s`` the unfilled rest is cancelled.
+  is routed to).
 - TWAP: ``n = max(2, floor(window / twap_slice_s))`` market children of equal lot-multiples at
   ``ts + i·window/n`` (i = 0..n−1); the last absorbs the rounding. ``n`` shrinks when the quantity
   has fewer lots than slices.
+- Whatever the algo, at ``ts + execution_window_s`` every order of the operation still working is
+  cancelled (a market order too: one the venue could not fill must not stay open), and the
+  operation's unfilled quantity is its ``shortfall``.
 - A new signal on an asset supersedes its unfinished operation: open orders are cancelled first,
   pending timers are stopped.
 """
@@ -44,6 +47,7 @@ OPERATIONS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 ALGOS = ("MARKET", "LIMIT", "TWAP")
+_END = "end"  # tag of the window-end alert
 
 
 @dataclass(frozen=True)
@@ -176,10 +180,10 @@ class Orchestrator:
             self._child(op, qty, "MARKET", None)
         elif sig.algo == "LIMIT":
             self._child(op, qty, "LIMIT", sig.limit_price)
-            end = sig.ts_event + _ns(sig.execution_window_s)
-            self._alert(op, "end", end, lambda op=op: self._end_window(op))
         else:
             self._twap(op, units, lot, min_qty)
+        end = sig.ts_event + _ns(sig.execution_window_s)
+        self._alert(op, _END, end, lambda op=op: self._end_window(op))
         return op
 
     def _twap(self, op: Operation, units: int, lot: float, min_qty: float) -> None:
@@ -194,8 +198,6 @@ class Orchestrator:
             ts = op.signal.ts_event + i * window_ns // n
             size = sizes[i] * lot
             self._alert(op, f"slice{i}", ts, lambda op=op, size=size: self._child_if_live(op, size))
-        end = op.signal.ts_event + window_ns
-        self._alert(op, "end", end, lambda op=op: self._end_window(op))
 
     def _child_if_live(self, op: Operation, qty: float) -> None:
         if not op.stopped:
@@ -229,7 +231,8 @@ class Orchestrator:
     def _supersede(self, op: Operation) -> None:
         """Stop an operation; it counts as superseded only if it still had work outstanding."""
         open_ids = self.ctx.open_order_ids(op.operation_id)
-        op.superseded = bool(open_ids or op.alerts)
+        pending_slices = [a for a in op.alerts if not a.endswith(f":{_END}")]
+        op.superseded = bool(open_ids or pending_slices)
         op.stopped = True
         for name in op.alerts:
             self.ctx.cancel_alert(name)

@@ -7,8 +7,8 @@ lowest expected all-in cost per unit, measured in the quote currency:
     BUY:  last × (1 + fee + drift × latency)      SELL: −last × (1 − fee − drift × latency)
 
 where ``fee`` is the taker fee (maker for limit orders), ``latency`` the venue's insert latency
-in seconds and ``drift`` a configurable adverse drift in fractions per second (default 0: latency
-then only breaks no ties). Members without a trade yet are skipped. Ties (within 1e-12 relative)
+in seconds and ``drift`` the configured adverse drift ``router_drift_bps_per_s`` (basis points per
+second of latency, /1e4 here; default 0: latency then plays no part). Members without a trade yet are skipped. Ties (within 1e-12 relative)
 go to the primary venue, then to the signal's own instrument, then to the lexicographically first
 key, so the choice never depends on dict order.
 """
@@ -44,9 +44,11 @@ class VenueQuote:
 
 
 class SmartRouter:
-    def __init__(self, primary_venue: str | None = None, drift_per_s: float = 0.0) -> None:
+    def __init__(self, primary_venue: str | None = None, drift_bps_per_s: float = 0.0) -> None:
+        if drift_bps_per_s < 0:
+            raise ValueError(f"drift_bps_per_s must be >= 0, got {drift_bps_per_s}")
         self.primary_venue = primary_venue
-        self.drift_per_s = drift_per_s
+        self.drift_per_s = drift_bps_per_s / 1e4  # fraction of the price per second of latency
 
     def cost(self, q: VenueQuote, side: str, order_type: str) -> float:
         """Expected cost per unit (lower is better) — see the module docstring."""

@@ -4,6 +4,19 @@ It is the :class:`ExecutionContext` of the orchestrator: positions and last pric
 engine's portfolio and cache, timers from its clock, and order events flow back into the OMS.
 Signals and funding events are scheduled as clock time alerts, so they interleave with the ticks
 exactly at their timestamps, including across the streamed day boundaries.
+
+Timing of orders across gaps in the data. Nautilus processes commands in flight (submit/cancel
+after the venue's latency) only when the engine settles its venues, which it does at data points
+and timer events. Signal-driven runs stream only the ticks of signal intervals, so without care
+an order or a cancel due at ``t + latency`` waits for the next interval's first tick (minutes
+later) and is processed *after* that tick was matched: market orders then fill at a later price
+and time, and a window-end cancel arrives after the order already filled in the next interval.
+Every command we send therefore sets a no-op alert at its exact due time
+(:meth:`ExecutionStrategy._settle_at`), so it reaches the venue when it would have live.
+
+Final statuses: every operation's window end cancels what is still working (any algo), and the
+last day's end-of-run sweep cancels whatever is left (``SWEEP`` alert, active only once
+``run_engine`` announces the end of the run), so no order ends SUBMITTED/ACCEPTED.
 """
 
 from __future__ import annotations
@@ -74,6 +87,8 @@ class InstrumentInfo:
     taker_fee: float
     latency_s: float
     tick: Decimal
+    insert_ns: int  # venue latency of a submit (base + insert), as Nautilus applies it
+    cancel_ns: int  # venue latency of a cancel (base + cancel)
 
 
 @dataclass(frozen=True)
@@ -84,14 +99,19 @@ class FundingEvent:
     mark_price: float
 
 
+def latency_ns(ms: float) -> int:
+    """Milliseconds → the integer nanoseconds the engine's ``LatencyModel`` is built with."""
+    return round(ms * 1_000_000)
+
+
 class ExecutionStrategy(Strategy):
-    def __init__(
-        self,
-        config: BacktestConfig,
-        venue_handles: dict[str, VenueHandle],
-        twap_slice_s: float = 10.0,
-        router_drift_per_s: float = 0.0,
-    ) -> None:
+    """Hosts orchestrator, risk, OMS and router; every knob comes from the run configuration.
+
+    It does not subscribe to market data: last prices are read from the engine cache on demand
+    (the data engine caches every trade tick), so there is no Python callback per tick.
+    """
+
+    def __init__(self, config: BacktestConfig, venue_handles: dict[str, VenueHandle]) -> None:
         super().__init__(StrategyConfig(strategy_id="EXEC-001", order_id_tag="001"))
         self.run_config = config
         self.currency = Currency.from_str(config.account_currency)
@@ -102,8 +122,8 @@ class ExecutionStrategy(Strategy):
         self.available: dict[int, set[str]] = {}  # day index (ns // 86400e9) → keys
         self.oms = OMS()
         self.risk = PreTradeRisk(config.risk, config.account_currency)
-        self.router = SmartRouter(config.primary_venue, router_drift_per_s)
-        self.orch = Orchestrator(self, group_of, twap_slice_s)
+        self.router = SmartRouter(config.primary_venue, config.router_drift_bps_per_s)
+        self.orch = Orchestrator(self, group_of, config.twap_slice_s)
         self.fills: list[tuple[Any, ...]] = []
         self.funding_rows: list[tuple[Any, ...]] = []
         self.signals_seen = 0
@@ -111,7 +131,18 @@ class ExecutionStrategy(Strategy):
         self._slip_den = 0.0
         self._pending: list[tuple[str, int, Callable[[], None]]] = []
         self._started = False
+        self._due: set[int] = set()
+        self.ending = False  # set by run_engine just before engine.end(): arms the SWEEP alerts
+        self.swept: list[str] = []  # orders cancelled by the end-of-run sweep
         self.errors: list[BaseException] = []
+        self._sweep_offset_ns = 1 + max(
+            (
+                latency_ns(config.venue(v).latency.base_ms)
+                + latency_ns(config.venue(v).latency.cancel_ms)
+                for v in config.venue_names
+            ),
+            default=0,
+        )
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -128,6 +159,8 @@ class ExecutionStrategy(Strategy):
             taker_fee=float(instrument.taker_fee),
             latency_s=(lat.base_ms + lat.insert_ms) / 1000.0,
             tick=instrument.price_increment.as_decimal(),
+            insert_ns=latency_ns(lat.base_ms) + latency_ns(lat.insert_ms),
+            cancel_ns=latency_ns(lat.base_ms) + latency_ns(lat.cancel_ms),
         )
         self.iids[key] = instrument.id
 
@@ -135,13 +168,23 @@ class ExecutionStrategy(Strategy):
         self.available[day_index] = keys
 
     def schedule_day(
-        self, day_label: str, signals: list[Signal], funding: list[FundingEvent]
+        self,
+        day_label: str,
+        signals: list[Signal],
+        funding: list[FundingEvent],
+        day_end_ns: int | None = None,
     ) -> None:
         """Time alerts for the day's signals and funding events (one per distinct timestamp).
 
         Grouping by timestamp keeps the processing order the file order, whatever order the
-        clock would give equal-time alerts.
+        clock would give equal-time alerts. ``day_end_ns`` (exclusive) adds the day's end-of-run
+        sweep, timed so its cancels reach the venues by the run's last nanosecond; it acts only
+        if the day turns out to be the last one (``self.ending``).
         """
+        if day_end_ns is not None:
+            self._schedule(
+                f"SWEEP:{day_label}", day_end_ns - 1 - self._sweep_offset_ns, self.sweep_open
+            )
         by_ts: dict[int, list[Signal]] = {}
         for s in signals:
             by_ts.setdefault(s.ts_event, []).append(s)
@@ -152,6 +195,25 @@ class ExecutionStrategy(Strategy):
             f_by_ts.setdefault(f.ts_event, []).append(f)
         for ts, evs in f_by_ts.items():
             self._schedule(f"FUND:{ts}", ts, lambda evs=evs: self._on_funding(evs))
+
+    def sweep_open(self) -> None:
+        """End of run: cancel every order still working (no-op before the run's last day)."""
+        if not self.ending:
+            return
+        for rec in self.oms.records():
+            if rec.is_open and not rec.order_id.startswith("R-"):
+                self.swept.append(rec.order_id)
+                self.cancel(rec.order_id)
+
+    def _settle_at(self, ts: int) -> None:
+        """A no-op alert at ``ts`` so the engine settles the venues exactly then (module doc)."""
+        if ts <= self.clock.timestamp_ns() or ts in self._due:
+            return
+        self._due.add(ts)
+        self.clock.set_time_alert_ns(f"DUE:{ts}", ts, self._on_due)
+
+    def _on_due(self, event: Any) -> None:
+        self._due.discard(event.ts_event)
 
     def _schedule(self, name: str, ts: int, cb: Callable[[], None]) -> None:
         if self._started:
@@ -270,7 +332,10 @@ class ExecutionStrategy(Strategy):
                 equity=equity,
                 available=self._is_available(key),
                 day=_day_label(now),
-                allow_short=layout.parse_instrument_key(key)[1] != "SPOT",
+                allow_short=(
+                    layout.parse_instrument_key(key)[1] != "SPOT"
+                    or self.run_config.allow_spot_short
+                ),
             )
             reason = self.risk.check(OrderIntent(key, side, quantity, order_type, price), snap)
         if reason is not None or info is None:
@@ -285,8 +350,9 @@ class ExecutionStrategy(Strategy):
         if order_type == "MARKET":
             # Known trap (Nautilus 1.231, liquidity_consumption=True on trade-tick L1 books): a
             # market order that finds its level "consumed" (an earlier print of the SAME size at
-            # that price) gets no fill and no event, and stays SUBMITTED forever. IOC does not
-            # help (it then cancels partial fills early). Surfaced as stats["orders_open_at_end"].
+            # that price) gets no fill and no event. IOC does not help (it then cancels partial
+            # fills early). Such an order is closed by the window-end cancel or, failing that,
+            # by OMS.close_all_open (stats["orders_unresolved"]).
             tif = TimeInForce.GTC
             order = self.order_factory.market(inst.id, o_side, qty, time_in_force=tif)
         else:
@@ -297,12 +363,17 @@ class ExecutionStrategy(Strategy):
         oid = order.client_order_id.value
         self.oms.record_submitted(oid, op.operation_id, key, side, order_type, quantity, price, now)
         self.submit_order(order)
+        self._settle_at(now + info.insert_ns)
         return oid
 
     def cancel(self, order_id: str) -> None:
+        """Cancel a working or in-flight order (the venue acks after its cancel latency)."""
         order = self.cache.order(ClientOrderId(order_id))
-        if order is not None and order.is_open and not order.is_pending_cancel:
-            self.cancel_order(order)
+        if order is None or order.is_closed or order.is_pending_cancel:
+            return
+        self.cancel_order(order)
+        key = names.key_for(order.instrument_id)
+        self._settle_at(self.clock.timestamp_ns() + self.info[key].cancel_ns)
 
     def open_order_ids(self, operation_id: str) -> list[str]:
         return [r.order_id for r in self.oms.open_orders(operation_id)]
