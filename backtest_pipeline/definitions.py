@@ -8,7 +8,7 @@ launch one run per active configuration (``$BACKTEST_ACTIVE_CONFIGS`` or all fil
 
 import warnings
 
-from dagster import Definitions, PreviewWarning, load_assets_from_modules
+from dagster import Definitions, PreviewWarning, in_process_executor, load_assets_from_modules
 
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
@@ -29,5 +29,12 @@ defs = Definitions(
     jobs=[backtest_job],
     schedules=[t_plus_1_schedule],
     sensors=[inputs_ready_sensor],
-    resources={"ucs": ucs, "backtest": settings, "io_manager": UCSIOManager(ucs=ucs, settings=settings)},
+    # In-process steps: the backtest itself runs in its own spawned process, and one process
+    # per step would add ~5 s per step (a 13-step run: ~110 s instead of ~20 s).
+    executor=in_process_executor,
+    resources={
+        "ucs": ucs,
+        "backtest": settings,
+        "io_manager": UCSIOManager(ucs=ucs, settings=settings),
+    },
 )

@@ -40,7 +40,11 @@ def run_request(config_name: str, config: BacktestConfig, day: date, source: str
         run_key=f"{config_name}:{day.isoformat()}",
         partition_key=day.isoformat(),
         run_config={"resources": {"backtest": {"config": {"config_name": config_name}}}},
-        tags={"backtest/config": config_name, "backtest/strategy": config.strategy_id, "backtest/trigger": source},
+        tags={
+            "backtest/config": config_name,
+            "backtest/strategy": config.strategy_id,
+            "backtest/trigger": source,
+        },
     )
 
 
@@ -57,7 +61,10 @@ def t_plus_1_requests(ucs: UCSResource, now: datetime) -> list[RunRequest] | Ski
         else:
             requests.append(run_request(name, config, day, "t_plus_1"))
     if not requests:
-        return SkipReason(f"{day}: no configuration has its inputs yet: " + "; ".join(waiting or ["no active configuration"]))
+        return SkipReason(
+            f"{day}: no configuration has its inputs yet: "
+            + "; ".join(waiting or ["no active configuration"])
+        )
     return requests
 
 
@@ -67,7 +74,9 @@ def t_plus_1_requests(ucs: UCSResource, now: datetime) -> list[RunRequest] | Ski
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.STOPPED,
 )
-def t_plus_1_schedule(context: ScheduleEvaluationContext, ucs: UCSResource) -> list[RunRequest] | SkipReason:
+def t_plus_1_schedule(
+    context: ScheduleEvaluationContext, ucs: UCSResource
+) -> list[RunRequest] | SkipReason:
     """Yesterday's partition of every active configuration, at BACKTEST_SCHEDULE_HOUR_UTC (default 02:00)."""
     now = context.scheduled_execution_time or datetime.now()
     return t_plus_1_requests(ucs, now)

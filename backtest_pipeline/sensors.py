@@ -13,7 +13,6 @@ from datetime import UTC, date, datetime, timedelta
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
-    RunRequest,
     RunsFilter,
     SensorEvaluationContext,
     SensorResult,
@@ -32,7 +31,10 @@ LOOKBACK_DAYS = int(os.environ.get("BACKTEST_SENSOR_LOOKBACK_DAYS", "3"))
 
 def missing_inputs(ucs: UnifiedCloudService, config: BacktestConfig, day: date) -> list[str]:
     """URIs of the day's input objects the configuration needs that do not exist yet."""
-    wanted = [("instruments", layout.instruments_path(day)), ("signals", layout.signals_path(day, config.strategy_id))]
+    wanted = [
+        ("instruments", layout.instruments_path(day)),
+        ("signals", layout.signals_path(day, config.strategy_id)),
+    ]
     wanted += [("ticks", layout.trades_path(day, k)) for k in config.instruments]
     missing = []
     for role, path in wanted:
@@ -46,7 +48,11 @@ def _already_run(context: SensorEvaluationContext, config_name: str, day: date) 
     records = context.instance.get_run_records(
         RunsFilter(
             tags={"backtest/config": config_name, "dagster/partition": day.isoformat()},
-            statuses=[s for s in DagsterRunStatus if s not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)],
+            statuses=[
+                s
+                for s in DagsterRunStatus
+                if s not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+            ],
         ),
         limit=1,
     )
@@ -68,11 +74,15 @@ def ready_requests(
                 continue
             missing = missing_inputs(client, config, day)
             if missing:
-                waiting.append(f"{name} {day}: waiting for {len(missing)} object(s), e.g. {missing[0]}")
+                waiting.append(
+                    f"{name} {day}: waiting for {len(missing)} object(s), e.g. {missing[0]}"
+                )
             else:
                 requests.append(run_request(name, config, day, "inputs_ready"))
     if not requests:
-        return SkipReason("; ".join(waiting) if waiting else "every configuration's recent days have run")
+        return SkipReason(
+            "; ".join(waiting) if waiting else "every configuration's recent days have run"
+        )
     return SensorResult(run_requests=requests)
 
 
@@ -81,6 +91,8 @@ def ready_requests(
     minimum_interval_seconds=600,
     default_status=DefaultSensorStatus.STOPPED,
 )
-def inputs_ready_sensor(context: SensorEvaluationContext, ucs: UCSResource) -> SensorResult | SkipReason:
+def inputs_ready_sensor(
+    context: SensorEvaluationContext, ucs: UCSResource
+) -> SensorResult | SkipReason:
     """Requests (configuration, day) runs whose inputs have landed; skips, naming them, until then."""
     return ready_requests(context, ucs, datetime.now(UTC).date())

@@ -66,10 +66,18 @@ CONTENT_TYPES = {
 
 @dataclass
 class StreamingResult(RangeReadResult):
-    """A byte-range read: the rows, and what it cost (bytes fetched vs object size)."""
+    """A byte-range read: the rows, and what it cost.
+
+    `bytes_read` is what the read needs from the object — its Parquet footer plus the column
+    chunks of the selected row groups — whether or not the footer was already cached: it depends
+    only on the object and the request, so a re-run reports the same figures (summary.json must
+    not change between identical runs). `bytes_fetched` is what this call actually moved (the
+    footer only when it was not cached).
+    """
 
     generation: str = ""
     uri: str = ""
+    bytes_fetched: int = 0
 
     def to_polars(self) -> pl.DataFrame:
         return pl.from_arrow(self.table)  # type: ignore[return-value]
@@ -249,12 +257,12 @@ class UnifiedCloudService:
             footer = read_footer(len(data), lambda s, e: data[s:e], where, timestamp_column)
             res = read_ranges(footer, lambda s, e: data[s:e], where, ranges=ranges,
                               timestamp_column=timestamp_column, columns=columns)
-            return StreamingResult(**{**res.__dict__, "bytes_read": len(data)}, generation=info.generation, uri=where)
+            return StreamingResult(**{**res.__dict__, "bytes_read": len(data)}, generation=info.generation,
+                                   uri=where, bytes_fetched=len(data))
         footer, fresh = self._footer(target, gcs_path, info, timestamp_column)
         res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=ranges,
                           timestamp_column=timestamp_column, columns=columns)
-        bytes_read = res.bytes_read + (len(footer.tail) if fresh else 0)
-        return StreamingResult(**{**res.__dict__, "bytes_read": bytes_read}, generation=info.generation, uri=where)
+        return _costed(res, footer, fresh, info, where)
 
     def read_parquet_sync(
         self,
@@ -269,8 +277,7 @@ class UnifiedCloudService:
         footer, fresh = self._footer(target, gcs_path, info, "ts_event")
         res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=None,
                           timestamp_column="ts_event", columns=columns, row_groups=row_groups)
-        bytes_read = res.bytes_read + (len(footer.tail) if fresh else 0)
-        return StreamingResult(**{**res.__dict__, "bytes_read": bytes_read}, generation=info.generation, uri=where)
+        return _costed(res, footer, fresh, info, where)
 
     def parquet_metadata_sync(self, target: CloudTarget, gcs_path: str) -> pq.FileMetaData:
         info = self.stat_sync(target, gcs_path)
@@ -344,6 +351,16 @@ class UnifiedCloudService:
 
     async def delete(self, target: CloudTarget, gcs_path: str) -> None:
         await asyncio.to_thread(self.delete_sync, target, gcs_path)
+
+
+def _costed(res: RangeReadResult, footer: Footer, fresh: bool, info: ObjectInfo, where: str) -> StreamingResult:
+    """The read's cost: footer + chunks always (deterministic); the footer fetched only if fresh."""
+    return StreamingResult(
+        **{**res.__dict__, "bytes_read": res.bytes_read + len(footer.tail)},
+        generation=info.generation,
+        uri=where,
+        bytes_fetched=res.bytes_read + (len(footer.tail) if fresh else 0),
+    )
 
 
 def _format_of(path: str) -> Format:

@@ -27,21 +27,38 @@ def write_sample(ucs: UnifiedCloudService, days: int = DAYS) -> None:
 def resources(root: str, config_name: str = "demo") -> dict[str, Any]:
     ucs = UCSResource(root=root)
     settings = BacktestSettings(config_name=config_name)
-    return {"ucs": ucs, "backtest": settings, "io_manager": UCSIOManager(ucs=ucs, settings=settings)}
+    return {
+        "ucs": ucs,
+        "backtest": settings,
+        "io_manager": UCSIOManager(ucs=ucs, settings=settings),
+    }
 
 
 def materialize_graph(
-    root: str, start: str, end: str | None = None, config_name: str = "demo", with_checks: bool = True
+    root: str,
+    start: str,
+    end: str | None = None,
+    config_name: str = "demo",
+    with_checks: bool = True,
 ) -> ExecuteInProcessResult:
     """Every asset (and check) for one day, or for the range [start, end] in ONE run."""
-    assets = [*load_assets_from_modules([inputs, catalog, backtest]), *(ALL_CHECKS if with_checks else [])]
+    assets = [
+        *load_assets_from_modules([inputs, catalog, backtest]),
+        *(ALL_CHECKS if with_checks else []),
+    ]
     kwargs: dict[str, Any] = {}
     if end is None or end == start:
         kwargs["partition_key"] = start
     else:
-        kwargs["tags"] = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+        kwargs["tags"] = {
+            "dagster/asset_partition_range_start": start,
+            "dagster/asset_partition_range_end": end,
+        }
     return materialize(
-        assets, resources=resources(root, config_name), instance=DagsterInstance.ephemeral(), **kwargs
+        assets,
+        resources=resources(root, config_name),
+        instance=DagsterInstance.ephemeral(),
+        **kwargs,
     )
 
 

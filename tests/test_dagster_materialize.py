@@ -6,13 +6,13 @@ The range must be ONE backtest with state carried across days, and give exactly 
 
 import polars as pl
 import pytest
+from _dagster_helpers import check_results, materialize_graph, metadata, write_sample
 
 from backtest_pipeline import layout
 from backtest_pipeline.execution.config import BacktestConfig
 from backtest_pipeline.execution.runner import run_backtest
 from backtest_pipeline.resources.settings import load_config
 from backtest_pipeline.ucs import UnifiedCloudService
-from tests._dagster_helpers import check_results, materialize_graph, metadata, write_sample
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,24 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     rid = config.run_id("2024-01-01", "2024-01-03")
     assert rid != rid_one
     meta = metadata(rng, "backtest_run")
-    assert (meta["run_id"], meta["start"], meta["end"], meta["days_covered"]) == (rid, "2024-01-01", "2024-01-03", 3)
+    assert (meta["run_id"], meta["start"], meta["end"], meta["days_covered"]) == (
+        rid,
+        "2024-01-01",
+        "2024-01-03",
+        3,
+    )
     assert len(rng.get_step_success_events()) >= 12
-    runs = {metadata(rng, n)["run_id"] for n in ("orders", "fills", "positions", "equity_curve", "backtest_summary")}
+    runs = {
+        metadata(rng, n)["run_id"]
+        for n in ("orders", "fills", "positions", "equity_curve", "backtest_summary")
+    }
     assert runs == {rid}
+    summary_meta = metadata(rng, "backtest_summary")
+    assert summary_meta["equity_curve"].startswith("![")
+    assert "data:image/png;base64," in summary_meta["equity_curve"]
+    assert summary_meta["days_covered"] == 3 and "net_pnl" in summary_meta
+    tick_meta = metadata(rng, "tick_slices")
+    assert 0 < tick_meta["bytes_read"] < tick_meta["bytes_available"]
     checks = check_results(rng)
     assert len(checks) == 12 and all(checks.values()), checks
 
@@ -74,7 +88,10 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     tables = result_tables(direct)
     assert pl.from_arrow(tables["fills.parquet"]).equals(fills)
     assert pl.from_arrow(tables["orders.parquet"]).equals(orders)
-    assert summary["execution_stats"]["ticks_processed"] == direct.summary["execution_stats"]["ticks_processed"]
+    assert (
+        summary["execution_stats"]["ticks_processed"]
+        == direct.summary["execution_stats"]["ticks_processed"]
+    )
 
 
 def test_graph_local(local_ucs: UnifiedCloudService) -> None:

@@ -220,3 +220,51 @@ def test_oms_rejected_ids_are_deterministic() -> None:
     b = oms.record_risk_rejected("OP-x", BTC, "BUY", "MARKET", 1, None, 6, "max_order_quantity")
     assert (a.order_id, b.order_id) == ("R-OP-x-1", "R-OP-x-2")
     assert oms.orders_frame()["status"].to_list() == ["REJECTED", "REJECTED"]
+
+
+def test_oms_final_status_rule() -> None:
+    """Partly filled then cancelled → PARTIALLY_FILLED; nothing filled → CANCELED (oms.py)."""
+    oms = OMS()
+    oms.record_submitted("A", "OP-1", BTC, "BUY", "LIMIT", 1.0, 100.0, 1)
+    oms.record_submitted("B", "OP-1", BTC, "BUY", "LIMIT", 1.0, 100.0, 1)
+    oms.record_submitted("C", "OP-1", BTC, "BUY", "MARKET", 1.0, None, 1)
+    for oid in "ABC":
+        oms.on_status(oid, "ACCEPTED", 2)
+    oms.on_status("A", "FILLED_PART", 3, fill_qty=0.4)
+    assert oms.get("A").status == "PARTIALLY_FILLED" and oms.get("A").is_open
+    oms.on_status("A", "CANCELED", 4)
+    oms.on_status("B", "CANCELED", 4)
+    assert (oms.get("A").status, oms.get("A").is_open) == ("PARTIALLY_FILLED", False)
+    assert oms.get("B").status == "CANCELED"
+    assert [h[0] for h in oms.get("A").history] == [
+        "SUBMITTED", "ACCEPTED", "PARTIALLY_FILLED", "CANCELED"
+    ]  # fmt: skip
+    oms.on_status("B", "CANCELED", 9)  # a late duplicate only adds history
+    assert oms.get("B").updated_at == 4
+    assert oms.close_all_open(10, "unresolved_at_run_end") == ["C"]
+    c = oms.get("C")
+    assert (c.status, c.rejection_reason, c.is_open) == ("CANCELED", "unresolved_at_run_end", False)
+    assert set(oms.orders_frame()["status"]) <= {"FILLED", "PARTIALLY_FILLED", "CANCELED",
+                                                 "REJECTED", "EXPIRED"}  # fmt: skip
+
+
+def test_router_drift_is_in_bps_per_second() -> None:
+    # Same price and fee; 200 ms vs 5 ms latency; 1 bp/s → 0.2 bp vs 0.005 bp of drift.
+    slow = VenueQuote(BTC, 100.0, 0.0002, 0.0005, 0.2)
+    fast = VenueQuote(BTC_BYBIT, 100.0, 0.0002, 0.0005, 0.005)
+    r = SmartRouter("BINANCE-FUTURES", drift_bps_per_s=1.0)
+    assert r.cost(slow, "BUY", "MARKET") == pytest.approx(100.0 * (1 + 0.0005 + 0.2e-4))
+    assert r.choose("BUY", "MARKET", [slow, fast], BTC) == BTC_BYBIT
+    assert SmartRouter("BINANCE-FUTURES").choose("BUY", "MARKET", [slow, fast], BTC) == BTC
+    with pytest.raises(ValueError, match="drift_bps_per_s"):
+        SmartRouter(None, -1.0)
+
+
+def test_orchestrator_market_window_end_cancels_what_is_still_open() -> None:
+    ctx = FakeCtx()
+    orch = Orchestrator(ctx, group_of)
+    orch.on_signal(Signal("s1", 0, BTC, 1.0, 5.0, "MARKET"))
+    ctx.run_until(5 * S)
+    assert ctx.canceled == ["O0"]  # never filled (the fake has no venue) → cancelled at the end
+    ops = orch.operations_frame().row(0, named=True)
+    assert ops["shortfall"] == 1.0 and ops["superseded"] is False

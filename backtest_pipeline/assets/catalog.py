@@ -1,22 +1,27 @@
 """Group ``catalog``: the day's tick slices as a NautilusTrader ``ParquetDataCatalog``."""
 
-import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.execution import stages
+from backtest_pipeline.resources.io_manager import DayTables
 from backtest_pipeline.resources.settings import BacktestSettings
 from backtest_pipeline.resources.ucs_resource import UCSResource
 
 
-@asset(partitions_def=daily_partitions, backfill_policy=single_run, group_name="catalog", kinds={"parquet"})
+@asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    group_name="catalog",
+    kinds={"parquet"},
+)
 def nautilus_catalog(
     context: AssetExecutionContext,
     ucs: UCSResource,
     backtest: BacktestSettings,
-    tick_slices: dict[str, pa.Table],
-    instruments: dict[str, pa.Table],
-) -> dict[str, pa.Table]:
+    tick_slices: DayTables,
+    instruments: DayTables,
+) -> DayTables:
     """Writes the catalog of each day (vectorised) under ``nautilus_catalog/by_date/day-…/{config}/``.
 
     The stored value is the per-day manifest (instrument → Nautilus id, rows, file); the catalog
@@ -32,6 +37,11 @@ def nautilus_catalog(
         rows += manifest["rows"]
         size += manifest["bytes"]
     context.add_output_metadata(
-        {"ticks": rows, "catalog_bytes": size, "catalog": MetadataValue.text(uris[-1]), "days": len(uris)}
+        {
+            "ticks": rows,
+            "catalog_bytes": size,
+            "catalog": MetadataValue.text(uris[-1]),
+            "days": len(uris),
+        }
     )
     return out

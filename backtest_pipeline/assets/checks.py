@@ -6,15 +6,16 @@ history), and runs in the same run as its asset.
 
 from typing import Any
 
-import pyarrow as pa
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 
 from backtest_pipeline.assets.partitions import daily_partitions
 from backtest_pipeline.execution import checks
-from backtest_pipeline.resources.io_manager import RunArtifact
+from backtest_pipeline.resources.io_manager import DayTables, RunArtifact
 
 
-def _result(outcome: checks.CheckOutcome, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR) -> AssetCheckResult:
+def _result(
+    outcome: checks.CheckOutcome, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+) -> AssetCheckResult:
     passed, details = outcome
     return AssetCheckResult(passed=passed, severity=severity, metadata=_jsonable(details))
 
@@ -27,31 +28,31 @@ def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
 
 
 @asset_check(asset="instruments", partitions_def=daily_partitions)
-def instruments_schema(instruments: dict[str, pa.Table]) -> AssetCheckResult:
+def instruments_schema(instruments: DayTables) -> AssetCheckResult:
     """The day's instruments match the input schema (types, keys, fees, margins)."""
     return _result(checks.validates("instruments", instruments))
 
 
 @asset_check(asset="signals", partitions_def=daily_partitions)
-def signals_schema(signals: dict[str, pa.Table]) -> AssetCheckResult:
+def signals_schema(signals: DayTables) -> AssetCheckResult:
     """Signals match the schema: unique ids, known algos, valid keys, sorted by ts_event."""
     return _result(checks.validates("signals", signals))
 
 
 @asset_check(asset="tick_slices", partitions_def=daily_partitions)
-def tick_slices_sorted(tick_slices: dict[str, pa.Table]) -> AssetCheckResult:
+def tick_slices_sorted(tick_slices: DayTables) -> AssetCheckResult:
     """Trades are sorted by ts_event within each instrument and day."""
     return _result(checks.sorted_timestamps(tick_slices, by="instrument_key"))
 
 
 @asset_check(asset="tick_slices", partitions_def=daily_partitions)
-def tick_slices_schema(tick_slices: dict[str, pa.Table]) -> AssetCheckResult:
+def tick_slices_schema(tick_slices: DayTables) -> AssetCheckResult:
     """Every slice validates as trades (positive prices/sizes, buy/sell, unique ids)."""
     return _result(checks.trades_schema(tick_slices))
 
 
 @asset_check(asset="funding_rates", partitions_def=daily_partitions)
-def funding_rates_schema(funding_rates: dict[str, pa.Table]) -> AssetCheckResult:
+def funding_rates_schema(funding_rates: DayTables) -> AssetCheckResult:
     """Funding events validate per instrument (sorted, one per time, finite rate)."""
     return _result(checks.funding_schema(funding_rates))
 
@@ -91,7 +92,9 @@ def orders_belong_to_operations(orders: RunArtifact) -> AssetCheckResult:
     partitions_def=daily_partitions,
     additional_ins={"signal_intervals": AssetIn("signal_intervals")},
 )
-def fills_inside_signal_intervals(fills: RunArtifact, signal_intervals: dict[str, pa.Table]) -> AssetCheckResult:
+def fills_inside_signal_intervals(
+    fills: RunArtifact, signal_intervals: DayTables
+) -> AssetCheckResult:
     """No fill happens outside a signal interval of its asset: execution stays where data was read."""
     return _result(checks.fills_inside_intervals(fills.data, signal_intervals))
 
@@ -101,7 +104,9 @@ def fills_inside_signal_intervals(fills: RunArtifact, signal_intervals: dict[str
     partitions_def=daily_partitions,
     additional_ins={"equity_curve": AssetIn("equity_curve")},
 )
-def net_pnl_equals_equity_change(backtest_summary: RunArtifact, equity_curve: RunArtifact) -> AssetCheckResult:
+def net_pnl_equals_equity_change(
+    backtest_summary: RunArtifact, equity_curve: RunArtifact
+) -> AssetCheckResult:
     """summary.pnl.net_pnl equals the equity curve's last value minus the starting balance."""
     return _result(checks.net_pnl_matches_equity(backtest_summary.data, equity_curve.data))
 

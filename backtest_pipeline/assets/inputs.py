@@ -9,8 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from backtest_pipeline import layout
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.execution import stages
+from backtest_pipeline.resources.io_manager import DayTables, LazyDays
 from backtest_pipeline.resources.settings import BacktestSettings
 from backtest_pipeline.resources.ucs_resource import UCSResource
 
@@ -19,30 +21,40 @@ COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "gr
 
 
 @asset(**COMMON, kinds={"parquet"})
-def instruments(context: AssetExecutionContext, ucs: UCSResource) -> dict[str, pa.Table]:
+def instruments(context: AssetExecutionContext, ucs: UCSResource) -> DayTables:
     """The day's instrument definitions, validated (missing or malformed → the run fails here)."""
     client = ucs.client()
-    out = {d.isoformat(): stages.load_instruments(client, d) for d in days_of(context.partition_keys)}
+    out = {
+        d.isoformat(): stages.load_instruments(client, d) for d in days_of(context.partition_keys)
+    }
     context.add_output_metadata({"instruments": sum(t.num_rows for t in out.values())})
     return out
 
 
 @asset(**COMMON, kinds={"parquet"})
-def signals(context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings) -> dict[str, pa.Table]:
+def signals(
+    context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
+) -> DayTables:
     """The day's signals of the run configuration's strategy, validated."""
     client, config = ucs.client(), backtest.load()
-    out = {d.isoformat(): stages.load_signals(client, config, d) for d in days_of(context.partition_keys)}
+    out = {
+        d.isoformat(): stages.load_signals(client, config, d)
+        for d in days_of(context.partition_keys)
+    }
     context.add_output_metadata(
-        {"strategy_id": config.strategy_id, "config_name": backtest.config_name,
-         "signals": sum(t.num_rows for t in out.values())}
+        {
+            "strategy_id": config.strategy_id,
+            "config_name": backtest.config_name,
+            "signals": sum(t.num_rows for t in out.values()),
+        }
     )
     return out
 
 
 @asset(**COMMON, kinds={"polars"})
 def signal_intervals(
-    context: AssetExecutionContext, backtest: BacktestSettings, signals: dict[str, pa.Table]
-) -> dict[str, pa.Table]:
+    context: AssetExecutionContext, backtest: BacktestSettings, signals: DayTables
+) -> DayTables:
     """Per instrument, the merged [ts − lookback, ts + window + grace] intervals the signals need."""
     config = backtest.load()
     out = {
@@ -53,7 +65,10 @@ def signal_intervals(
         int(pc.sum(pc.subtract(t["end_ns"], t["start_ns"])).as_py() or 0) for t in out.values()
     )
     context.add_output_metadata(
-        {"intervals": sum(t.num_rows for t in out.values()), "covered_hours": round(covered_ns / 3.6e12, 3)}
+        {
+            "intervals": sum(t.num_rows for t in out.values()),
+            "covered_hours": round(covered_ns / 3.6e12, 3),
+        }
     )
     return out
 
@@ -63,36 +78,36 @@ def tick_slices(
     context: AssetExecutionContext,
     ucs: UCSResource,
     backtest: BacktestSettings,
-    instruments: dict[str, pa.Table],
-    signals: dict[str, pa.Table],
-    signal_intervals: dict[str, pa.Table],
-) -> dict[str, pa.Table]:
+    instruments: DayTables,
+    signals: DayTables,
+    signal_intervals: DayTables,
+) -> LazyDays:
     """The trades inside the signal intervals, fetched by byte-range reads of the ticks objects."""
     client, config = ucs.client(), backtest.load()
-    out = {}
-    for d in days_of(context.partition_keys):
-        k = d.isoformat()
-        out[k] = stages.fetch_tick_slices(
-            client, config, d, instruments[k], signals[k], stages.to_polars(signal_intervals[k])
+
+    def produce(key: str) -> pa.Table:
+        day = layout.parse_day(key)
+        return stages.fetch_tick_slices(
+            client,
+            config,
+            day,
+            instruments[key],
+            signals[key],
+            stages.to_polars(signal_intervals[key]),
         )
-    records = [r for t in out.values() for r in stages.inputs_of(t)]
-    read, total = sum(r.bytes_read for r in records), sum(r.bytes_total for r in records)
-    context.add_output_metadata(
-        {
-            "rows": sum(t.num_rows for t in out.values()),
-            "bytes_read": read,
-            "bytes_available": total,
-            "read_fraction": round(read / total, 4) if total else 0.0,
-            "objects": len(records),
-        }
-    )
-    return out
+
+    # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more
+    # than one day of ticks; rows and bytes read vs available are recorded by the IO manager.
+    return LazyDays([d.isoformat() for d in days_of(context.partition_keys)], produce)
 
 
 @asset(**COMMON, kinds={"parquet"})
 def funding_rates(
-    context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings, instruments: dict[str, pa.Table]
-) -> dict[str, pa.Table]:
+    context: AssetExecutionContext,
+    ucs: UCSResource,
+    backtest: BacktestSettings,
+    instruments: DayTables,
+) -> DayTables:
     """The day's funding events of the perpetuals the configuration trades."""
     client, config = ucs.client(), backtest.load()
     out = {
@@ -100,7 +115,9 @@ def funding_rates(
         for d in days_of(context.partition_keys)
     }
     context.add_output_metadata(
-        {"events": sum(t.num_rows for t in out.values()),
-         "instruments": MetadataValue.text(", ".join(config.instruments))}
+        {
+            "events": sum(t.num_rows for t in out.values()),
+            "instruments": MetadataValue.text(", ".join(config.instruments)),
+        }
     )
     return out

@@ -4,6 +4,7 @@ Dagster's asset checks call these; so can any notebook or test. Each returns the
 offending rows and a few examples, so a failing check says what is wrong, not just that it is.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -21,14 +22,15 @@ def _frame(t: pa.Table | pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-def validates(kind: str, tables: dict[str, pa.Table]) -> CheckOutcome:
+def validates(kind: str, tables: Mapping[str, pa.Table]) -> CheckOutcome:
     """Each day's table passes the input schema validator of ``kind``."""
     fn = {
         "instruments": lambda t, n: schemas.validate_instruments(t, n, allow_empty=False),
         "signals": lambda t, n: schemas.validate_signals(t, n, allow_empty=True),
     }[kind]
     errors = {}
-    for day, t in sorted(tables.items()):
+    for day in sorted(tables):  # one day at a time (inputs may be lazy)
+        t = tables[day]
         try:
             fn(t, f"{kind}[{day}]")
         except schemas.DataValidationError as exc:
@@ -36,10 +38,11 @@ def validates(kind: str, tables: dict[str, pa.Table]) -> CheckOutcome:
     return not errors, {"days": len(tables), "errors": errors}
 
 
-def funding_schema(tables: dict[str, pa.Table]) -> CheckOutcome:
+def funding_schema(tables: Mapping[str, pa.Table]) -> CheckOutcome:
     """Each instrument's funding events of each day validate (sorted, one per time, finite)."""
     errors = {}
-    for day, t in sorted(tables.items()):
+    for day in sorted(tables):  # one day at a time (inputs may be lazy)
+        t = tables[day]
         df = _frame(t)
         for key in df["instrument_key"].unique().to_list():
             part = df.filter(pl.col("instrument_key") == key).drop("instrument_key")
@@ -50,11 +53,12 @@ def funding_schema(tables: dict[str, pa.Table]) -> CheckOutcome:
     return not errors, {"errors": errors}
 
 
-def sorted_timestamps(tables: dict[str, pa.Table], by: str | None = None) -> CheckOutcome:
+def sorted_timestamps(tables: Mapping[str, pa.Table], by: str | None = None) -> CheckOutcome:
     """``ts_event`` non-decreasing per day (and per ``by`` group, e.g. instrument_key)."""
     bad: dict[str, int] = {}
     rows = 0
-    for day, t in sorted(tables.items()):
+    for day in sorted(tables):  # one day at a time (inputs may be lazy)
+        t = tables[day]
         df = _frame(t)
         rows += df.height
         if df.height == 0:
@@ -67,14 +71,18 @@ def sorted_timestamps(tables: dict[str, pa.Table], by: str | None = None) -> Che
     return not bad, {"rows": rows, "unsorted_rows": bad}
 
 
-def trades_schema(tables: dict[str, pa.Table]) -> CheckOutcome:
+def trades_schema(tables: Mapping[str, pa.Table]) -> CheckOutcome:
     """Every tick slice validates as trades (per instrument)."""
     errors = {}
-    for day, t in sorted(tables.items()):
+    for day in sorted(tables):  # one day at a time (inputs may be lazy)
+        t = tables[day]
         df = _frame(t)
         for key in df["instrument_key"].unique().to_list():
             try:
-                schemas.validate_trades_frame(df.filter(pl.col("instrument_key") == key).drop("instrument_key"), f"tick_slices[{day}|{key}]")
+                schemas.validate_trades_frame(
+                    df.filter(pl.col("instrument_key") == key).drop("instrument_key"),
+                    f"tick_slices[{day}|{key}]",
+                )
             except schemas.DataValidationError as exc:
                 errors[f"{day}|{key}"] = str(exc)
     return not errors, {"errors": errors}
@@ -88,7 +96,7 @@ def result_schema(table: pa.Table, name: str) -> CheckOutcome:
     return got == want, {"expected": want, "got": got}
 
 
-def fills_inside_intervals(fills: pa.Table, intervals: dict[str, pa.Table]) -> CheckOutcome:
+def fills_inside_intervals(fills: pa.Table, intervals: Mapping[str, pa.Table]) -> CheckOutcome:
     """Every fill lies inside a signal interval of its asset (router peers share intervals).
 
     Intervals are per signalled instrument; a fill on a peer venue is matched by BASE-QUOTE.
@@ -96,18 +104,27 @@ def fills_inside_intervals(fills: pa.Table, intervals: dict[str, pa.Table]) -> C
     f = _frame(fills)
     if f.height == 0:
         return True, {"fills": 0, "outside": 0}
-    iv = pl.concat([_frame(t) for t in intervals.values()], how="vertical_relaxed") if intervals else pl.DataFrame()
+    iv = (
+        pl.concat([_frame(t) for t in intervals.values()], how="vertical_relaxed")
+        if intervals
+        else pl.DataFrame()
+    )
     if iv.height == 0:
         return False, {"fills": f.height, "outside": f.height, "reason": "fills but no interval"}
-    iv = iv.with_columns(pl.col("instrument_key").str.split(":").list.get(2).alias("pair")).select("pair", "start_ns", "end_ns")
+    iv = iv.with_columns(pl.col("instrument_key").str.split(":").list.get(2).alias("pair")).select(
+        "pair", "start_ns", "end_ns"
+    )
     fx = f.with_row_index("_i").select(
-        "_i", pl.col("ts_event").cast(pl.Int64).alias("ts"),
-        pl.col("instrument_key").str.split(":").list.get(2).alias("pair"), "instrument_key"
+        "_i",
+        pl.col("ts_event").cast(pl.Int64).alias("ts"),
+        pl.col("instrument_key").str.split(":").list.get(2).alias("pair"),
+        "instrument_key",
     )
     inside = (
         fx.join(iv, on="pair", how="inner")
         .filter((pl.col("ts") >= pl.col("start_ns")) & (pl.col("ts") <= pl.col("end_ns")))
-        .select("_i").unique()
+        .select("_i")
+        .unique()
     )
     outside = fx.join(inside, on="_i", how="anti")
     return outside.height == 0, {
@@ -121,11 +138,16 @@ def orders_have_operation(orders: pa.Table) -> CheckOutcome:
     """Every order carries the id of the operation (signal execution) it belongs to."""
     o = _frame(orders)
     bad = o.filter(pl.col("operation_id").is_null() | (pl.col("operation_id").str.len_bytes() == 0))
-    return bad.height == 0, {"orders": o.height, "without_operation": bad.height,
-                             "operations": o["operation_id"].n_unique() if o.height else 0}
+    return bad.height == 0, {
+        "orders": o.height,
+        "without_operation": bad.height,
+        "operations": o["operation_id"].n_unique() if o.height else 0,
+    }
 
 
-def net_pnl_matches_equity(summary: dict[str, Any], equity: pa.Table, tol: float = 1e-6) -> CheckOutcome:
+def net_pnl_matches_equity(
+    summary: dict[str, Any], equity: pa.Table, tol: float = 1e-6
+) -> CheckOutcome:
     """``net_pnl`` equals the last portfolio_value minus the starting balance (spec/outputs.md)."""
     e = _frame(equity)
     start = float(summary["starting_balance"])
@@ -133,5 +155,7 @@ def net_pnl_matches_equity(summary: dict[str, Any], equity: pa.Table, tol: float
     net = float(summary["pnl"]["net_pnl"])
     diff = abs(net - (last - start))
     return diff <= tol * max(1.0, abs(start)), {
-        "net_pnl": net, "equity_change": last - start, "difference": diff,
+        "net_pnl": net,
+        "equity_change": last - start,
+        "difference": diff,
     }

@@ -12,8 +12,11 @@ No storage access here: the caller hands in-memory frames/tables per day (``DayI
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -125,6 +128,34 @@ def _logging(log_dir: Path | None) -> LoggingConfig:
     )
 
 
+@contextmanager
+def _engine_stderr_to(path: Path) -> Iterator[None]:
+    """Send what the engine writes to file descriptor 2 into ``path``; Python keeps the terminal.
+
+    Nautilus 1.231 copies every ERROR log line to stderr whatever ``log_level`` says (verified:
+    ``"OFF"`` silences stdout only, and ``log_components_only`` silences the file too). Those
+    lines are in ``execution.log`` already, so during the run fd 2 points to a side file while
+    ``sys.stderr`` (the CLI's progress bar, warnings) is re-opened on the original terminal.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    py_stderr = sys.stderr
+    term = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    try:
+        os.dup2(target, 2)
+        sys.stderr = term
+        yield
+    finally:
+        term.flush()
+        sys.stderr = py_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+        term.close()
+
+
 def _build_engine(
     config: BacktestConfig, log_dir: Path | None
 ) -> tuple[BacktestEngine, dict[str, VenueHandle]]:
@@ -232,95 +263,202 @@ def _validate_signals(
             )
 
 
+@dataclass
+class _PreparedDay:
+    ticks: dict[str, list[TradeTick]]  # per instrument key, each in the file's time order
+    start_ns: int
+    end_ns: int
+
+    @property
+    def n_ticks(self) -> int:
+        return sum(len(t) for t in self.ticks.values())
+
+
+class _DayFeeder:
+    """Turns each ``DayInput`` into engine state (instruments, alerts) and engine ticks.
+
+    Shared by :func:`run_engine` and :func:`bare_engine_run` so that both run exactly the same
+    strategy schedule on exactly the same ticks.
+    """
+
+    def __init__(
+        self, config: BacktestConfig, engine: BacktestEngine, strategy: ExecutionStrategy
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.strategy = strategy
+        self.run_keys = set(config.instruments)
+        self.marks: list[pl.DataFrame] = []
+        self.intervals: dict[date, pl.DataFrame] = {}
+        self.last_day: date | None = None
+        self.n_days = 0
+
+    def prepare(self, day: DayInput, *, with_marks: bool = True) -> _PreparedDay:
+        config, strategy, run_keys = self.config, self.strategy, self.run_keys
+        if self.last_day is not None and day.day <= self.last_day:
+            raise EngineInputError(
+                f"days must be strictly increasing: {day.day} after {self.last_day}"
+            )
+        self.last_day = day.day
+        self.n_days += 1
+        day_start, day_end = layout.day_bounds_ns(day.day)
+        rows = {r["instrument_key"]: r for r in day.instruments.iter_rows(named=True)}
+        day_keys = set(rows) & run_keys
+        for key in sorted(day_keys):
+            if key not in strategy.info:
+                venue = names.venue_of_key(key)
+                inst = names.build_instrument(rows[key], config.venue(venue).fees, day_start)
+                self.engine.add_instrument(inst)
+                strategy.register_instrument(key, inst)
+        strategy.set_available(day_start // _DAY_NS, day_keys)
+        sigs = _signals_of(day.signals)
+        _validate_signals(day, sigs, run_keys, day_keys)
+        if with_marks:
+            self.intervals[day.day] = signal_intervals(
+                day.signals, day.day, config.lookback_s, config.grace_s
+            )
+        ticks: dict[str, list[TradeTick]] = {}
+        for key in sorted(day.trades):
+            if key not in run_keys:
+                continue
+            if key not in strategy.info:
+                raise EngineInputError(
+                    f"trades for {key} on {day.day} but it is not in that day's instruments"
+                )
+            table = day.trades[key]
+            ticks[key] = trades_to_ticks(table, strategy.info[key].instrument)
+            if with_marks:
+                self.marks.append(marks_per_second(table, key))
+        if with_marks and config.use_bars_for_marks and day.bars:
+            for key in sorted(day.bars):
+                b = day.bars[key]
+                self.marks.append(
+                    b.select(
+                        pl.col("ts_event").cast(pl.Int64),
+                        pl.lit(key).alias("instrument_key"),
+                        pl.col("close").cast(pl.Float64).alias("price"),
+                    )
+                )
+        strategy.schedule_day(
+            day.day.isoformat(), sigs, _funding_of(day.funding, day_keys), day_end_ns=day_end
+        )
+        return _PreparedDay(ticks, day_start, day_end)
+
+
+def _run_day(engine: BacktestEngine, prepared: _PreparedDay) -> None:
+    """One streamed day: timers after its last tick fire in the next day's run or at end().
+
+    One ``add_data`` per instrument (Nautilus registers the instrument of a batch's first
+    element only), then a single sort of the day.
+    """
+    added = False
+    for key in sorted(prepared.ticks):
+        if prepared.ticks[key]:
+            engine.add_data(prepared.ticks[key], sort=False)
+            added = True
+    if added:
+        engine.sort_data()
+    engine.run(start=prepared.start_ns, end=prepared.end_ns - 1, streaming=True)
+    engine.clear_data()
+
+
 def run_engine(
     config: BacktestConfig,
     days: Iterable[DayInput],
     log_dir: Path | None = None,
-    *,
-    twap_slice_s: float = DEFAULT_TWAP_SLICE_S,
-    router_drift_per_s: float = 0.0,
 ) -> EngineOutput:
-    """Stream ``days`` (chronological; may be a lazy generator) through one engine."""
+    """Stream ``days`` (chronological; may be a lazy generator) through one engine.
+
+    Every execution knob (TWAP slice, router drift, spot shorting, models) comes from
+    ``config``. After the last day the end-of-run sweep cancels whatever is still working, so
+    every order of the output has a final status.
+    """
+    quiet = (
+        _engine_stderr_to(log_dir / "engine_stderr.log") if log_dir is not None else nullcontext()
+    )
+    with quiet:
+        return _run_engine(config, days, log_dir)
+
+
+def _run_engine(
+    config: BacktestConfig, days: Iterable[DayInput], log_dir: Path | None
+) -> EngineOutput:
     engine, handles = _build_engine(config, log_dir)
-    strategy = ExecutionStrategy(config, handles, twap_slice_s, router_drift_per_s)
+    strategy = ExecutionStrategy(config, handles)
     engine.add_strategy(strategy)
-    run_keys = set(config.instruments)
+    feeder = _DayFeeder(config, engine, strategy)
     ccy = Currency.from_str(config.account_currency)
-    marks: list[pl.DataFrame] = []
-    intervals: dict[date, pl.DataFrame] = {}
     ticks_total = 0
     engine_time = 0.0
-    last_day: date | None = None
-    n_days = 0
     try:
         for day in days:
-            if last_day is not None and day.day <= last_day:
-                raise EngineInputError(
-                    f"days must be strictly increasing: {day.day} after {last_day}"
-                )
-            last_day = day.day
-            n_days += 1
-            day_start, day_end = layout.day_bounds_ns(day.day)
-            rows = {r["instrument_key"]: r for r in day.instruments.iter_rows(named=True)}
-            day_keys = set(rows) & run_keys
-            for key in sorted(day_keys):
-                if key not in strategy.info:
-                    venue = names.venue_of_key(key)
-                    inst = names.build_instrument(rows[key], config.venue(venue).fees, day_start)
-                    engine.add_instrument(inst)
-                    strategy.register_instrument(key, inst)
-            strategy.set_available(day_start // 86_400_000_000_000, day_keys)
-            sigs = _signals_of(day.signals)
-            _validate_signals(day, sigs, run_keys, day_keys)
-            intervals[day.day] = signal_intervals(
-                day.signals, day.day, config.lookback_s, config.grace_s
-            )
-            ticks: list[TradeTick] = []
-            for key in sorted(day.trades):
-                if key not in run_keys:
-                    continue
-                if key not in strategy.info:
-                    raise EngineInputError(
-                        f"trades for {key} on {day.day} but it is not in that day's instruments"
-                    )
-                table = day.trades[key]
-                ticks.extend(trades_to_ticks(table, strategy.info[key].instrument))
-                marks.append(marks_per_second(table, key))
-            if config.use_bars_for_marks and day.bars:
-                for key in sorted(day.bars):
-                    b = day.bars[key]
-                    marks.append(
-                        b.select(
-                            pl.col("ts_event").cast(pl.Int64),
-                            pl.lit(key).alias("instrument_key"),
-                            pl.col("close").cast(pl.Float64).alias("price"),
-                        )
-                    )
-            strategy.schedule_day(day.day.isoformat(), sigs, _funding_of(day.funding, day_keys))
-            ticks_total += len(ticks)
+            prepared = feeder.prepare(day)
+            ticks_total += prepared.n_ticks
             t0 = time.perf_counter()
-            if ticks:
-                engine.add_data(ticks, sort=True)
-            del ticks
-            engine.run(start=day_start, end=day_end - 1, streaming=True)
-            engine.clear_data()
+            _run_day(engine, prepared)
             engine_time += time.perf_counter() - t0
+            del prepared
             if strategy.errors:
                 raise strategy.errors[0]
         t0 = time.perf_counter()
+        # Arms the last day's SWEEP alert: end() flushes the timers up to the run's end, so the
+        # sweep's cancels and their settle alerts are processed inside the run's range.
+        strategy.ending = True
         engine.end()
         engine_time += time.perf_counter() - t0
         if strategy.errors:
             raise strategy.errors[0]
+        end_ns = engine.kernel.clock.timestamp_ns()
+        # Last resort (should stay empty): orders the venue never resolved, e.g. a market order
+        # that Nautilus neither filled nor rejected, or one sent after the sweep.
+        unresolved = strategy.oms.close_all_open(
+            end_ns, "unresolved_at_run_end: the venue neither filled nor cancelled the order"
+        )
         balances: dict[str, float] = {}
         for venue in config.venue_names:
             acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
             bal = acct.balance_total(ccy) if acct is not None else None
             balances[venue] = bal.as_double() if bal is not None else float("nan")
-        out = _collect(strategy, marks, intervals, balances, ticks_total, engine_time, n_days)
+        out = _collect(
+            strategy, feeder.marks, feeder.intervals, balances, ticks_total, engine_time,
+            feeder.n_days, unresolved,
+        )  # fmt: skip
         # What actually reached Nautilus: lets callers prove risk-rejected orders never did.
         out.engine_order_ids = sorted(o.client_order_id.value for o in engine.cache.orders())
         return out
+    finally:
+        engine.dispose()
+
+
+def bare_engine_run(config: BacktestConfig, days: list[DayInput]) -> dict[str, Any]:
+    """The floor our run is measured against: the same engine, venues and strategy, bare.
+
+    Each day's ticks are converted to engine objects (and the strategy's alerts scheduled)
+    *before* the clock starts; only ``add_data`` + ``run`` (+ the final ``end``) are timed, with
+    logging bypassed. What ``run_engine`` spends beyond this is our overhead (conversion,
+    marks, outputs). Days are converted one at a time, so memory stays bounded by one day.
+    """
+    engine, handles = _build_engine(config, None)
+    strategy = ExecutionStrategy(config, handles)
+    engine.add_strategy(strategy)
+    feeder = _DayFeeder(config, engine, strategy)
+    ticks = 0
+    seconds = 0.0
+    try:
+        for day in days:
+            prepared = feeder.prepare(day, with_marks=False)
+            ticks += prepared.n_ticks
+            t0 = time.perf_counter()
+            _run_day(engine, prepared)
+            seconds += time.perf_counter() - t0
+            del prepared
+        t0 = time.perf_counter()
+        strategy.ending = True
+        engine.end()
+        seconds += time.perf_counter() - t0
+        if strategy.errors:
+            raise strategy.errors[0]
+        return {"ticks": ticks, "seconds": seconds}
     finally:
         engine.dispose()
 
@@ -333,6 +471,7 @@ def _collect(
     ticks_total: int,
     engine_time: float,
     n_days: int,
+    unresolved: list[str],
 ) -> EngineOutput:
     orders = strategy.oms.orders_frame()
     fills = pl.DataFrame(strategy.fills, schema=FILLS_SCHEMA, orient="row")
@@ -344,18 +483,27 @@ def _collect(
     )
     ops = strategy.orch.operations_frame()
     submitted = orders.filter(~pl.col("order_id").str.starts_with("R-"))
+    status = pl.col("status")
     stats: dict[str, Any] = {
         "signals": strategy.signals_seen,
         "operations": ops.height,
         "orders_submitted": submitted.height,
-        "orders_filled": orders.filter(pl.col("status") == "FILLED").height,
-        "orders_canceled": orders.filter(pl.col("status") == "CANCELED").height,
-        "orders_rejected": orders.filter(pl.col("status") == "REJECTED").height,
+        "orders_filled": orders.filter(status == "FILLED").height,
+        # Partly filled, the rest cancelled or expired (see oms.py for the status rule).
+        "orders_partially_filled": orders.filter(status == "PARTIALLY_FILLED").height,
+        "orders_canceled": orders.filter(status == "CANCELED").height,
+        "orders_expired": orders.filter(status == "EXPIRED").height,
+        "orders_rejected": orders.filter(status == "REJECTED").height,
         "fills": fills.height,
-        # Orders neither filled nor cancelled/rejected when the run ended (see strategy.send).
-        "orders_open_at_end": submitted.filter(
-            pl.col("status").is_in(["SUBMITTED", "ACCEPTED", "PARTIALLY_FILLED"])
-        ).height,
+        # Orders the end-of-run sweep cancelled (still working when the data ended).
+        "orders_canceled_at_run_end": len(strategy.swept),
+        # Orders the venue dropped without an event, closed when a cancel proved it (1.231 with
+        # liquidity_consumption), and orders still unresolved at the run's end (expected 0).
+        "orders_dropped_by_venue": len(strategy.lost),
+        # Orders sent with no trade of their instrument in the signal's lookback: processed
+        # with the next print rather than at arrival (see ExecutionStrategy._book_is_current).
+        "orders_sent_on_stale_book": strategy.stale_book_orders,
+        "orders_unresolved": len(unresolved),
         "avg_slippage_bps": strategy.avg_slippage_bps,
         "ticks_processed": ticks_total,
         "engine_time_s": engine_time,

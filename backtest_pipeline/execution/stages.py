@@ -110,12 +110,16 @@ def load_signals(ucs: UnifiedCloudService, config: BacktestConfig, day: date) ->
     return with_inputs(readers.read_signals(ucs, day, config.strategy_id), [rec])
 
 
-def compute_intervals(signals: pa.Table | pl.DataFrame, config: BacktestConfig, day: date) -> pl.DataFrame:
+def compute_intervals(
+    signals: pa.Table | pl.DataFrame, config: BacktestConfig, day: date
+) -> pl.DataFrame:
     """Per-instrument merged signal intervals of the day (inclusive ns bounds)."""
     return signal_intervals(to_polars(signals), day, config.lookback_s, config.grace_s)
 
 
-def ranges_for_key(config: BacktestConfig, intervals: pl.DataFrame, key: str, day: date) -> list[tuple[int, int]]:
+def ranges_for_key(
+    config: BacktestConfig, intervals: pl.DataFrame, key: str, day: date
+) -> list[tuple[int, int]]:
     """The time ranges of ``key``'s trades a run needs: its asset's intervals (router peers share)."""
     if config.full_day:
         return [layout.day_bounds_ns(day)]
@@ -152,18 +156,32 @@ def fetch_tick_slices(
         table = _validate_trades(res.table, ucs.uri(t_ticks, path))
         table = table.add_column(0, "instrument_key", pa.array([key] * table.num_rows, pa.string()))
         parts.append(table)
-        records.append(InputRecord(t_ticks.gcs_bucket, path, res.generation, res.object_size, res.bytes_read))
+        records.append(
+            InputRecord(t_ticks.gcs_bucket, path, res.generation, res.object_size, res.bytes_read)
+        )
     if parts:
         out = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     else:
         out = pa.table(
             {
                 "instrument_key": pa.array([], pa.string()),
-                **{c: pa.array([], pa.int64() if c == "ts_event" else pa.float64() if c in ("price", "size") else pa.string()) for c in TRADE_COLUMNS},
+                **{
+                    c: pa.array(
+                        [],
+                        pa.int64()
+                        if c == "ts_event"
+                        else pa.float64()
+                        if c in ("price", "size")
+                        else pa.string(),
+                    )
+                    for c in TRADE_COLUMNS
+                },
             }
         )
     meta = dict(out.schema.metadata or {})
-    meta[b"backtest.keys"] = json.dumps([k for k in keys if ranges_for_key(config, intervals, k, day)]).encode()
+    meta[b"backtest.keys"] = json.dumps(
+        [k for k in keys if ranges_for_key(config, intervals, k, day)]
+    ).encode()
     return with_inputs(out.replace_schema_metadata(meta), records)
 
 
@@ -172,11 +190,16 @@ def split_slices(table: pa.Table) -> dict[str, pa.Table]:
     df = to_polars(table)
     raw = (table.schema.metadata or {}).get(b"backtest.keys")
     keys = json.loads(raw) if raw else df["instrument_key"].unique(maintain_order=True).to_list()
-    return {k: df.filter(pl.col("instrument_key") == k).drop("instrument_key").to_arrow() for k in keys}
+    return {
+        k: df.filter(pl.col("instrument_key") == k).drop("instrument_key").to_arrow() for k in keys
+    }
 
 
 def load_funding(
-    ucs: UnifiedCloudService, config: BacktestConfig, day: date, instruments: pa.Table | pl.DataFrame
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    day: date,
+    instruments: pa.Table | pl.DataFrame,
 ) -> pa.Table:
     """Funding events of the run's perpetuals that day, one table with ``instrument_key``."""
     available = set(to_polars(instruments)["instrument_key"].to_list())
@@ -192,13 +215,20 @@ def load_funding(
         except ObjectNotFoundError:
             log.warning("no funding rates for %s on %s (%s)", key, day, ucs.uri(t_ticks, path))
             continue
-        frames.append(readers.read_funding(ucs, day, key).with_columns(pl.lit(key).alias("instrument_key")))
+        frames.append(
+            readers.read_funding(ucs, day, key).with_columns(pl.lit(key).alias("instrument_key"))
+        )
         records.append(rec)
     df = (
         pl.concat(frames, how="vertical_relaxed")
         if frames
         else pl.DataFrame(
-            schema={"ts_event": pl.Int64, "funding_rate": pl.Float64, "mark_price": pl.Float64, "instrument_key": pl.Utf8}
+            schema={
+                "ts_event": pl.Int64,
+                "funding_rate": pl.Float64,
+                "mark_price": pl.Float64,
+                "instrument_key": pl.Utf8,
+            }
         )
     )
     return with_inputs(df, records)
@@ -259,14 +289,26 @@ def build_catalog(
 def manifest_table(manifest: dict[str, Any]) -> pa.Table:
     """The catalog asset's per-day value: one row per instrument written."""
     rows = [
-        {"instrument_key": k, "instrument_id": e["instrument_id"], "rows": e["rows"], "file": e["file"] or ""}
+        {
+            "instrument_key": k,
+            "instrument_id": e["instrument_id"],
+            "rows": e["rows"],
+            "file": e["file"] or "",
+        }
         for k, e in manifest["instruments"].items()
     ]
     schema = pa.schema(
-        [("instrument_key", pa.string()), ("instrument_id", pa.string()), ("rows", pa.int64()), ("file", pa.string())]
+        [
+            ("instrument_key", pa.string()),
+            ("instrument_id", pa.string()),
+            ("rows", pa.int64()),
+            ("file", pa.string()),
+        ]
     )
     t = pa.Table.from_pylist(rows, schema=schema)
-    return t.replace_schema_metadata({b"backtest.catalog_uri": str(manifest.get("uri", "")).encode()})
+    return t.replace_schema_metadata(
+        {b"backtest.catalog_uri": str(manifest.get("uri", "")).encode()}
+    )
 
 
 @dataclass
@@ -337,7 +379,11 @@ class CatalogDayLoader:
             trades = catalog_mod.read_day_trades(cdir)
         tick_inputs = [InputRecord(**r) for r in manifest.get("inputs", [])]
         by_key = {
-            k: pl.DataFrame(ranges_for_key(config, b.intervals, k, day), schema=["start_ns", "end_ns"], orient="row")
+            k: pl.DataFrame(
+                ranges_for_key(config, b.intervals, k, day),
+                schema=["start_ns", "end_ns"],
+                orient="row",
+            )
             for k in trades
         }
         day_input = DayInput(
@@ -354,18 +400,36 @@ class CatalogDayLoader:
 # ---- one backtest, one process ------------------------------------------------------------------
 
 
-def _child(root: str, config_json: str, start: str, end: str, run_id: str, bundles: list[DayBundle]) -> dict[str, Any]:
+def _child(
+    root: str, config_json: str, start: str, end: str, run_id: str, bundles: list[DayBundle]
+) -> dict[str, Any]:
     from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
 
     config = BacktestConfig.model_validate_json(config_json)
     ucs = UnifiedCloudService(root)
     try:
         result = run_backtest(
-            config, start, end, ucs=ucs, run_id=run_id, write_results=True, day_loader=CatalogDayLoader(bundles)
+            config,
+            start,
+            end,
+            ucs=ucs,
+            run_id=run_id,
+            write_results=True,
+            day_loader=CatalogDayLoader(bundles),
         )
     except BacktestFailed as exc:  # its custom __init__ does not survive pickling: send data
-        return {"status": "FAILED", "error": str(exc), "run_id": exc.run_id, "summary_uri": exc.summary_uri}
-    return {"status": result.status, "summary": result.summary, "locations": result.locations, "run_id": result.run_id}
+        return {
+            "status": "FAILED",
+            "error": str(exc),
+            "run_id": exc.run_id,
+            "summary_uri": exc.summary_uri,
+        }
+    return {
+        "status": result.status,
+        "summary": result.summary,
+        "locations": result.locations,
+        "run_id": result.run_id,
+    }
 
 
 class IsolatedBacktestError(RuntimeError):
@@ -386,10 +450,18 @@ def run_backtest_isolated(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         out = pool.submit(
-            _child, ucs.root, config.model_dump_json(), days[0].isoformat(), days[-1].isoformat(), rid, list(bundles)
+            _child,
+            ucs.root,
+            config.model_dump_json(),
+            days[0].isoformat(),
+            days[-1].isoformat(),
+            rid,
+            list(bundles),
         ).result()
     if out["status"] != "COMPLETED":
-        raise IsolatedBacktestError(f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})")
+        raise IsolatedBacktestError(
+            f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})"
+        )
     return out
 
 

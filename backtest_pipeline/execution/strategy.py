@@ -36,6 +36,7 @@ from nautilus_trader.model.enums import OrderSide, TimeInForce
 from nautilus_trader.model.events import (
     OrderAccepted,
     OrderCanceled,
+    OrderCancelRejected,
     OrderDenied,
     OrderEvent,
     OrderExpired,
@@ -132,6 +133,10 @@ class ExecutionStrategy(Strategy):
         self._pending: list[tuple[str, int, Callable[[], None]]] = []
         self._started = False
         self._due: set[int] = set()
+        self._arrives: dict[str, int] = {}  # order id → when its submit reaches the venue
+        self.lost: list[str] = []  # orders the venue dropped without an event (see on_order_event)
+        self.stale_book_orders = 0  # orders sent while the venue's book predated the interval
+        self._lookback_ns = round(config.lookback_s * 1e9)
         self.ending = False  # set by run_engine just before engine.end(): arms the SWEEP alerts
         self.swept: list[str] = []  # orders cancelled by the end-of-run sweep
         self.errors: list[BaseException] = []
@@ -363,8 +368,28 @@ class ExecutionStrategy(Strategy):
         oid = order.client_order_id.value
         self.oms.record_submitted(oid, op.operation_id, key, side, order_type, quantity, price, now)
         self.submit_order(order)
-        self._settle_at(now + info.insert_ns)
+        self._arrives[oid] = now + info.insert_ns
+        if self._book_is_current(key, op.signal.ts_event):
+            self._settle_at(now + info.insert_ns)
+        else:
+            self.stale_book_orders += 1
         return oid
+
+    def _book_is_current(self, key: str, signal_ts: int) -> bool:
+        """Whether the venue's trade-built book reflects the market around this signal.
+
+        The streamed ticks are contiguous from ``signal − lookback_s`` on, so a last tick at or
+        after that instant is the true last trade. An older one comes from an earlier interval:
+        the market moved in between unseen, and an order matched at arrival would fill at that
+        stale price. Such an order gets no settle alert and is processed with the venue's next
+        print instead (filled at a price that traded, a little late). Full-day runs always see
+        the true last trade.
+        """
+        if self.run_config.full_day:
+            return True
+        iid = self.iids.get(key)
+        tick = self.cache.trade_tick(iid) if iid is not None else None
+        return tick is not None and tick.ts_event >= signal_ts - self._lookback_ns
 
     def cancel(self, order_id: str) -> None:
         """Cancel a working or in-flight order (the venue acks after its cancel latency)."""
@@ -429,6 +454,34 @@ class ExecutionStrategy(Strategy):
             self.oms.on_status(oid, "REJECTED", ts, reason=f"venue: {event.reason}")
         elif isinstance(event, OrderDenied):
             self.oms.on_status(oid, "REJECTED", ts, reason=f"nautilus_risk: {event.reason}")
+        elif isinstance(event, OrderCancelRejected):
+            self._on_cancel_rejected(event)
+
+    def _on_cancel_rejected(self, event: OrderCancelRejected) -> None:
+        """Close an order the venue silently dropped, as soon as a cancel proves it.
+
+        Nautilus 1.231 can drop an order without any event (a market order meeting a consumed
+        L1 level with ``liquidity_consumption``). When our cancel is rejected because the venue
+        does not know the order although its submit reached the venue already, the order can
+        never fill: it is CANCELED (PARTIALLY_FILLED if part traded) with the reason, instead of
+        staying SUBMITTED. A cancel that merely overtook its own submit (cancel latency shorter
+        than insert latency) is left alone.
+        """
+        oid = event.client_order_id.value
+        if oid not in self.oms or not self.oms.get(oid).is_open:
+            return
+        if self.clock.timestamp_ns() < self._arrives.get(oid, 0):
+            return
+        key = names.key_for(event.instrument_id)
+        handle = self.venue_handles[names.venue_of_key(key)]
+        engine = handle.exchange.get_matching_engine(event.instrument_id)
+        if engine is not None and engine.order_exists(event.client_order_id):
+            return
+        self.lost.append(oid)
+        self.oms.on_status(
+            oid, "CANCELED", event.ts_event,
+            reason=f"venue_dropped_order: unknown to the venue at cancel ({event.reason})",
+        )  # fmt: skip
 
     def _on_fill(self, ev: OrderFilled) -> None:
         oid = ev.client_order_id.value

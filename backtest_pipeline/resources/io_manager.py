@@ -19,7 +19,7 @@ separate intermediate objects (their slices differ by strategy and intervals).
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.ucs import UnifiedCloudService
 
 POINTER_KEY = b"backtest.pointer"
+INPUTS_KEY = b"backtest.inputs"  # read records a stage attaches to its table (execution.stages)
 RUN_OBJECTS = (*layout.RESULT_OBJECTS, "backtest_config.json", "execution.log")
 
 
@@ -74,7 +75,9 @@ def _as_arrow(value: Any, what: str) -> pa.Table:
         return value
     if isinstance(value, pl.DataFrame):
         return value.to_arrow()
-    raise TypeError(f"{what}: expected a pyarrow Table or polars DataFrame, got {type(value).__name__}")
+    raise TypeError(
+        f"{what}: expected a pyarrow Table or polars DataFrame, got {type(value).__name__}"
+    )
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -83,6 +86,37 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+#: ``{partition_key: pa.Table}`` as asset annotation. Bare ``Mapping`` on purpose: Dagster turns
+#: ``Mapping[str, X]`` into a ``Dict`` type whose check refuses a lazy mapping.
+DayTables = Mapping
+
+
+class LazyDays(Mapping[str, Any]):
+    """``{partition_key: value}`` whose values are produced on access, one at a time.
+
+    Used both ways: the IO manager loads per-day inputs lazily, and an asset may return one so
+    that each day is computed only when the IO manager writes it. Nothing is cached.
+    """
+
+    def __init__(self, keys: list[str], produce: Callable[[str], Any]) -> None:
+        self._keys = list(keys)
+        self._produce = produce
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._produce(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"LazyDays({self._keys[:3]}{'…' if len(self._keys) > 3 else ''})"
 
 
 class UCSIOManager(ConfigurableIOManager):
@@ -137,16 +171,23 @@ class UCSIOManager(ConfigurableIOManager):
                 f"asset {asset}: a {len(keys)}-partition output must be a dict keyed by partition "
                 f"key (one value per day) or a RunArtifact, got {type(obj).__name__}"
             )
-        rows = 0
-        for key in keys:
+        rows = read = available = 0
+        for key in keys:  # one day at a time: a LazyDays output is computed as it is written
             table = _as_arrow(values[key], f"asset {asset} partition {key}")
             rows += table.num_rows
-            ucs.upload_to_gcs_sync(target, self.day_path(asset, key), _parquet_bytes(table), format="bytes")
+            for rec in read_json_metadata(table, INPUTS_KEY) or []:
+                read += int(rec.get("bytes_read", 0))
+                available += int(rec.get("bytes_total", 0))
+            ucs.upload_to_gcs_sync(
+                target, self.day_path(asset, key), _parquet_bytes(table), format="bytes"
+            )
+            del table
         context.add_output_metadata(
             {
                 "dagster/row_count": rows,
                 "path": ucs.uri(target, self.day_path(asset, keys[-1])),
                 "partitions_written": len(keys),
+                **({"bytes_read": read, "bytes_available": available} if available else {}),
             }
         )
 
@@ -178,27 +219,29 @@ class UCSIOManager(ConfigurableIOManager):
     # ---- input ------------------------------------------------------------------------------
 
     def load_input(self, context: InputContext) -> Any:
-        ucs = self._client()
-        target = layout.target("results")
+        """A per-day asset loads as a lazy ``{day: table}`` (one day in memory at a time, so a
+        five-year range does not hold five years of slices); run objects load as RunArtifact(s)."""
         asset = self._asset_name(context)
         keys = self._partition_keys(context)
-        tables: dict[str | None, pa.Table] = {}
-        for key in keys:
-            path = self.day_path(asset, key)
-            try:
-                data = ucs.download_bytes_sync(target, path)
-            except ObjectNotFoundError as exc:
-                raise FileNotFoundError(
-                    f"asset {asset} partition {key} of configuration {self.settings.scope!r} is "
-                    f"not materialized ({ucs.uri(target, path)} does not exist)"
-                ) from exc
-            tables[key] = pq.read_table(io.BytesIO(data))
-        pointers = [t for t in tables.values() if (t.schema.metadata or {}).get(POINTER_KEY)]
-        if pointers:
-            return self._load_artifacts(ucs, pointers)
+        first = self._read_day(asset, keys[0])
+        if (first.schema.metadata or {}).get(POINTER_KEY):
+            pointers = [first, *(self._read_day(asset, k) for k in keys[1:])]
+            return self._load_artifacts(self._client(), pointers)
         if not context.has_asset_partitions:
-            return tables[None]
-        return tables
+            return first
+        return LazyDays([k for k in keys if k is not None], lambda k: self._read_day(asset, k))
+
+    def _read_day(self, asset: str, key: str | None) -> pa.Table:
+        ucs, target = self._client(), layout.target("results")
+        path = self.day_path(asset, key)
+        try:
+            data = ucs.download_bytes_sync(target, path)
+        except ObjectNotFoundError as exc:
+            raise FileNotFoundError(
+                f"asset {asset} partition {key} of configuration {self.settings.scope!r} is "
+                f"not materialized ({ucs.uri(target, path)} does not exist)"
+            ) from exc
+        return pq.read_table(io.BytesIO(data))
 
     def _load_artifacts(self, ucs: UnifiedCloudService, pointers: list[pa.Table]) -> Any:
         """The run object(s) the requested days point to: one RunArtifact, or a list if several."""

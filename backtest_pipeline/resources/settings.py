@@ -31,12 +31,16 @@ def config_names(configs_dir: str | Path | None = None) -> list[str]:
 def active_config_names(configs_dir: str | Path | None = None) -> list[str]:
     """Configurations the schedule runs: ``$BACKTEST_ACTIVE_CONFIGS`` (comma list) or all files."""
     names = config_names(configs_dir)
-    wanted = [n.strip() for n in os.environ.get("BACKTEST_ACTIVE_CONFIGS", "").split(",") if n.strip()]
+    wanted = [
+        n.strip() for n in os.environ.get("BACKTEST_ACTIVE_CONFIGS", "").split(",") if n.strip()
+    ]
     if not wanted:
         return names
     missing = sorted(set(wanted) - set(names))
     if missing:
-        raise ValueError(f"BACKTEST_ACTIVE_CONFIGS names unknown configurations {missing}; have {names}")
+        raise ValueError(
+            f"BACKTEST_ACTIVE_CONFIGS names unknown configurations {missing}; have {names}"
+        )
     return [n for n in names if n in wanted]
 
 

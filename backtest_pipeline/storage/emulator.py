@@ -13,9 +13,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,28 @@ def _die_with_parent() -> None:
     except OSError:
         pass
     os.setsid()
+
+
+_launcher_lock = threading.Lock()
+_launcher: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    """Fork the server from one long-lived thread.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process: a
+    server (re)started from a short-lived thread — a timer restarting it mid-run — was killed as
+    soon as that thread ended. The launcher thread lives as long as the process.
+    """
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None or _launcher[0] != os.getpid():  # (re)create after a fork
+            _launcher = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="gcs-emulator-launcher"))
+        pool = _launcher[1]
+    return pool.submit(
+        subprocess.Popen, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    ).result()
 
 
 @dataclass
@@ -68,9 +92,7 @@ class GCSEmulator:
                 assert self.data_dir is not None, "filesystem backend needs data_dir"
                 self.data_dir.mkdir(parents=True, exist_ok=True)
                 args += ["-filesystem-root", str(self.data_dir)]
-            self.proc = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
-            )
+            self.proc = _spawn(args)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:

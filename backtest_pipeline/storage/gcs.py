@@ -8,7 +8,9 @@ cannot mix two versions of an object that is overwritten mid-read.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import threading
 
 import requests
@@ -41,17 +43,66 @@ _TRANSIENT = (
 _TIMEOUT = (10.0, 120.0)
 
 
-def _redact(text: str) -> str:
-    """Error texts of HTTP clients can echo headers; never let a bearer token through."""
-    import re
+_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+_KEYWORD_SECRET = re.compile(
+    r"(?i)(bearer|token|authorization|private_key_id|private_key|client_secret|refresh_token|password)"
+    r"([\"'=: ]+)[A-Za-z0-9._\-/+=]{8,}"
+)
+# Bare credentials, whatever surrounds them: Google OAuth access tokens (ya29.), refresh tokens
+# (1//), and JWTs (signed assertions, ID tokens).
+_BARE_SECRET = re.compile(r"\bya29\.[A-Za-z0-9._\-]+|\b1//[A-Za-z0-9._\-]{20,}|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
-    return re.sub(r"(?i)(bearer|token|authorization)[\"'=: ]+[A-Za-z0-9._\-/+=]{8,}", r"\1 <redacted>", text)
+
+def _redact(text: str) -> str:
+    """Error texts of HTTP clients can echo headers, tokens or key material: never let them through."""
+    text = _PEM.sub("<redacted private key>", text)
+    text = _BARE_SECRET.sub("<redacted>", text)
+    return _KEYWORD_SECRET.sub(r"\1\2<redacted>", text)
+
+
+class _RedactingFilter(logging.Filter):
+    """Redact records of the Google client libraries: their DEBUG retry logs quote server responses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's business
+            return True
+        redacted = _redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_LIBRARY_LOGGERS = (
+    "google.api_core.retry",
+    "google.api_core.retry_async",
+    "google.cloud.storage",
+    "google.cloud.storage._bucket_metadata_cache",
+    "google.cloud.storage._http",
+    "google.auth.transport.requests",
+    "google.auth._default",
+    "google.resumable_media",
+    "urllib3.connectionpool",
+)
+_filter_installed = False
+
+
+def _install_log_redaction() -> None:
+    global _filter_installed
+    if _filter_installed:
+        return
+    f = _RedactingFilter()
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).addFilter(f)
+    _filter_installed = True
 
 
 class GCSBackend:
     name = "gcs"
 
     def __init__(self, project: str | None = None) -> None:
+        _install_log_redaction()
         self.emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         self._project = project
         self._local = threading.local()

@@ -162,7 +162,7 @@ def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: st
         raise ParquetRangeError(f"{where}: cannot parse the Parquet footer: {exc}") from exc
     footer = Footer(size=size, metadata=md, tail_start=tail_start, tail=tail)
     names = md.schema.names
-    if timestamp_column in names:
+    if timestamp_column in names and _is_time_type(_arrow_type(md, timestamp_column, where)):
         ci = names.index(timestamp_column)
         mins, maxs, ok = [], [], True
         for rg in range(md.num_row_groups):
@@ -177,6 +177,17 @@ def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: st
             footer.ts_max = np.asarray(maxs, dtype=np.int64)
             footer.has_stats = True
     return footer
+
+
+def _arrow_type(md: pq.FileMetaData, column: str, where: str) -> pa.DataType:
+    try:
+        return md.schema.to_arrow_schema().field(column).type
+    except Exception as exc:  # an Arrow type this pyarrow cannot map
+        raise ParquetRangeError(f"{where}: column {column!r} has an unreadable type: {exc}") from exc
+
+
+def _is_time_type(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_timestamp(t)
 
 
 def select_row_groups(footer: Footer, ranges: Sequence[tuple[int, int]]) -> list[int]:
@@ -244,6 +255,13 @@ def read_ranges(
     missing = [c for c in read_cols if c not in names]
     if missing:
         raise ParquetRangeError(f"{where}: column(s) {missing} not in the object (has {names})")
+    if ranges is not None and filter_rows:
+        ts_type = _arrow_type(md, timestamp_column, where)
+        if not _is_time_type(ts_type):
+            raise ParquetRangeError(
+                f"{where}: column {timestamp_column!r}: expected int64 nanoseconds or timestamp[ns], "
+                f"found {ts_type}; cannot select a time range"
+            )
     if row_groups is None:
         rgs = select_row_groups(footer, ranges) if ranges is not None else list(range(md.num_row_groups))
     else:
@@ -281,7 +299,8 @@ def read_ranges(
     if ranges is not None and filter_rows and table.num_rows:
         ts = table.column(timestamp_column)
         if pa.types.is_timestamp(ts.type):
-            ts = pc.cast(ts, pa.int64())
+            # Any unit: as ns first, else a timestamp[us] column compares µs with ns bounds.
+            ts = pc.cast(pc.cast(ts, pa.timestamp("ns", ts.type.tz)), pa.int64())
         mask = None
         for start, end in ranges:
             m = pc.and_(pc.greater_equal(ts, start), pc.less(ts, end))
