@@ -89,7 +89,7 @@ DayLoader = Callable[
 ]
 
 
-def _trade_keys_for_day(config: BacktestConfig, instruments: pl.DataFrame, signals: pl.DataFrame) -> list[str]:
+def trade_keys_for_day(config: BacktestConfig, instruments: pl.DataFrame, signals: pl.DataFrame) -> list[str]:
     """Instruments whose ticks the day needs: those signalled, plus their router peers."""
     available = set(instruments.get_column("instrument_key").to_list())
     configured = [k for k in config.instruments if k in available]
@@ -128,7 +128,7 @@ def load_day(
         signals = readers.read_signals(ucs, day, config.strategy_id)
         inputs.append(InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size))
 
-    keys = _trade_keys_for_day(config, instruments, signals)
+    keys = trade_keys_for_day(config, instruments, signals)
     day_start, day_end = layout.day_bounds_ns(day)
     intervals = signal_intervals(signals, day, config.lookback_s, config.grace_s)
     by_key: dict[str, pl.DataFrame] = {}
@@ -142,7 +142,7 @@ def load_day(
             rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
             if rows.height == 0:
                 continue
-            merged = _merge(rows.select("start_ns", "end_ns").rows())
+            merged = merge_ranges(rows.select("start_ns", "end_ns").rows())
             ranges = merged
         by_key[key] = pl.DataFrame(ranges, schema=["start_ns", "end_ns"], orient="row")
         tpath = layout.trades_path(day, key)
@@ -177,7 +177,7 @@ def load_day(
     return day_input, inputs, by_key
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for s, e in sorted(ranges):
         if out and s <= out[-1][1]:

@@ -35,8 +35,8 @@ from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.execution.runner import (
     TRADE_COLUMNS,
     InputRecord,
-    _merge,
-    _trade_keys_for_day,
+    merge_ranges,
+    trade_keys_for_day,
 )
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.ucs import UnifiedCloudService
@@ -125,7 +125,7 @@ def ranges_for_key(
         return [layout.day_bounds_ns(day)]
     pair = key.split(":")[2]
     rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
-    return _merge(rows.select("start_ns", "end_ns").rows()) if rows.height else []
+    return merge_ranges(rows.select("start_ns", "end_ns").rows()) if rows.height else []
 
 
 def fetch_tick_slices(
@@ -142,7 +142,7 @@ def fetch_tick_slices(
     size, generation) of every ticks object are attached as metadata.
     """
     t_ticks = layout.target("ticks")
-    keys = _trade_keys_for_day(config, to_polars(instruments), to_polars(signals))
+    keys = trade_keys_for_day(config, to_polars(instruments), to_polars(signals))
     parts: list[pa.Table] = []
     records: list[InputRecord] = []
     for key in keys:
