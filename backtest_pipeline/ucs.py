@@ -242,8 +242,12 @@ class UnifiedCloudService:
         timestamp_column: str = "ts_event",
         columns: Sequence[str] | None = None,
         use_byte_range: bool = True,
+        include_prior: bool = False,
     ) -> StreamingResult:
         """Rows of `gcs_path` whose `timestamp_column` lies in any [start, end) range.
+
+        `include_prior` also returns, per range, the last row before its start when that row is
+        in a fetched row group (the state in force when the range opens).
 
         With `use_byte_range`, only the footer (cached per object generation) and the column
         chunks of overlapping row groups are fetched; `bytes_read` says what that cost. Without
@@ -256,12 +260,14 @@ class UnifiedCloudService:
             data = self.download_bytes_sync(target, gcs_path)
             footer = read_footer(len(data), lambda s, e: data[s:e], where, timestamp_column)
             res = read_ranges(footer, lambda s, e: data[s:e], where, ranges=ranges,
-                              timestamp_column=timestamp_column, columns=columns)
+                              timestamp_column=timestamp_column, columns=columns,
+                              include_prior=include_prior)
             return StreamingResult(**{**res.__dict__, "bytes_read": len(data)}, generation=info.generation,
                                    uri=where, bytes_fetched=len(data))
         footer, fresh = self._footer(target, gcs_path, info, timestamp_column)
         res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=ranges,
-                          timestamp_column=timestamp_column, columns=columns)
+                          timestamp_column=timestamp_column, columns=columns,
+                          include_prior=include_prior)
         return _costed(res, footer, fresh, info, where)
 
     def read_parquet_sync(
@@ -320,10 +326,11 @@ class UnifiedCloudService:
         timestamp_column: str = "ts_event",
         columns: Sequence[str] | None = None,
         use_byte_range: bool = True,
+        include_prior: bool = False,
     ) -> StreamingResult:
         return await asyncio.to_thread(
             self.download_from_gcs_streaming_sync,
-            target, gcs_path, timestamp_range, timestamp_column, columns, use_byte_range,
+            target, gcs_path, timestamp_range, timestamp_column, columns, use_byte_range, include_prior,
         )
 
     async def upload_to_gcs(

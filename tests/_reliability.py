@@ -67,7 +67,9 @@ def read_table(ucs: UnifiedCloudService, role: layout.Role, path: str) -> pa.Tab
     return pq.read_table(io.BytesIO(ucs.download_bytes_sync(layout.target(role), path)))
 
 
-def put_table(ucs: UnifiedCloudService, role: layout.Role, path: str, table: pa.Table | pl.DataFrame) -> None:
+def put_table(
+    ucs: UnifiedCloudService, role: layout.Role, path: str, table: pa.Table | pl.DataFrame
+) -> None:
     ucs.upload_to_gcs_sync(layout.target(role), path, table, format="parquet")
 
 
@@ -93,19 +95,27 @@ def result_objects(ucs: UnifiedCloudService, run_id: str) -> dict[str, bool]:
 
 
 def summary_of(ucs: UnifiedCloudService, run_id: str) -> dict[str, Any]:
-    return ucs.download_from_gcs_sync(layout.target("results"), layout.result_path(run_id, "summary.json"))
+    return ucs.download_from_gcs_sync(
+        layout.target("results"), layout.result_path(run_id, "summary.json")
+    )
 
 
 def log_of(ucs: UnifiedCloudService, run_id: str) -> str:
-    return ucs.download_from_gcs_sync(layout.target("results"), layout.log_path(run_id), format="text")
+    return ucs.download_from_gcs_sync(
+        layout.target("results"), layout.log_path(run_id), format="text"
+    )
 
 
 def parquet_results(ucs: UnifiedCloudService, run_id: str) -> dict[str, bytes]:
     t = layout.target("results")
-    return {n: ucs.download_bytes_sync(t, layout.result_path(run_id, n)) for n in layout.RESULT_PARQUETS}
+    return {
+        n: ucs.download_bytes_sync(t, layout.result_path(run_id, n)) for n in layout.RESULT_PARQUETS
+    }
 
 
-def assert_failed_cleanly(ucs: UnifiedCloudService, run_id: str, needles: list[str]) -> dict[str, Any]:
+def assert_failed_cleanly(
+    ucs: UnifiedCloudService, run_id: str, needles: list[str]
+) -> dict[str, Any]:
     """summary.json FAILED with an error holding every needle; no result Parquet; log written."""
     t = layout.target("results")
     summary = summary_of(ucs, run_id)
@@ -113,9 +123,13 @@ def assert_failed_cleanly(ucs: UnifiedCloudService, run_id: str, needles: list[s
     assert summary["run_id"] == run_id
     for needle in needles:
         assert needle in summary["error"], (needle, summary["error"])
-    leftovers = [n for n in layout.RESULT_PARQUETS if ucs.exists_sync(t, layout.result_path(run_id, n))]
+    leftovers = [
+        n for n in layout.RESULT_PARQUETS if ucs.exists_sync(t, layout.result_path(run_id, n))
+    ]
     assert not leftovers, f"result Parquet objects of a failed run survive: {leftovers}"
-    assert "pnl" not in summary and "metrics" not in summary, "a FAILED summary must not carry results"
+    assert "pnl" not in summary and "metrics" not in summary, (
+        "a FAILED summary must not carry results"
+    )
     assert run_id in log_of(ucs, run_id)
     return summary
 
@@ -123,7 +137,9 @@ def assert_failed_cleanly(ucs: UnifiedCloudService, run_id: str, needles: list[s
 def comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """summary.json without `created_at` and the timing/memory measurements."""
     out = {k: v for k, v in summary.items() if k != "created_at"}
-    out["execution_stats"] = {k: v for k, v in summary["execution_stats"].items() if k not in TIMING_STATS}
+    out["execution_stats"] = {
+        k: v for k, v in summary["execution_stats"].items() if k not in TIMING_STATS
+    }
     return out
 
 

@@ -138,7 +138,9 @@ def _retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "transient storage error" in r.getMessage()]
 
 
-def _assert_equals_baseline(ucs: UnifiedCloudService, base: tuple[dict[str, bytes], dict[str, Any]]) -> None:
+def _assert_equals_baseline(
+    ucs: UnifiedCloudService, base: tuple[dict[str, bytes], dict[str, Any]]
+) -> None:
     parquet, summary = base
     got = parquet_results(ucs, RUN_ID)
     for name, data in parquet.items():
@@ -151,11 +153,16 @@ def _assert_equals_baseline(ucs: UnifiedCloudService, base: tuple[dict[str, byte
 
 @pytest.mark.slow
 def test_emulator_restart_during_reads_is_retried(
-    own_emulator: GCSEmulator, baseline: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    own_emulator: GCSEmulator,
+    baseline: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="backtest_pipeline")
     ucs = UnifiedCloudService("gs://", retry=FAST_RETRY)
-    fault = Fault(monkeypatch, ucs, own_emulator, "read_range", lambda a: a[1] == TRADES_DAY2, "timer")
+    fault = Fault(
+        monkeypatch, ucs, own_emulator, "read_range", lambda a: a[1] == TRADES_DAY2, "timer"
+    )
     t0 = time.perf_counter()
     res = run_backtest(demo_config(), DAY1, DAY2, ucs=ucs, run_id=RUN_ID)
     fault.join()
@@ -171,7 +178,10 @@ def test_emulator_restart_during_reads_is_retried(
 
 @pytest.mark.slow
 def test_emulator_restart_during_uploads_is_retried(
-    own_emulator: GCSEmulator, baseline: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    own_emulator: GCSEmulator,
+    baseline: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="backtest_pipeline")
     ucs = UnifiedCloudService("gs://", retry=FAST_RETRY)
@@ -192,7 +202,9 @@ def test_read_outage_beyond_retries_fails_cleanly_and_rerun_repairs(
     own_emulator: GCSEmulator, baseline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ucs = UnifiedCloudService("gs://", retry=SHORT_RETRY)
-    fault = Fault(monkeypatch, ucs, own_emulator, "read_range", lambda a: a[1] == TRADES_DAY2, "on-cleanup")
+    fault = Fault(
+        monkeypatch, ucs, own_emulator, "read_range", lambda a: a[1] == TRADES_DAY2, "on-cleanup"
+    )
     with pytest.raises(BacktestFailed) as ei:
         run_backtest(demo_config(), DAY1, DAY2, ucs=ucs, run_id=RUN_ID)
     assert fault.fired and fault.restarted
@@ -297,13 +309,17 @@ def test_rematerializing_is_byte_identical(ucs: UnifiedCloudService, snapshot: S
     assert parquet_results(ucs, first.run_id) == p1
     s2 = summary_of(ucs, first.run_id)
     assert comparable_summary(s2) == comparable_summary(s1)
-    assert ucs.download_bytes_sync(layout.target("results"), layout.config_path(first.run_id)) == cfg1
+    assert (
+        ucs.download_bytes_sync(layout.target("results"), layout.config_path(first.run_id)) == cfg1
+    )
     # Nothing else appeared: exactly the 7 objects of that run.
     listed = ucs.list_files_sync(layout.target("results"), "")
     assert sorted(listed) == sorted(layout.all_result_paths(first.run_id))
 
 
-def _crash_on_upload(root: str, env: dict[str, str], run_id: str, crash_at: str, where: str) -> None:
+def _crash_on_upload(
+    root: str, env: dict[str, str], run_id: str, crash_at: str, where: str
+) -> None:
     """Child process: run the backtest and die (os._exit) while uploading `crash_at`."""
     os.environ.update(env)
     ucs = UnifiedCloudService(root)
@@ -342,7 +358,11 @@ def test_rerun_after_a_crash_mid_upload_repairs_the_results(
     load_snapshot(ucs, snapshot)
     run_id = "crash-run"
     ref = run_backtest(demo_config(), DAY1, DAY2, ucs=ucs, run_id="reference-run")
-    env = {k: v for k, v in os.environ.items() if k.endswith("_GCS_BUCKET") or k == "STORAGE_EMULATOR_HOST"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.endswith("_GCS_BUCKET") or k == "STORAGE_EMULATOR_HOST"
+    }
     root = "gs://" if ucs.is_gcs else ucs.root
     proc = mp.get_context("spawn").Process(
         target=_crash_on_upload, args=(root, env, run_id, "positions.parquet", where)
@@ -351,11 +371,15 @@ def test_rerun_after_a_crash_mid_upload_repairs_the_results(
     proc.join(180)
     assert proc.exitcode == 17, "the child did not crash where intended"
     state = result_objects(ucs, run_id)
-    assert not state[layout.result_path(run_id, "summary.json")], "a crashed run must not look complete"
+    assert not state[layout.result_path(run_id, "summary.json")], (
+        "a crashed run must not look complete"
+    )
     assert state[layout.result_path(run_id, "fills.parquet")]  # it did crash mid-upload
     assert not state[layout.result_path(run_id, "positions.parquet")]
     listed = ucs.list_files_sync(layout.target("results"), f"backtest_results/{run_id}/")
-    assert all(not p.rsplit("/", 1)[1].startswith(".") for p in listed), listed  # no temp files listed
+    assert all(not p.rsplit("/", 1)[1].startswith(".") for p in listed), (
+        listed
+    )  # no temp files listed
 
     res = run_backtest(demo_config(), DAY1, DAY2, ucs=ucs, run_id=run_id)
     assert res.status == "COMPLETED"
@@ -380,15 +404,19 @@ FAKE_PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7FAKEFAKEFAK
 def fake_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A fake service-account file and token in the environment; returns the secret strings."""
     sa = tmp_path / "fake-sa.json"
-    sa.write_text(json.dumps({
-        "type": "service_account",
-        "project_id": "fake-project-123",
-        "private_key_id": FAKE_KEY_ID,
-        "private_key": f"-----BEGIN PRIVATE KEY-----\n{FAKE_PEM_BODY}\n-----END PRIVATE KEY-----\n",
-        "client_email": "backtest@fake-project-123.iam.gserviceaccount.com",
-        "client_id": "123456789012345678901",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }))
+    sa.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "fake-project-123",
+                "private_key_id": FAKE_KEY_ID,
+                "private_key": f"-----BEGIN PRIVATE KEY-----\n{FAKE_PEM_BODY}\n-----END PRIVATE KEY-----\n",
+                "client_email": "backtest@fake-project-123.iam.gserviceaccount.com",
+                "client_id": "123456789012345678901",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa))
     monkeypatch.setenv("GCS_OAUTH_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", FAKE_TOKEN)
@@ -419,7 +447,9 @@ def test_no_secret_in_logs_summaries_or_errors(
         "failed log": log_of(ucs, "secret-failed"),
         "ok summary": json.dumps(summary_of(ucs, "secret-ok")),
         "ok log": log_of(ucs, "secret-ok"),
-        "config": ucs.download_bytes_sync(layout.target("results"), layout.config_path("secret-ok")).decode(),
+        "config": ucs.download_bytes_sync(
+            layout.target("results"), layout.config_path("secret-ok")
+        ).decode(),
         "python log records": "\n".join(r.getMessage() for r in caplog.records),
     }
     out, err = capfd.readouterr()
@@ -476,16 +506,23 @@ class _EchoingGCS:
 
 @pytest.mark.parametrize("status", [503, 403, 400])
 def test_credentials_echoed_by_the_server_are_redacted(
-    fake_credentials: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+    fake_credentials: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     pem = f"-----BEGIN PRIVATE KEY-----\n{FAKE_PEM_BODY}\n-----END PRIVATE KEY-----"
-    leak = (f"upstream rejected Authorization: Bearer {FAKE_TOKEN}; url ?access_token={FAKE_TOKEN}; "
-            f"raw {FAKE_TOKEN}; key {pem}; private_key_id {FAKE_KEY_ID}")
+    leak = (
+        f"upstream rejected Authorization: Bearer {FAKE_TOKEN}; url ?access_token={FAKE_TOKEN}; "
+        f"raw {FAKE_TOKEN}; key {pem}; private_key_id {FAKE_KEY_ID}"
+    )
     server = _EchoingGCS(status, leak)
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
-        ucs = UnifiedCloudService("gs://", retry=RetryPolicy(attempts=2, initial_s=0.01, max_s=0.02))
+        ucs = UnifiedCloudService(
+            "gs://", retry=RetryPolicy(attempts=2, initial_s=0.01, max_s=0.02)
+        )
         t = layout.target("ticks")
         with pytest.raises(Exception) as ei:
             ucs.stat_sync(t, TRADES_DAY2)

@@ -65,7 +65,9 @@ def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
 
 
 @pytest.fixture
-def loaded(ucs: UnifiedCloudService, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch) -> UnifiedCloudService:
+def loaded(
+    ucs: UnifiedCloudService, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> UnifiedCloudService:
     """The good sample on the parametrized backend (local root or GCS emulator)."""
     monkeypatch.setenv("COLUMNS", "4000")  # keep rich from wrapping messages on stderr
     load_snapshot(ucs, snapshot)
@@ -164,7 +166,9 @@ def _set_value(column: str, value: object) -> Callable[[pa.Table, int], pa.Table
 def _duplicate_trade_id(table: pa.Table, row: int) -> pa.Table:
     ids = table.column("trade_id").to_pylist()
     ids[row + 1] = ids[row]
-    return table.set_column(table.schema.get_field_index("trade_id"), "trade_id", pa.array(ids, pa.string()))
+    return table.set_column(
+        table.schema.get_field_index("trade_id"), "trade_id", pa.array(ids, pa.string())
+    )
 
 
 def _unsorted(table: pa.Table, row: int) -> pa.Table:
@@ -185,7 +189,9 @@ def _drop_column(name: str) -> Callable[[pa.Table, int], pa.Table]:
 
 
 def _rename_column(old: str, new: str) -> Callable[[pa.Table, int], pa.Table]:
-    return lambda table, _row: table.rename_columns([new if c == old else c for c in table.column_names])
+    return lambda table, _row: table.rename_columns(
+        [new if c == old else c for c in table.column_names]
+    )
 
 
 def _cast_column(name: str, type_: pa.DataType) -> Callable[[pa.Table, int], pa.Table]:
@@ -220,7 +226,9 @@ def _signals_reversed(table: pa.Table) -> pa.Table:
 
 def _edit_instruments(edit: Callable[[pa.Table], pa.Table], *problem: str) -> Damage:
     def go(ucs: UnifiedCloudService) -> tuple[str, list[str]]:
-        put_table(ucs, "instruments", INSTRUMENTS, edit(read_table(ucs, "instruments", INSTRUMENTS)))
+        put_table(
+            ucs, "instruments", INSTRUMENTS, edit(read_table(ucs, "instruments", INSTRUMENTS))
+        )
         return uri(ucs, "instruments", INSTRUMENTS), list(problem)
 
     return go
@@ -240,20 +248,9 @@ def _instruments_renamed(table: pa.Table) -> pa.Table:
     return table.rename_columns(["tick" if c == "tick_size" else c for c in table.column_names])
 
 
-# Errors found by the engine while cross-checking signals against the run and the day's instruments
-# name the signal and the instrument but not yet the object (see the report of issue 6: the check
-# belongs in `runner.load_day`, which knows the URIs). Until then the object-name assertion of those
-# cases is an xfail; every other part of the contract is asserted.
-PENDING_OBJECT_NAME = (
-    "pending: runner.load_day should check signal instruments itself and name the signals / "
-    "instruments object (engine._validate_signals only names the signal id)"
-)
-
-
 @dataclass(frozen=True)
 class Case:
     damage: Damage
-    object_named_pending: bool = False
 
 
 CASES: dict[str, Case] = {
@@ -268,7 +265,9 @@ CASES: dict[str, Case] = {
     "zero-row-instruments": Case(_zero_rows("instruments", INSTRUMENTS, "0 rows")),
     "zero-row-signals": Case(_zero_rows("signals", SIGNALS, "0 rows")),
     "truncated-trades": Case(_truncate("ticks", TRADES, "truncated")),
-    "truncated-instruments": Case(_truncate("instruments", INSTRUMENTS, "not a readable Parquet file")),
+    "truncated-instruments": Case(
+        _truncate("instruments", INSTRUMENTS, "not a readable Parquet file")
+    ),
     "truncated-signals": Case(_truncate("signals", SIGNALS, "not a readable Parquet file")),
     "corrupt-trades-pages": Case(_corrupt_data_pages),
     "corrupt-trades-footer": Case(_corrupt_footer),
@@ -278,50 +277,70 @@ CASES: dict[str, Case] = {
     "missing-column-size": Case(_edit_trades(_drop_column("size"), "'size'", "not in the object")),
     "renamed-column-price": Case(_edit_trades(_rename_column("price", "px"), "'price'", "'px'")),
     "wrong-type-price-string": Case(
-        _edit_trades(_cast_column("price", pa.string()), "'price'", "expected float64", "found String")
+        _edit_trades(
+            _cast_column("price", pa.string()), "'price'", "expected float64", "found String"
+        )
     ),
     "wrong-type-ts_event-string": Case(
         _edit_trades(_cast_column("ts_event", pa.string()), "'ts_event'", "found string")
     ),
     "wrong-type-side-int": Case(
-        _edit_trades(lambda t, _r: t.set_column(5, "side", pa.array([1] * t.num_rows, pa.int8())),
-                     "'side'", "expected string")
+        _edit_trades(
+            lambda t, _r: t.set_column(5, "side", pa.array([1] * t.num_rows, pa.int8())),
+            "'side'",
+            "expected string",
+        )
     ),
-    "nan-price": Case(_edit_trades(_set_value("price", float("nan")), "'price'", "finite values > 0")),
+    "nan-price": Case(
+        _edit_trades(_set_value("price", float("nan")), "'price'", "finite values > 0")
+    ),
     "zero-price": Case(_edit_trades(_set_value("price", 0.0), "'price'", "finite values > 0")),
     "negative-price": Case(_edit_trades(_set_value("price", -1.0), "'price'", "finite values > 0")),
     "nan-size": Case(_edit_trades(_set_value("size", float("nan")), "'size'", "finite values > 0")),
     "zero-size": Case(_edit_trades(_set_value("size", 0.0), "'size'", "finite values > 0")),
     "negative-size": Case(_edit_trades(_set_value("size", -0.5), "'size'", "finite values > 0")),
     "null-price": Case(_edit_trades(_set_value("price", None), "'price'", "null")),
-    "duplicate-trade-ids": Case(_edit_trades(_duplicate_trade_id, "'trade_id'", "unique trade ids")),
-    # instruments and signals
-    "instrument-absent-from-day": Case(
-        _edit_instruments(_without_btc, KEY, "instruments.parquet"), object_named_pending=True
+    "duplicate-trade-ids": Case(
+        _edit_trades(_duplicate_trade_id, "'trade_id'", "unique trade ids")
     ),
-    "instruments-renamed-column": Case(_edit_instruments(_instruments_renamed, "'tick_size'", "renamed")),
-    "instruments-escaping-key": Case(_edit_instruments(_bad_instrument_key, "invalid instrument key", "'..'")),
+    # instruments and signals
+    "instrument-absent-from-day": Case(_edit_instruments(_without_btc, KEY, "instruments.parquet")),
+    "instruments-renamed-column": Case(
+        _edit_instruments(_instruments_renamed, "'tick_size'", "renamed")
+    ),
+    "instruments-escaping-key": Case(
+        _edit_instruments(_bad_instrument_key, "invalid instrument key", "'..'")
+    ),
     "signal-for-instrument-not-in-run": Case(
-        _edit_signals(_signal_key("BINANCE-FUTURES:PERPETUAL:ETH-USDT"), "ETH-USDT", "not in config.instruments"),
-        object_named_pending=True,
+        _edit_signals(
+            _signal_key("BINANCE-FUTURES:PERPETUAL:ETH-USDT"),
+            "ETH-USDT",
+            "not in the run's instruments",
+        ),
     ),
     "signal-for-unlisted-instrument": Case(
         _edit_signals(_signal_key("OKX:PERPETUAL:SOL-USDT"), "OKX:PERPETUAL:SOL-USDT", "not in"),
-        object_named_pending=True,
     ),
     "signals-out-of-order": Case(_edit_signals(_signals_reversed, "sorted by ts_event")),
     "signal-key-escaping-prefix": Case(
         _edit_signals(_signal_key("../BINANCE:SPOT:BTC-USDT"), "invalid instrument key", "'..'")
     ),
     "signal-key-absolute": Case(
-        _edit_signals(_signal_key("/etc/passwd"), "invalid instrument key", "outside [A-Za-z0-9._:-]")
+        _edit_signals(
+            _signal_key("/etc/passwd"), "invalid instrument key", "outside [A-Za-z0-9._:-]"
+        )
     ),
     "signal-key-control-char": Case(
-        _edit_signals(_signal_key("BINANCE:SPOT:BTC-USDT\n"), "invalid instrument key", "BTC-USDT\\n'")
+        _edit_signals(
+            _signal_key("BINANCE:SPOT:BTC-USDT\n"), "invalid instrument key", "BTC-USDT\\n'"
+        )
     ),
     "signals-wrong-type": Case(
-        _edit_signals(lambda t: t.set_column(3, "target_position", pc.cast(t.column(3), pa.string())),
-                      "'target_position'", "expected float64")
+        _edit_signals(
+            lambda t: t.set_column(3, "target_position", pc.cast(t.column(3), pa.string())),
+            "'target_position'",
+            "expected float64",
+        )
     ),
 }
 
@@ -330,24 +349,27 @@ def _cli(ucs: UnifiedCloudService, run_id: str) -> tuple[int, str]:
     root = "gs://" if ucs.is_gcs else ucs.root
     res = CliRunner().invoke(
         app,
-        ["run", "--config", str(DEMO_YAML), "--start", DAY1.isoformat(), "--end", DAY2.isoformat(),
-         "--root", root, "--run-id", run_id],
+        [
+            "run",
+            "--config",
+            str(DEMO_YAML),
+            "--start",
+            DAY1.isoformat(),
+            "--end",
+            DAY2.isoformat(),
+            "--root",
+            root,
+            "--run-id",
+            run_id,
+        ],
     )
     return res.exit_code, res.stderr
-
-
-ZERO_ROW_PENDING = (
-    "pending runner change: a trades object with 0 rows that the day's signals need is read as "
-    "'no trades in the windows' and the run COMPLETES without executions (runner.load_day should "
-    "refuse an object whose footer has num_rows == 0, naming it)"
-)
 
 
 def _case_params() -> list[object]:
     out: list[object] = []
     for name in CASES:
-        marks = [pytest.mark.xfail(strict=True, reason=ZERO_ROW_PENDING)] if name == "zero-row-trades" else []
-        out.append(pytest.param(name, id=name, marks=marks))
+        out.append(pytest.param(name, id=name))
     return out
 
 
@@ -380,15 +402,14 @@ def test_bad_input_fails_the_run_with_a_clear_error(loaded: UnifiedCloudService,
     assert all(result_objects(ucs, "good-run").values())
 
     # Last: the message names the object (URI), in the exception, the summary and on stderr.
-    named = obj in msg and obj in summary_of(ucs, run_id)["error"] and flat(obj) in flat(stderr)
-    if not named and CASES[case].object_named_pending:
-        pytest.xfail(PENDING_OBJECT_NAME)
     assert obj in msg, f"error message does not name {obj}:\n{msg}"
     assert obj in summary_of(ucs, run_id)["error"]
     assert flat(obj) in flat(stderr)
 
 
-def test_rerun_after_a_failure_replaces_complete_results_with_failed(loaded: UnifiedCloudService) -> None:
+def test_rerun_after_a_failure_replaces_complete_results_with_failed(
+    loaded: UnifiedCloudService,
+) -> None:
     """A run_id that once COMPLETED and then fails on re-run must not keep its old Parquet files."""
     ucs = loaded
     cfg = demo_config()
@@ -413,7 +434,11 @@ def test_day_without_signals_is_a_logged_skip(loaded: UnifiedCloudService) -> No
     res = run_backtest(cfg, DAY1, DAY2, ucs=ucs, run_id="no-signals-day2")
     assert res.status == "COMPLETED"
     st = res.summary["execution_stats"]
-    assert st["signals"] == day1_only.summary["execution_stats"]["signals"] < both.summary["execution_stats"]["signals"]
+    assert (
+        st["signals"]
+        == day1_only.summary["execution_stats"]["signals"]
+        < both.summary["execution_stats"]["signals"]
+    )
     assert st["days"] == 2
     assert res.fills.equals(day1_only.fills)
     log = log_of(ucs, "no-signals-day2")
@@ -446,7 +471,9 @@ def test_timestamp_typed_ts_event_reads_like_int64(loaded: UnifiedCloudService, 
     for day in (DAY1, DAY2):
         path = layout.trades_path(day, KEY)
         table = read_table(ucs, "ticks", path)
-        floored = pc.multiply(pc.divide(table.column("ts_event"), factor), factor)  # integer division
+        floored = pc.multiply(
+            pc.divide(table.column("ts_event"), factor), factor
+        )  # integer division
         put_table(ucs, "ticks", path, table.set_column(0, "ts_event", floored))
     as_int = run_backtest(cfg, DAY1, DAY2, ucs=ucs, run_id="ts-int64")
     for day in (DAY1, DAY2):
@@ -454,23 +481,45 @@ def test_timestamp_typed_ts_event_reads_like_int64(loaded: UnifiedCloudService, 
         table = read_table(ucs, "ticks", path)
         ts = pc.cast(pc.divide(table.column("ts_event"), factor), pa.timestamp(unit, "UTC"))
         put_table(ucs, "ticks", path, table.set_column(0, pa.field("ts_event", ts.type), ts))
-        assert read_table(ucs, "ticks", path).schema.field("ts_event").type == pa.timestamp(unit, "UTC")
+        assert read_table(ucs, "ticks", path).schema.field("ts_event").type == pa.timestamp(
+            unit, "UTC"
+        )
     as_ts = run_backtest(cfg, DAY1, DAY2, ucs=ucs, run_id="ts-typed")
     assert as_int.fills.height > 0
-    assert as_ts.summary["execution_stats"]["ticks_processed"] == as_int.summary["execution_stats"]["ticks_processed"]
+    assert (
+        as_ts.summary["execution_stats"]["ticks_processed"]
+        == as_int.summary["execution_stats"]["ticks_processed"]
+    )
     assert as_ts.fills.equals(as_int.fills)
     assert as_ts.summary["pnl"] == as_int.summary["pnl"]
 
 
 # ---- identifiers that try to leave their prefix ------------------------------------------------
 
-ESCAPES = ["../evil", "a/../../b", "x/y", "/abs/path", "/", "..", "ok\nforged", "tab\there", "nul\x00",
-           "del\x7f", "a" * 201, "spaced out", "back\\slash", "%2e%2e"]
+ESCAPES = [
+    "../evil",
+    "a/../../b",
+    "x/y",
+    "/abs/path",
+    "/",
+    "..",
+    "ok\nforged",
+    "tab\there",
+    "nul\x00",
+    "del\x7f",
+    "a" * 201,
+    "spaced out",
+    "back\\slash",
+    "%2e%2e",
+]
 
 
 def _all_objects(ucs: UnifiedCloudService) -> set[tuple[str, str]]:
-    return {(r, p) for r in ("instruments", "ticks", "signals", "results")
-            for p in ucs.list_files_sync(layout.target(r), "")}  # type: ignore[arg-type]
+    return {
+        (r, p)
+        for r in ("instruments", "ticks", "signals", "results")
+        for p in ucs.list_files_sync(layout.target(r), "")
+    }  # type: ignore[arg-type]
 
 
 def _files_under(path: Path) -> set[str]:
@@ -495,14 +544,20 @@ def test_escaping_run_id_is_refused_before_any_write(
 
 
 @pytest.mark.parametrize("bad", ESCAPES[:10], ids=[repr(b)[:20] for b in ESCAPES[:10]])
-def test_escaping_strategy_id_and_instrument_key_are_refused(loaded: UnifiedCloudService, bad: str) -> None:
+def test_escaping_strategy_id_and_instrument_key_are_refused(
+    loaded: UnifiedCloudService, bad: str
+) -> None:
     ucs = loaded
     with pytest.raises(ValueError, match="strategy id"):
         demo_config().model_validate({**demo_config().model_dump(), "strategy_id": bad})
     with pytest.raises(ValueError, match="instrument key"):
         demo_config().model_validate({**demo_config().model_dump(), "instruments": [bad]})
-    for fn in (lambda: layout.signals_path(DAY1, bad), lambda: layout.trades_path(DAY1, bad),
-               lambda: layout.funding_path(DAY1, bad), lambda: layout.results_prefix(bad)):
+    for fn in (
+        lambda: layout.signals_path(DAY1, bad),
+        lambda: layout.trades_path(DAY1, bad),
+        lambda: layout.funding_path(DAY1, bad),
+        lambda: layout.results_prefix(bad),
+    ):
         with pytest.raises(layout.LayoutError):
             fn()
     # Defence in depth: a config that skipped validation still cannot reach a path.
@@ -516,14 +571,30 @@ def test_escaping_strategy_id_and_instrument_key_are_refused(loaded: UnifiedClou
     assert all(p.split("/")[1] == "sneaky-strategy" for p in written), written
 
 
-def test_cli_refuses_an_escaping_strategy_id_in_the_config(loaded: UnifiedCloudService, tmp_path: Path) -> None:
-    text = DEMO_YAML.read_text().replace("strategy_id: demo-strategy", "strategy_id: ../../signals-x")
+def test_cli_refuses_an_escaping_strategy_id_in_the_config(
+    loaded: UnifiedCloudService, tmp_path: Path
+) -> None:
+    text = DEMO_YAML.read_text().replace(
+        "strategy_id: demo-strategy", "strategy_id: ../../signals-x"
+    )
     cfg = tmp_path / "evil.yaml"
     cfg.write_text(text)
     root = "gs://" if loaded.is_gcs else loaded.root
     before = _all_objects(loaded)
-    res = CliRunner().invoke(app, ["run", "--config", str(cfg), "--start", "2024-01-01", "--end", "2024-01-02",
-                                   "--root", root])
+    res = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(cfg),
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--root",
+            root,
+        ],
+    )
     assert res.exit_code != 0
     assert "strategy id" in res.stderr and "'..'" in res.stderr
     assert _all_objects(loaded) == before
@@ -537,9 +608,27 @@ def test_subprocess_cli_exit_code_and_stderr(loaded: UnifiedCloudService) -> Non
     obj, _problem = _delete("ticks", TRADES)(ucs)
     root = "gs://" if ucs.is_gcs else ucs.root
     proc = subprocess.run(
-        ["uv", "run", "--no-sync", "backtest", "run", "--config", str(DEMO_YAML), "--start", "2024-01-01",
-         "--end", "2024-01-02", "--root", root, "--run-id", "subprocess-run"],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "4000"},
+        [
+            "uv",
+            "run",
+            "--no-sync",
+            "backtest",
+            "run",
+            "--config",
+            str(DEMO_YAML),
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--root",
+            root,
+            "--run-id",
+            "subprocess-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "COLUMNS": "4000"},
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert obj in proc.stderr and "does not exist" in proc.stderr and "FAILED" in proc.stderr

@@ -24,9 +24,11 @@ from typing import Any
 
 import polars as pl
 import psutil
+import pyarrow as pa
 
 from backtest_pipeline import layout
 from backtest_pipeline.data import readers, schemas
+from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.execution import metrics as metrics_mod
 from backtest_pipeline.execution import results as results_mod
 from backtest_pipeline.execution.config import BacktestConfig
@@ -128,30 +130,21 @@ def load_day(
         signals = readers.read_signals(ucs, day, config.strategy_id)
         inputs.append(InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size))
 
+    check_signal_instruments(
+        signals, instruments, config, ucs.uri(t_sig, spath), ucs.uri(t_instr, ipath)
+    )
     keys = trade_keys_for_day(config, instruments, signals)
-    day_start, day_end = layout.day_bounds_ns(day)
     intervals = signal_intervals(signals, day, config.lookback_s, config.grace_s)
     by_key: dict[str, pl.DataFrame] = {}
     trades = {}
     for key in keys:
-        if config.full_day:
-            ranges = [(day_start, day_end)]
-        else:
-            # Router peers share the intervals of the signalled instruments of their asset.
-            pair = key.split(":")[2]
-            rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
-            if rows.height == 0:
-                continue
-            merged = merge_ranges(rows.select("start_ns", "end_ns").rows())
-            ranges = merged
+        ranges = ranges_for_key(config, intervals, key, day)
+        if not ranges:
+            continue
         by_key[key] = pl.DataFrame(ranges, schema=["start_ns", "end_ns"], orient="row")
-        tpath = layout.trades_path(day, key)
-        res = ucs.download_from_gcs_streaming_sync(
-            t_ticks, tpath, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True
-        )
-        table = schemas.validate_trades(res.table, ucs.uri(t_ticks, tpath), day=day)
+        table, record = fetch_trades(ucs, day, key, ranges, needed_by=signals.height)
         trades[key] = table
-        inputs.append(InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read))
+        inputs.append(record)
 
     funding: dict[str, pl.DataFrame] = {}
     bars: dict[str, pl.DataFrame] = {}
@@ -175,6 +168,80 @@ def load_day(
     day_input = DayInput(day=day, instruments=instruments, signals=signals, trades=trades,
                          funding=funding, bars=bars or None)
     return day_input, inputs, by_key
+
+
+def check_signal_instruments(
+    signals: pl.DataFrame,
+    instruments: pl.DataFrame,
+    config: BacktestConfig,
+    signals_uri: str,
+    instruments_uri: str,
+) -> None:
+    """A signal for an instrument the run cannot trade that day is an error, never a skip.
+
+    Skipping would silently omit executions from results that look complete.
+    """
+    if signals.height == 0:
+        return
+    available = set(instruments.get_column("instrument_key").to_list())
+    configured = set(config.instruments)
+    keys = signals.get_column("instrument_key")
+    for i, key in enumerate(keys.to_list()):
+        if key not in configured:
+            raise DataValidationError(
+                signals_uri,
+                f"signal {signals['signal_id'][i]!r} (row {i}) is for instrument {key!r}, which is "
+                f"not in the run's instruments {sorted(configured)}",
+                column="instrument_key", row=i, value=key,
+            )
+        if key not in available:
+            raise DataValidationError(
+                signals_uri,
+                f"signal {signals['signal_id'][i]!r} (row {i}) is for instrument {key!r}, which is "
+                f"not available that day: absent from {instruments_uri}",
+                column="instrument_key", row=i, value=key,
+            )
+
+
+def ranges_for_key(
+    config: BacktestConfig, intervals: pl.DataFrame, key: str, day: date
+) -> list[tuple[int, int]]:
+    """Half-open [start, end) ns ranges of `key`'s trades that the day needs.
+
+    Router peers (the same asset on other venues) share the intervals of the signalled
+    instrument, so the router can price them. Intervals are inclusive; ranges are half-open.
+    """
+    if config.full_day:
+        return [layout.day_bounds_ns(day)]
+    pair = key.split(":")[2]
+    rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
+    if rows.height == 0:
+        return []
+    return merge_ranges([(int(s), int(e) + 1) for s, e in rows.select("start_ns", "end_ns").rows()])
+
+
+def fetch_trades(
+    ucs: UnifiedCloudService, day: date, key: str, ranges: list[tuple[int, int]], needed_by: int
+) -> tuple[pa.Table, InputRecord]:
+    """The validated trades of `key` in `ranges` by byte-range reads, and what they cost.
+
+    The last trade before each range is included (when it lies in a fetched row group) so the
+    engine's book holds the price in force when a signal window opens, not one left over from
+    an earlier window. A tick object with no rows at all is an error when signals need it.
+    """
+    t_ticks = layout.target("ticks")
+    tpath = layout.trades_path(day, key)
+    uri = ucs.uri(t_ticks, tpath)
+    res = ucs.download_from_gcs_streaming_sync(
+        t_ticks, tpath, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True,
+        include_prior=True,
+    )
+    if res.row_groups_total == 0 or ucs.parquet_metadata_sync(t_ticks, tpath).num_rows == 0:
+        raise DataValidationError(
+            uri, f"the trades object holds no trades (0 rows) but {needed_by} signal(s) of {day} need it"
+        )
+    table = schemas.validate_trades(res.table, uri, day=day)
+    return table, InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read)
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -35,7 +35,9 @@ from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.execution.runner import (
     TRADE_COLUMNS,
     InputRecord,
-    merge_ranges,
+    check_signal_instruments,
+    fetch_trades,
+    ranges_for_key,
     trade_keys_for_day,
 )
 from backtest_pipeline.storage.base import ObjectNotFoundError
@@ -46,17 +48,8 @@ log = logging.getLogger("backtest_pipeline.stages")
 INPUTS_KEY = b"backtest.inputs"
 
 
-def _validate_trades(table: pa.Table, name: str) -> pa.Table:
-    # The readers module re-exports the schema validator; fall back while it is being written.
-    fn = getattr(readers, "validate_trades", None) or schemas.validate_trades
-    return fn(table, name)
-
-
 def _empty_signals() -> pl.DataFrame:
-    fn = getattr(readers, "empty_signals", None)
-    if fn is not None:
-        return fn()
-    return pl.DataFrame(schema={c.name: schemas._POLARS[c.kind] for c in schemas.SIGNAL_COLUMNS})
+    return pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())  # type: ignore[return-value]
 
 
 # ---- read statistics carried in schema metadata ----------------------------------------------
@@ -117,17 +110,6 @@ def compute_intervals(
     return signal_intervals(to_polars(signals), day, config.lookback_s, config.grace_s)
 
 
-def ranges_for_key(
-    config: BacktestConfig, intervals: pl.DataFrame, key: str, day: date
-) -> list[tuple[int, int]]:
-    """The time ranges of ``key``'s trades a run needs: its asset's intervals (router peers share)."""
-    if config.full_day:
-        return [layout.day_bounds_ns(day)]
-    pair = key.split(":")[2]
-    rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
-    return merge_ranges(rows.select("start_ns", "end_ns").rows()) if rows.height else []
-
-
 def fetch_tick_slices(
     ucs: UnifiedCloudService,
     config: BacktestConfig,
@@ -141,24 +123,23 @@ def fetch_tick_slices(
     Columns: ``instrument_key`` + the validated trade columns. The records (bytes read vs object
     size, generation) of every ticks object are attached as metadata.
     """
-    t_ticks = layout.target("ticks")
-    keys = trade_keys_for_day(config, to_polars(instruments), to_polars(signals))
+    instruments_df, signals_df = to_polars(instruments), to_polars(signals)
+    check_signal_instruments(
+        signals_df, instruments_df, config,
+        ucs.uri(layout.target("signals"), layout.signals_path(day, config.strategy_id)),
+        ucs.uri(layout.target("instruments"), layout.instruments_path(day)),
+    )
+    keys = trade_keys_for_day(config, instruments_df, signals_df)
     parts: list[pa.Table] = []
     records: list[InputRecord] = []
     for key in keys:
         ranges = ranges_for_key(config, intervals, key, day)
         if not ranges:
             continue
-        path = layout.trades_path(day, key)
-        res = ucs.download_from_gcs_streaming_sync(
-            t_ticks, path, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True
-        )
-        table = _validate_trades(res.table, ucs.uri(t_ticks, path))
+        table, record = fetch_trades(ucs, day, key, ranges, needed_by=signals_df.height)
         table = table.add_column(0, "instrument_key", pa.array([key] * table.num_rows, pa.string()))
         parts.append(table)
-        records.append(
-            InputRecord(t_ticks.gcs_bucket, path, res.generation, res.object_size, res.bytes_read)
-        )
+        records.append(record)
     if parts:
         out = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     else:

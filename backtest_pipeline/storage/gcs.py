@@ -8,6 +8,7 @@ cannot mix two versions of an object that is overwritten mid-read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -185,10 +186,8 @@ class GCSBackend:
             return
         b = self.client.bucket(bucket)
         if not b.exists(timeout=_TIMEOUT):
-            try:
+            with contextlib.suppress(gexc.Conflict):
                 self.client.create_bucket(bucket, timeout=_TIMEOUT)
-            except gexc.Conflict:
-                pass
         self._known_buckets.add(bucket)
 
     def write(self, bucket: str, path: str, data: bytes, content_type: str) -> ObjectInfo:
@@ -214,10 +213,8 @@ class GCSBackend:
 
     def delete(self, bucket: str, path: str) -> None:
         def go() -> None:
-            try:
+            with contextlib.suppress(gexc.NotFound):
                 self.client.bucket(bucket).blob(path).delete(timeout=_TIMEOUT, retry=None)
-            except gexc.NotFound:
-                pass
 
         self._call("delete", bucket, path, go)
 

@@ -233,6 +233,31 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def _range_mask(ts: pa.ChunkedArray | pa.Array, ranges: Sequence[tuple[int, int]], include_prior: bool) -> np.ndarray:
+    """Rows inside any [start, end); with `include_prior`, also the last row before each start.
+
+    The prior row is the state in force when a range opens (the last trade before a signal
+    window): an engine fed only the window would otherwise price its first order off a book
+    left over from an earlier window. It costs no I/O when it lies in a fetched row group.
+    """
+    values = np.asarray(ts.to_numpy() if isinstance(ts, pa.Array) else ts.to_numpy(), dtype=np.int64)
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    starts = np.fromiter((r[0] for r in merged), np.int64, len(merged))
+    ends = np.fromiter((r[1] for r in merged), np.int64, len(merged))
+    idx = np.searchsorted(starts, values, side="right") - 1
+    mask = (idx >= 0) & (values < ends[np.maximum(idx, 0)])
+    if include_prior and values.size and bool(np.all(values[1:] >= values[:-1])):
+        prior = np.searchsorted(values, starts, side="left") - 1
+        prior = prior[prior >= 0]
+        mask[prior] = True
+    return mask
+
+
 def read_ranges(
     footer: Footer,
     fetch: RangeFetcher,
@@ -243,6 +268,7 @@ def read_ranges(
     columns: Sequence[str] | None,
     row_groups: Sequence[int] | None = None,
     filter_rows: bool = True,
+    include_prior: bool = False,
 ) -> RangeReadResult:
     """Fetch the selected row groups' column chunks concurrently, decode, and filter exactly."""
     md = footer.metadata
@@ -301,11 +327,7 @@ def read_ranges(
         if pa.types.is_timestamp(ts.type):
             # Any unit: as ns first, else a timestamp[us] column compares µs with ns bounds.
             ts = pc.cast(pc.cast(ts, pa.timestamp("ns", ts.type.tz)), pa.int64())
-        mask = None
-        for start, end in ranges:
-            m = pc.and_(pc.greater_equal(ts, start), pc.less(ts, end))
-            mask = m if mask is None else pc.or_(mask, m)
-        table = table.filter(mask)
+        table = table.filter(pa.array(_range_mask(ts, ranges, include_prior)))
     if read_cols != wanted:
         table = table.select(wanted)
     return RangeReadResult(

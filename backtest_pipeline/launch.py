@@ -1,0 +1,274 @@
+"""Launch many backtest runs through the Dagster instance's run queue: sweeps and chunked backfills.
+
+Why this module exists: 100+ configurations, or five years of days cut into chunks, are many
+*runs* of ``backtest_job``. They must go through the instance's own run queue (the
+``QueuedRunCoordinator`` + ``dagster-daemon``, or ``K8sRunLauncher`` on Kubernetes) so that the
+concurrency limits of ``dagster.yaml`` apply, the UI lists them, and every run is a process of its
+own. Nothing here schedules anything: :func:`submit` creates each run from the code location's
+job snapshot (as ``dagster job launch`` does) and hands it to ``instance.submit_run``; the daemon
+dequeues and launches them.
+
+Every run carries the tags the UI filters on and the queue limits by: ``backtest/config``,
+``backtest/strategy``, ``backtest/trigger`` and ``backtest/batch`` (one value per sweep/backfill),
+plus Dagster's partition tags (``dagster/partition`` for one day, the range tags otherwise).
+
+A chunk of days is ONE run and ONE backtest over the chunk (single-run backfill policy), so
+positions and balances carry across the days of a chunk but restart at a chunk boundary. Chunking
+by year (5 runs for five years) keeps that reset rare; by month (60 runs) spreads a five-year
+backfill over more machines. ``--chunk none`` is the spec's single run over the whole range.
+
+CLI (``DAGSTER_HOME`` names the instance; the daemon of ``scripts/dagster-dev.sh`` launches)::
+
+    uv run python -m backtest_pipeline.launch --configs demo --start 2020-01-01 --end 2024-12-31 --chunk year
+    uv run python -m backtest_pipeline.launch --configs all --start 2024-01-01 --end 2024-01-01
+"""
+
+import argparse
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from dagster import DagsterInstance
+
+from backtest_pipeline import layout
+from backtest_pipeline.resources.settings import config_names, load_config
+
+Chunk = Literal["none", "year", "quarter", "month", "day"]
+JOB_NAME = "backtest_job"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of ``backtest_job``: a configuration over the days ``start..end`` (inclusive)."""
+
+    config_name: str
+    start: date
+    end: date
+
+    def partition_tags(self) -> dict[str, str]:
+        """One day → ``dagster/partition`` (as the schedule does); several → the range tags."""
+        if self.start == self.end:
+            return {"dagster/partition": self.start.isoformat()}
+        return {RANGE_START: self.start.isoformat(), RANGE_END: self.end.isoformat()}
+
+    def run_config(self) -> dict[str, Any]:
+        return {"resources": {"backtest": {"config": {"config_name": self.config_name}}}}
+
+
+def backtest_tags(config_name: str, strategy_id: str, trigger: str) -> dict[str, str]:
+    """The tags every backtest run carries (UI filters; ``dagster.yaml`` per-strategy limits)."""
+    return {
+        "backtest/config": config_name,
+        "backtest/strategy": strategy_id,
+        "backtest/trigger": trigger,
+    }
+
+
+#: Pod resources of a run on Kubernetes (``dagster-k8s/config`` tag, read by K8sRunLauncher; ignored
+#: by the local launcher). Sized from the benchmark (deploy/README.md "Sizing"): a signal-driven
+#: 3-day run of 2 M trades/day peaks at 0.7-0.95 GB RSS in the backtest process, a full-day run at
+#: ~2 GB, plus ~0.6 GB for the run worker (dagster + the code location + one day of slices).
+POD_RESOURCES: dict[bool, dict[str, dict[str, str]]] = {
+    False: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}},
+    True: {"requests": {"cpu": "1", "memory": "3500Mi"}, "limits": {"cpu": "2", "memory": "5Gi"}},
+}
+
+
+def k8s_config_tag(full_day: bool) -> dict[str, str]:
+    """The ``dagster-k8s/config`` run tag sizing the run's pod for its kind of backtest."""
+    import json
+
+    return {
+        "dagster-k8s/config": json.dumps(
+            {"container_config": {"resources": POD_RESOURCES[bool(full_day)]}}, sort_keys=True
+        )
+    }
+
+
+def _chunk_end(d: date, chunk: Chunk) -> date:
+    if chunk == "day":
+        return d
+    if chunk == "month":
+        nxt = date(d.year + (d.month == 12), d.month % 12 + 1, 1)
+        return nxt - timedelta(days=1)
+    if chunk == "quarter":
+        q_end_month = ((d.month - 1) // 3 + 1) * 3
+        nxt = date(d.year + (q_end_month == 12), q_end_month % 12 + 1, 1)
+        return nxt - timedelta(days=1)
+    if chunk == "year":
+        return date(d.year, 12, 31)
+    raise ValueError(f"unknown chunk {chunk!r}")
+
+
+def chunk_range(start: date | str, end: date | str, chunk: Chunk) -> list[tuple[date, date]]:
+    """``[start, end]`` cut at calendar boundaries; consecutive, non-overlapping, covering all days."""
+    s, e = layout.parse_day(start), layout.parse_day(end)
+    if e < s:
+        raise ValueError(f"end {e} is before start {s}")
+    if chunk == "none":
+        return [(s, e)]
+    out = []
+    while s <= e:
+        stop = min(_chunk_end(s, chunk), e)
+        out.append((s, stop))
+        s = stop + timedelta(days=1)
+    return out
+
+
+def plan(
+    configs: Sequence[str], start: date | str, end: date | str, chunk: Chunk = "none"
+) -> list[RunSpec]:
+    """Every (configuration, chunk) run of a sweep/backfill, configurations outermost."""
+    return [RunSpec(name, s, e) for name in configs for s, e in chunk_range(start, end, chunk)]
+
+
+@contextmanager
+def code_location_workspace(
+    instance: DagsterInstance, workspace_file: str | Path = WORKSPACE_FILE
+) -> Iterator[Any]:
+    """A workspace request context on ``workspace.yaml`` (one gRPC code server for all launches)."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster.version import __version__
+
+    with WorkspaceProcessContext(
+        instance=instance,
+        version=__version__,
+        read_only=False,
+        workspace_load_target=WorkspaceFileTarget(paths=[str(workspace_file)]),
+    ) as process_context:
+        yield process_context.create_request_context()
+
+
+def submit(
+    instance: DagsterInstance,
+    specs: Sequence[RunSpec],
+    *,
+    trigger: str = "sweep",
+    batch: str | None = None,
+    workspace: Any | None = None,
+    workspace_file: str | Path = WORKSPACE_FILE,
+) -> list[str]:
+    """Create and submit one run per spec to the instance's run coordinator; returns run ids.
+
+    With the ``QueuedRunCoordinator`` the runs are QUEUED and the daemon launches them within
+    the limits; the same call against a Kubernetes instance queues pods instead. The private
+    ``dagster._core`` calls are those of ``dagster job launch`` (pinned dagster version).
+    """
+    if workspace is None:
+        with code_location_workspace(instance, workspace_file) as ws:
+            return submit(instance, specs, trigger=trigger, batch=batch, workspace=ws)
+
+    from dagster._core.definitions.selector import JobSubsetSelector
+
+    batch = batch or f"{trigger}-{uuid.uuid4().hex[:8]}"
+    (location_name,) = workspace.code_location_names
+    location = workspace.get_code_location(location_name)
+    (repo,) = location.get_repositories().values()
+    remote_job = location.get_job(
+        JobSubsetSelector(
+            location_name=location_name,
+            repository_name=repo.name,
+            job_name=JOB_NAME,
+            op_selection=None,
+        )
+    )
+    configs = {n: load_config(n) for n in {s.config_name for s in specs}}
+    run_ids = []
+    plan_snapshot = None
+    for spec in specs:
+        run_config = spec.run_config()
+        config = configs[spec.config_name]
+        tags = {
+            **remote_job.tags,
+            **backtest_tags(spec.config_name, config.strategy_id, trigger),
+            "backtest/batch": batch,
+            **k8s_config_tag(config.full_day),
+            **spec.partition_tags(),
+        }
+        if plan_snapshot is None:
+            # The plan depends on the job and the selection, not on which configuration the
+            # resource loads: build it once (a code-server round trip) for the whole batch.
+            plan_snapshot = location.get_execution_plan(
+                remote_job,
+                run_config,
+                step_keys_to_execute=None,
+                known_state=None,
+                instance=instance,
+            ).execution_plan_snapshot
+        run = instance.create_run(
+            job_name=JOB_NAME,
+            run_id=None,
+            run_config=run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=plan_snapshot.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags=tags,
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan_snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=repo.asset_graph,
+        )
+        instance.submit_run(run.run_id, workspace)
+        run_ids.append(run.run_id)
+    return run_ids
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m backtest_pipeline.launch",
+        description="Queue backtest_job runs (configurations × chunks of days) on $DAGSTER_HOME.",
+    )
+    parser.add_argument(
+        "--configs", required=True, help="comma list of configs/*.yaml stems, or 'all'"
+    )
+    parser.add_argument("--start", required=True, help="first UTC day, YYYY-MM-DD")
+    parser.add_argument("--end", required=True, help="last UTC day (inclusive)")
+    parser.add_argument(
+        "--chunk",
+        default="none",
+        choices=["none", "year", "quarter", "month", "day"],
+        help="one run per chunk of days (state carries within a chunk); default: one run",
+    )
+    parser.add_argument("--trigger", default="cli")
+    parser.add_argument("--workspace", default=str(WORKSPACE_FILE))
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    args = parser.parse_args(argv)
+
+    names = (
+        config_names()
+        if args.configs == "all"
+        else [n.strip() for n in args.configs.split(",") if n.strip()]
+    )
+    specs = plan(names, args.start, args.end, args.chunk)
+    for s in specs:
+        print(f"{s.config_name}\t{s.start}\t{s.end}\t{(s.end - s.start).days + 1} days")
+    if args.dry_run:
+        return 0
+    with DagsterInstance.get() as instance:
+        run_ids = submit(instance, specs, trigger=args.trigger, workspace_file=args.workspace)
+    print(f"queued {len(run_ids)} run(s) on {instance.root_directory}")
+    for rid in run_ids:
+        print(rid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
