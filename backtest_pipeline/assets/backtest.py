@@ -15,7 +15,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.execution import report, stages
 from backtest_pipeline.resources.io_manager import DayTables, RunArtifact
-from backtest_pipeline.resources.settings import BacktestSettings
+from backtest_pipeline.resources.settings import BacktestSettings, tag_run
 from backtest_pipeline.resources.ucs_resource import UCSResource
 
 GROUP = "backtest"
@@ -44,6 +44,7 @@ def backtest_run(
 ) -> RunArtifact:
     """One backtest of the run configuration over all the run's days, in its own process."""
     client, config = ucs.client(), backtest.load()
+    tag_run(context, backtest, config.strategy_id)
     days = days_of(context.partition_keys)
     missing = [d for d in days if d.isoformat() not in nautilus_catalog]
     if missing:

@@ -13,7 +13,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.execution import stages
 from backtest_pipeline.resources.io_manager import DayTables, LazyDays
-from backtest_pipeline.resources.settings import BacktestSettings
+from backtest_pipeline.resources.settings import BacktestSettings, tag_run
 from backtest_pipeline.resources.ucs_resource import UCSResource
 
 GROUP = "inputs"
@@ -37,6 +37,7 @@ def signals(
 ) -> DayTables:
     """The day's signals of the run configuration's strategy, validated."""
     client, config = ucs.client(), backtest.load()
+    tag_run(context, backtest, config.strategy_id)
     out = {
         d.isoformat(): stages.load_signals(client, config, d)
         for d in days_of(context.partition_keys)

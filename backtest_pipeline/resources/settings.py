@@ -8,6 +8,7 @@ reads the same value, so the configuration is chosen in one place:
 
 import os
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -71,3 +72,18 @@ class BacktestSettings(ConfigurableResource):
 
     def load(self) -> BacktestConfig:
         return load_config(self.config_name, self.configs_dir)
+
+
+def tag_run(context: Any, settings: BacktestSettings, strategy_id: str) -> None:
+    """Put ``backtest/config`` and ``backtest/strategy`` on the run if it lacks them.
+
+    Why: runs launched by the schedule, the sensor and ``backtest_pipeline.launch`` carry these
+    tags from the start (the queue's per-strategy limit needs them before launch), but a run
+    launched from the UI's launchpad or ``dagster asset materialize`` picks its configuration by
+    run config only. Tagging it here still lets the Runs page filter every run by configuration
+    (the per-strategy queue limit cannot apply to such a run: it was dequeued untagged).
+    """
+    wanted = {"backtest/config": settings.config_name, "backtest/strategy": strategy_id}
+    missing = {k: v for k, v in wanted.items() if context.run.tags.get(k) != v}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
