@@ -4,10 +4,11 @@
 Checks that all 100 complete, that none is lost or duplicated, that at most 2 runs (and 1 per
 strategy) were ever in flight — while 2 actually were, so the limit is exercised — and that every
 run's results sit under its own backtest ``run_id``. Also: a five-year backfill is planned as
-yearly chunks and queued with the right partition-range tags, and a chunked range crossing a
-month boundary executes as one run per chunk.
+yearly (or monthly) chunks covering every day once, and a chunked range crossing a month boundary
+is queued with partition-range tags and executes as one run (one backtest) per chunk.
 
-Budget: a tiny run takes ~11 s of wall time here, so 100 runs at 2 in flight take ~9-10 min.
+Budget: a tiny run takes ~12 s of wall time here, so 100 runs at 2 in flight take ~10.5 min
+(measured: 636 s for the whole test, 9.6 runs/min); the other two tests take ~40 s.
 """
 
 import json

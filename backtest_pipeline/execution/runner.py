@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import psutil
@@ -32,10 +32,13 @@ from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.execution import metrics as metrics_mod
 from backtest_pipeline.execution import results as results_mod
 from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.engine import DayInput, EngineOutput, run_engine
 from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.ucs import UnifiedCloudService
+
+if TYPE_CHECKING:
+    # NautilusTrader costs seconds to import; Dagster steps that only read inputs never need it.
+    from backtest_pipeline.execution.engine import DayInput, EngineOutput
 
 log = logging.getLogger("backtest_pipeline.run")
 
@@ -87,7 +90,7 @@ class BacktestResult:
 ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
 DayLoader = Callable[
     [UnifiedCloudService, BacktestConfig, date],
-    tuple[DayInput, list["InputRecord"], dict[str, pl.DataFrame]],
+    "tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]",
 ]
 
 
@@ -165,6 +168,8 @@ def load_day(
                 binfo = ucs.stat_sync(t_ticks, bpath)
                 bars[key] = ucs.download_from_gcs_sync(t_ticks, bpath).select("ts_event", "close")
                 inputs.append(InputRecord(t_ticks.gcs_bucket, bpath, binfo.generation, binfo.size, binfo.size))
+    from backtest_pipeline.execution.engine import DayInput
+
     day_input = DayInput(day=day, instruments=instruments, signals=signals, trades=trades,
                          funding=funding, bars=bars or None)
     return day_input, inputs, by_key
@@ -332,6 +337,8 @@ def run_backtest(
             # A stale result of an earlier attempt must not survive a failed re-run.
             _remove_results(ucs, run_id)
             ucs.upload_to_gcs_sync(t_res, layout.config_path(run_id), config.model_dump(mode="json"))
+        from backtest_pipeline.execution.engine import run_engine
+
         engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
         result = _build_result(config, days, run_id, engine_out, prefetch, wall0, created_at, locations)
         if write_results:

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -30,7 +30,6 @@ from backtest_pipeline import layout
 from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.execution import catalog as catalog_mod
 from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.engine import DayInput
 from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.execution.runner import (
     TRADE_COLUMNS,
@@ -42,6 +41,9 @@ from backtest_pipeline.execution.runner import (
 )
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.ucs import UnifiedCloudService
+
+if TYPE_CHECKING:
+    from backtest_pipeline.execution.engine import DayInput
 
 log = logging.getLogger("backtest_pipeline.stages")
 
@@ -350,7 +352,7 @@ class CatalogDayLoader:
 
     def __call__(
         self, ucs: UnifiedCloudService, config: BacktestConfig, day: date
-    ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
+    ) -> "tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]":
         b = self.bundles.get(day)
         if b is None:
             raise KeyError(f"no materialized inputs for {day}; have {sorted(self.bundles)}")
@@ -367,6 +369,8 @@ class CatalogDayLoader:
             )
             for k in trades
         }
+        from backtest_pipeline.execution.engine import DayInput
+
         day_input = DayInput(
             day=day,
             instruments=b.instruments,
