@@ -40,6 +40,7 @@ def materialize_graph(
     end: str | None = None,
     config_name: str = "demo",
     with_checks: bool = True,
+    raise_on_error: bool = True,
 ) -> ExecuteInProcessResult:
     """Every asset (and check) for one day, or for the range [start, end] in ONE run."""
     assets = [
@@ -58,6 +59,7 @@ def materialize_graph(
         assets,
         resources=resources(root, config_name),
         instance=DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
         **kwargs,
     )
 

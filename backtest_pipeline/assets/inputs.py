@@ -21,12 +21,13 @@ COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "gr
 
 
 @asset(**COMMON, kinds={"parquet"})
-def instruments(context: AssetExecutionContext, ucs: UCSResource) -> DayTables:
+def instruments(
+    context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
+) -> DayTables:
     """The day's instrument definitions, validated (missing or malformed → the run fails here)."""
-    client = ucs.client()
-    out = {
-        d.isoformat(): stages.load_instruments(client, d) for d in days_of(context.partition_keys)
-    }
+    client, days = ucs.client(), days_of(context.partition_keys)
+    with stages.failing_run(client, backtest.load(), days):
+        out = {d.isoformat(): stages.load_instruments(client, d) for d in days}
     context.add_output_metadata({"instruments": sum(t.num_rows for t in out.values())})
     return out
 
@@ -38,10 +39,9 @@ def signals(
     """The day's signals of the run configuration's strategy, validated."""
     client, config = ucs.client(), backtest.load()
     tag_run(context, backtest, config.strategy_id)
-    out = {
-        d.isoformat(): stages.load_signals(client, config, d)
-        for d in days_of(context.partition_keys)
-    }
+    days = days_of(context.partition_keys)
+    with stages.failing_run(client, config, days):
+        out = {d.isoformat(): stages.load_signals(client, config, d) for d in days}
     context.add_output_metadata(
         {
             "strategy_id": config.strategy_id,
@@ -86,20 +86,23 @@ def tick_slices(
     """The trades inside the signal intervals, fetched by byte-range reads of the ticks objects."""
     client, config = ucs.client(), backtest.load()
 
+    days = days_of(context.partition_keys)
+
     def produce(key: str) -> pa.Table:
         day = layout.parse_day(key)
-        return stages.fetch_tick_slices(
-            client,
-            config,
-            day,
-            instruments[key],
-            signals[key],
-            stages.to_polars(signal_intervals[key]),
-        )
+        with stages.failing_run(client, config, days):
+            return stages.fetch_tick_slices(
+                client,
+                config,
+                day,
+                instruments[key],
+                signals[key],
+                stages.to_polars(signal_intervals[key]),
+            )
 
     # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more
     # than one day of ticks; rows and bytes read vs available are recorded by the IO manager.
-    return LazyDays([d.isoformat() for d in days_of(context.partition_keys)], produce)
+    return LazyDays([d.isoformat() for d in days], produce)
 
 
 @asset(**COMMON, kinds={"parquet"})
@@ -111,10 +114,12 @@ def funding_rates(
 ) -> DayTables:
     """The day's funding events of the perpetuals the configuration trades."""
     client, config = ucs.client(), backtest.load()
-    out = {
-        d.isoformat(): stages.load_funding(client, config, d, instruments[d.isoformat()])
-        for d in days_of(context.partition_keys)
-    }
+    days = days_of(context.partition_keys)
+    with stages.failing_run(client, config, days):
+        out = {
+            d.isoformat(): stages.load_funding(client, config, d, instruments[d.isoformat()])
+            for d in days
+        }
     context.add_output_metadata(
         {
             "events": sum(t.num_rows for t in out.values()),

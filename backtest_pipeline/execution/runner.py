@@ -94,7 +94,9 @@ DayLoader = Callable[
 ]
 
 
-def trade_keys_for_day(config: BacktestConfig, instruments: pl.DataFrame, signals: pl.DataFrame) -> list[str]:
+def trade_keys_for_day(
+    config: BacktestConfig, instruments: pl.DataFrame, signals: pl.DataFrame
+) -> list[str]:
     """Instruments whose ticks the day needs: those signalled, plus their router peers."""
     available = set(instruments.get_column("instrument_key").to_list())
     configured = [k for k in config.instruments if k in available]
@@ -115,7 +117,11 @@ def load_day(
 ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
     """Everything one day of the run needs, read and validated."""
     inputs: list[InputRecord] = []
-    t_instr, t_sig, t_ticks = layout.target("instruments"), layout.target("signals"), layout.target("ticks")
+    t_instr, t_sig, t_ticks = (
+        layout.target("instruments"),
+        layout.target("signals"),
+        layout.target("ticks"),
+    )
 
     ipath = layout.instruments_path(day)
     info = ucs.stat_sync(t_instr, ipath)
@@ -126,12 +132,18 @@ def load_day(
     try:
         sinfo = ucs.stat_sync(t_sig, spath)
     except ObjectNotFoundError:
-        log.warning("no signals for strategy %s on %s (%s): the day is skipped for trading",
-                    config.strategy_id, day, ucs.uri(t_sig, spath))
+        log.warning(
+            "no signals for strategy %s on %s (%s): the day is skipped for trading",
+            config.strategy_id,
+            day,
+            ucs.uri(t_sig, spath),
+        )
         signals = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
     else:
         signals = readers.read_signals(ucs, day, config.strategy_id)
-        inputs.append(InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size))
+        inputs.append(
+            InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size)
+        )
 
     check_signal_instruments(
         signals, instruments, config, ucs.uri(t_sig, spath), ucs.uri(t_instr, ipath)
@@ -157,21 +169,35 @@ def load_day(
             try:
                 finfo = ucs.stat_sync(t_ticks, fpath)
             except ObjectNotFoundError:
-                log.warning("no funding rates for %s on %s (%s): no funding applied that day",
-                            key, day, ucs.uri(t_ticks, fpath))
+                log.warning(
+                    "no funding rates for %s on %s (%s): no funding applied that day",
+                    key,
+                    day,
+                    ucs.uri(t_ticks, fpath),
+                )
             else:
                 funding[key] = readers.read_funding(ucs, day, key)
-                inputs.append(InputRecord(t_ticks.gcs_bucket, fpath, finfo.generation, finfo.size, finfo.size))
+                inputs.append(
+                    InputRecord(t_ticks.gcs_bucket, fpath, finfo.generation, finfo.size, finfo.size)
+                )
         if config.use_bars_for_marks and not config.full_day:
             bpath = layout.bars_path(day, key)
             if ucs.exists_sync(t_ticks, bpath):
                 binfo = ucs.stat_sync(t_ticks, bpath)
                 bars[key] = ucs.download_from_gcs_sync(t_ticks, bpath).select("ts_event", "close")
-                inputs.append(InputRecord(t_ticks.gcs_bucket, bpath, binfo.generation, binfo.size, binfo.size))
+                inputs.append(
+                    InputRecord(t_ticks.gcs_bucket, bpath, binfo.generation, binfo.size, binfo.size)
+                )
     from backtest_pipeline.execution.engine import DayInput
 
-    day_input = DayInput(day=day, instruments=instruments, signals=signals, trades=trades,
-                         funding=funding, bars=bars or None)
+    day_input = DayInput(
+        day=day,
+        instruments=instruments,
+        signals=signals,
+        trades=trades,
+        funding=funding,
+        bars=bars or None,
+    )
     return day_input, inputs, by_key
 
 
@@ -197,14 +223,18 @@ def check_signal_instruments(
                 signals_uri,
                 f"signal {signals['signal_id'][i]!r} (row {i}) is for instrument {key!r}, which is "
                 f"not in the run's instruments {sorted(configured)}",
-                column="instrument_key", row=i, value=key,
+                column="instrument_key",
+                row=i,
+                value=key,
             )
         if key not in available:
             raise DataValidationError(
                 signals_uri,
                 f"signal {signals['signal_id'][i]!r} (row {i}) is for instrument {key!r}, which is "
                 f"not available that day: absent from {instruments_uri}",
-                column="instrument_key", row=i, value=key,
+                column="instrument_key",
+                row=i,
+                value=key,
             )
 
 
@@ -238,15 +268,22 @@ def fetch_trades(
     tpath = layout.trades_path(day, key)
     uri = ucs.uri(t_ticks, tpath)
     res = ucs.download_from_gcs_streaming_sync(
-        t_ticks, tpath, timestamp_range=ranges, columns=TRADE_COLUMNS, use_byte_range=True,
+        t_ticks,
+        tpath,
+        timestamp_range=ranges,
+        columns=TRADE_COLUMNS,
+        use_byte_range=True,
         include_prior=True,
     )
     if res.row_groups_total == 0 or ucs.parquet_metadata_sync(t_ticks, tpath).num_rows == 0:
         raise DataValidationError(
-            uri, f"the trades object holds no trades (0 rows) but {needed_by} signal(s) of {day} need it"
+            uri,
+            f"the trades object holds no trades (0 rows) but {needed_by} signal(s) of {day} need it",
         )
     table = schemas.validate_trades(res.table, uri, day=day)
-    return table, InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read)
+    return table, InputRecord(
+        t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read
+    )
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -262,8 +299,14 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 class _Prefetcher:
     """Reads day d+1 in a thread while the engine runs day d (I/O overlapped with the engine)."""
 
-    def __init__(self, ucs: UnifiedCloudService, config: BacktestConfig, days: list[date],
-                 progress: ProgressFn | None, loader: DayLoader) -> None:
+    def __init__(
+        self,
+        ucs: UnifiedCloudService,
+        config: BacktestConfig,
+        days: list[date],
+        progress: ProgressFn | None,
+        loader: DayLoader,
+    ) -> None:
         self.ucs, self.config, self.days, self.progress = ucs, config, days, progress
         self.loader = loader
         self.inputs: list[InputRecord] = []
@@ -272,7 +315,9 @@ class _Prefetcher:
         self.ticks = 0
         self.margin_init: dict[str, float] = {}
 
-    def _load(self, day: date) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame], float]:
+    def _load(
+        self, day: date
+    ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame], float]:
         t0 = time.perf_counter()
         d, inp, iv = self.loader(self.ucs, self.config, day)
         return d, inp, iv, time.perf_counter() - t0
@@ -296,7 +341,9 @@ class _Prefetcher:
                 n = sum(t.num_rows for t in day_input.trades.values())
                 self.ticks += n
                 if self.progress:
-                    self.progress("day", i + 1, len(self.days), {"day": day.isoformat(), "ticks": n})
+                    self.progress(
+                        "day", i + 1, len(self.days), {"day": day.isoformat(), "ticks": n}
+                    )
                 yield day_input
 
 
@@ -319,7 +366,9 @@ def run_backtest(
     days = layout.days_between(start, end)
     run_id = layout.validate_run_id(run_id) if run_id else config.run_id(days[0], days[-1])
     t_res = layout.target("results")
-    locations = {name: ucs.uri(t_res, layout.result_path(run_id, name)) for name in layout.RESULT_OBJECTS}
+    locations = {
+        name: ucs.uri(t_res, layout.result_path(run_id, name)) for name in layout.RESULT_OBJECTS
+    }
     locations["backtest_config.json"] = ucs.uri(t_res, layout.config_path(run_id))
     locations["execution.log"] = ucs.uri(t_res, layout.log_path(run_id))
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -336,11 +385,15 @@ def run_backtest(
         if write_results:
             # A stale result of an earlier attempt must not survive a failed re-run.
             _remove_results(ucs, run_id)
-            ucs.upload_to_gcs_sync(t_res, layout.config_path(run_id), config.model_dump(mode="json"))
+            ucs.upload_to_gcs_sync(
+                t_res, layout.config_path(run_id), config.model_dump(mode="json")
+            )
         from backtest_pipeline.execution.engine import run_engine
 
         engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
-        result = _build_result(config, days, run_id, engine_out, prefetch, wall0, created_at, locations)
+        result = _build_result(
+            config, days, run_id, engine_out, prefetch, wall0, created_at, locations
+        )
         if write_results:
             _write_results(ucs, run_id, result, workdir)
         log.info("run %s completed in %.2f s", run_id, time.perf_counter() - wall0)
@@ -366,13 +419,53 @@ def run_backtest(
                 log.error("could not record the failure of %s: %s", run_id, write_exc)
                 raise BacktestFailed(
                     f"{exc} (and the FAILED summary could not be written: {write_exc})",
-                    run_id, locations["summary.json"],
+                    run_id,
+                    locations["summary.json"],
                 ) from exc
         raise BacktestFailed(str(exc), run_id, locations["summary.json"]) from exc
     finally:
         root_logger.removeHandler(handler)
         handler.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def record_failure(
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    start: date | str,
+    end: date | str,
+    exc: BaseException,
+    run_id: str | None = None,
+) -> str:
+    """Mark the run of `config` over [start, end] FAILED when it fails before `run_backtest`.
+
+    The Dagster path validates its inputs in earlier steps than the backtest; a failure there
+    must leave the same trace as one inside `run_backtest`: no result Parquet that could pass for
+    complete, a FAILED summary naming the error, and the log. Returns the summary's URI.
+    """
+    days = layout.days_between(start, end)
+    run_id = layout.validate_run_id(run_id) if run_id else config.run_id(days[0], days[-1])
+    t_res = layout.target("results")
+    error = f"{type(exc).__name__}: {exc}"
+    summary = {
+        "run_id": run_id,
+        "status": "FAILED",
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": config.model_dump(mode="json"),
+        "error": error,
+        "days": [d.isoformat() for d in days],
+        "inputs": [],
+        "execution_stats": {},
+    }
+    _remove_results(ucs, run_id)
+    ucs.upload_to_gcs_sync(
+        t_res,
+        layout.log_path(run_id),
+        f"run {run_id} failed before the backtest started\n{error}\n{''.join(traceback.format_exception(exc))}",
+        format="text",
+    )
+    ucs.upload_to_gcs_sync(t_res, layout.result_path(run_id, "summary.json"), summary)
+    return ucs.uri(t_res, layout.result_path(run_id, "summary.json"))
 
 
 def _remove_results(ucs: UnifiedCloudService, run_id: str) -> None:
@@ -388,7 +481,9 @@ def _upload_log(ucs: UnifiedCloudService, run_id: str, workdir: Path) -> None:
         f = workdir / name
         if f.exists():
             parts.append(f"===== {name} =====\n{f.read_text(errors='replace')}")
-    ucs.upload_to_gcs_sync(layout.target("results"), layout.log_path(run_id), "\n".join(parts), format="text")
+    ucs.upload_to_gcs_sync(
+        layout.target("results"), layout.log_path(run_id), "\n".join(parts), format="text"
+    )
 
 
 def _build_result(
@@ -411,8 +506,14 @@ def _build_result(
         out.fills, out.marks, start_ns=start_ns, end_ns=end_ns, equity_interval_ns=equity_ns
     )
     equity = results_mod.build_equity_curve(
-        out.fills, out.funding, out.marks, starting_balance=starting_balance, start_ns=start_ns,
-        end_ns=end_ns, equity_interval_ns=equity_ns, margin_init=margin_init,
+        out.fills,
+        out.funding,
+        out.marks,
+        starting_balance=starting_balance,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        equity_interval_ns=equity_ns,
+        margin_init=margin_init,
     )
     pnl = results_mod.build_pnl(out.fills, out.funding, equity, starting_balance=starting_balance)
     trips = results_mod.round_trips(out.fills, out.funding)
@@ -429,7 +530,9 @@ def _build_result(
             "tick_bytes_read": sum(i.bytes_read for i in tick_inputs),
             "read_time_s": round(prefetch.read_time_s, 3),
             "wall_time_s": round(wall, 3),
-            "ticks_per_second": round(stats.get("ticks_processed", 0) / max(stats.get("engine_time_s", 0), 1e-9), 1),
+            "ticks_per_second": round(
+                stats.get("ticks_processed", 0) / max(stats.get("engine_time_s", 0), 1e-9), 1
+            ),
             "peak_rss_mb": round(_peak_rss_mb(), 1),
             "full_day": config.full_day,
         }
@@ -483,7 +586,9 @@ def result_tables(result: BacktestResult) -> dict[str, Any]:
     }
 
 
-def _write_results(ucs: UnifiedCloudService, run_id: str, result: BacktestResult, workdir: Path) -> None:
+def _write_results(
+    ucs: UnifiedCloudService, run_id: str, result: BacktestResult, workdir: Path
+) -> None:
     t_res = layout.target("results")
     for name, table in result_tables(result).items():
         ucs.upload_to_gcs_sync(t_res, layout.result_path(run_id, name), table, format="parquet")

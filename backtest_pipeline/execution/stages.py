@@ -16,8 +16,9 @@ import logging
 import multiprocessing
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -37,6 +38,7 @@ from backtest_pipeline.execution.runner import (
     check_signal_instruments,
     fetch_trades,
     ranges_for_key,
+    record_failure,
     trade_keys_for_day,
 )
 from backtest_pipeline.storage.base import ObjectNotFoundError
@@ -68,6 +70,33 @@ def with_inputs(table: pa.Table | pl.DataFrame, records: Sequence[InputRecord]) 
 def inputs_of(table: pa.Table) -> list[InputRecord]:
     raw = (table.schema.metadata or {}).get(INPUTS_KEY)
     return [InputRecord(**r) for r in json.loads(raw)] if raw else []
+
+
+@contextmanager
+def failing_run(
+    ucs: UnifiedCloudService, config: BacktestConfig, days: Sequence[date]
+) -> Iterator[None]:
+    """A step that fails marks the run of these days FAILED, as `run_backtest` would.
+
+    Input problems surface in the Dagster steps before `backtest_run`; the results layout must
+    still show a FAILED summary naming the object and the problem, and no result Parquet.
+    """
+    try:
+        yield
+    except Exception as exc:
+        try:
+            uri = record_failure(ucs, config, min(days), max(days), exc)
+            log.error(
+                "run of %s over %s..%s FAILED: %s (summary: %s)",
+                config.name,
+                min(days),
+                max(days),
+                exc,
+                uri,
+            )
+        except Exception as write_exc:  # storage itself may be what failed
+            log.error("could not record the failure: %s", write_exc)
+        raise
 
 
 def to_polars(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
@@ -127,7 +156,9 @@ def fetch_tick_slices(
     """
     instruments_df, signals_df = to_polars(instruments), to_polars(signals)
     check_signal_instruments(
-        signals_df, instruments_df, config,
+        signals_df,
+        instruments_df,
+        config,
         ucs.uri(layout.target("signals"), layout.signals_path(day, config.strategy_id)),
         ucs.uri(layout.target("instruments"), layout.instruments_path(day)),
     )
