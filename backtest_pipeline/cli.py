@@ -28,8 +28,11 @@ err = Console(stderr=True)
 
 RootOpt = Annotated[
     str | None,
-    typer.Option("--root", help="Storage root: a path or file:///abs (local) or gs:// (GCS; emulator "
-                 "when STORAGE_EMULATOR_HOST is set). Default: $BACKTEST_STORAGE_ROOT or ./data."),
+    typer.Option(
+        "--root",
+        help="Storage root: a path or file:///abs (local) or gs:// (GCS; emulator "
+        "when STORAGE_EMULATOR_HOST is set). Default: $BACKTEST_STORAGE_ROOT or ./data.",
+    ),
 ]
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -58,7 +61,10 @@ def sample_data(
     root: RootOpt = None,
     start: Annotated[str, typer.Option(help="First UTC day, YYYY-MM-DD")] = "2024-01-01",
     days: Annotated[int, typer.Option(min=1, max=3660)] = 3,
-    instruments: Annotated[list[str] | None, typer.Option("--instruments", help="Instrument keys to generate trades for")] = None,
+    instruments: Annotated[
+        list[str] | None,
+        typer.Option("--instruments", help="Instrument keys to generate trades for"),
+    ] = None,
     trades_per_day: Annotated[int, typer.Option(min=100)] = 2_000_000,
     signal_coverage: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.10,
     seed: Annotated[int, typer.Option()] = 0,
@@ -71,8 +77,14 @@ def sample_data(
     t0 = time.perf_counter()
     try:
         report = generate_sample_data(
-            ucs, _parse_date(start, "--start"), days, instruments or None, trades_per_day=trades_per_day,
-            signal_coverage=signal_coverage, seed=seed, strategy_id=strategy_id,
+            ucs,
+            _parse_date(start, "--start"),
+            days,
+            instruments or None,
+            trades_per_day=trades_per_day,
+            signal_coverage=signal_coverage,
+            seed=seed,
+            strategy_id=strategy_id,
         )
     except (ValueError, layout.LayoutError) as exc:
         _fail(str(exc), 2)
@@ -91,13 +103,17 @@ def import_tardis_cmd(files: list[Path], root: RootOpt = None) -> None:
 @import_app.command("binance")
 def import_binance_cmd(
     files: list[Path],
-    instrument: Annotated[str, typer.Option("--instrument", help="Instrument key, e.g. BINANCE:SPOT:BTC-USDT")],
+    instrument: Annotated[
+        str, typer.Option("--instrument", help="Instrument key, e.g. BINANCE:SPOT:BTC-USDT")
+    ],
     root: RootOpt = None,
 ) -> None:
     """Binance public-data `trades` / `aggTrades` CSV or ZIP → canonical day files."""
     from backtest_pipeline.data.importers import import_binance
 
-    _run_import(lambda: import_binance(_ucs(root), files, layout.validate_instrument_key(instrument)))
+    _run_import(
+        lambda: import_binance(_ucs(root), files, layout.validate_instrument_key(instrument))
+    )
 
 
 @import_app.command("signals")
@@ -137,14 +153,34 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
 
     for k in ("net_pnl", "gross_pnl", "total_fees", "funding_paid"):
         t.add_row(k, fmt(pnl[k]))
-    for k in ("sharpe_ratio", "sortino_ratio", "max_drawdown_pct", "win_rate", "profit_factor", "total_trades"):
+    for k in (
+        "sharpe_ratio",
+        "sortino_ratio",
+        "max_drawdown_pct",
+        "win_rate",
+        "profit_factor",
+        "total_trades",
+    ):
         t.add_row(k, fmt(mets[k]))
-    for k in ("signals", "operations", "orders_submitted", "orders_filled", "orders_canceled",
-              "orders_rejected", "fills", "avg_slippage_bps", "ticks_processed", "days"):
+    for k in (
+        "signals",
+        "operations",
+        "orders_submitted",
+        "orders_filled",
+        "orders_canceled",
+        "orders_rejected",
+        "fills",
+        "avg_slippage_bps",
+        "ticks_processed",
+        "days",
+    ):
         t.add_row(k, fmt(st.get(k)))
     t.add_row("bytes read / available", f"{st['bytes_read']:,} / {st['bytes_available']:,}")
-    t.add_row("wall time", f"{st['wall_time_s']:.2f} s (engine {st.get('engine_time_s', 0):.2f} s, "
-              f"{st.get('ticks_per_second', 0):,.0f} ticks/s)")
+    t.add_row(
+        "wall time",
+        f"{st['wall_time_s']:.2f} s (engine {st.get('engine_time_s', 0):.2f} s, "
+        f"{st.get('ticks_per_second', 0):,.0f} ticks/s)",
+    )
     t.add_row("peak RSS", f"{st['peak_rss_mb']:,.0f} MB")
     console.print(t)
     console.print("[bold]results:[/]")
@@ -152,8 +188,15 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
         console.print(f"  {name:22s} {uri}")
 
 
-def _run(config_path: Path, start: str, end: str, root: str | None, run_id: str | None,
-         full_day: bool, as_json: bool) -> None:
+def _run(
+    config_path: Path,
+    start: str,
+    end: str,
+    root: str | None,
+    run_id: str | None,
+    full_day: bool,
+    as_json: bool,
+) -> None:
     from backtest_pipeline.execution.config import BacktestConfig
     from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
 
@@ -170,15 +213,24 @@ def _run(config_path: Path, start: str, end: str, root: str | None, run_id: str 
         _fail(str(exc), 2)
     ucs = _ucs(root)
     n_days = (e - s).days + 1
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                  console=err, transient=as_json, disable=not sys.stderr.isatty() and as_json) as progress:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+        disable=not sys.stderr.isatty() and as_json,
+    ) as progress:
         task = progress.add_task("days", total=n_days, info="")
         ticks = [0]
 
         def on_progress(kind: str, i: int, n: int, info: dict[str, Any]) -> None:
             ticks[0] += int(info.get("ticks", 0))
-            progress.update(task, completed=i - 1, info=f"{info.get('day', '')} · {ticks[0]:,} ticks")
+            progress.update(
+                task, completed=i - 1, info=f"{info.get('day', '')} · {ticks[0]:,} ticks"
+            )
 
         try:
             result = run_backtest(config, s, e, ucs=ucs, run_id=run_id, progress=on_progress)
@@ -198,9 +250,15 @@ def run_cmd(
     start: Annotated[str, typer.Option(help="First UTC day")],
     end: Annotated[str, typer.Option(help="Last UTC day (inclusive)")],
     root: RootOpt = None,
-    run_id: Annotated[str | None, typer.Option("--run-id", help="Default: derived from config + dates")] = None,
-    full_day: Annotated[bool, typer.Option("--full-day", help="Read whole days, not only signal intervals")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table")] = False,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Default: derived from config + dates")
+    ] = None,
+    full_day: Annotated[
+        bool, typer.Option("--full-day", help="Read whole days, not only signal intervals")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print summary.json instead of the table")
+    ] = False,
 ) -> None:
     """Run one backtest over a range of days and print where the results are."""
     _run(config, start, end, root, run_id, full_day, as_json)
@@ -217,7 +275,11 @@ def demo_cmd(
     ucs = _ucs(root)
     start = date(2024, 1, 1)
     days = layout.days_between(start, date(2024, 1, 3))
-    missing = [d for d in days if not ucs.exists_sync(layout.target("instruments"), layout.instruments_path(d))]
+    missing = [
+        d
+        for d in days
+        if not ucs.exists_sync(layout.target("instruments"), layout.instruments_path(d))
+    ]
     if missing:
         console.print(f"generating 3 days of sample data into {ucs.root} …")
         t0 = time.perf_counter()
@@ -230,15 +292,25 @@ def demo_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    quick: Annotated[bool, typer.Option("--quick", help="Small workload (minutes, not the reference)")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object with the benchmark's figures")] = False,
-    reps: Annotated[int | None, typer.Option(min=1, help="Repetitions per figure (median; default 3, quick 1)")] = None,
-    skip: Annotated[list[str] | None, typer.Option("--skip", help="Parts to skip: gcs, full, dagster, naive")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small workload (minutes, not the reference)")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object with the benchmark's figures")
+    ] = False,
+    reps: Annotated[
+        int | None, typer.Option(min=1, help="Repetitions per figure (median; default 3, quick 1)")
+    ] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", help="Parts to skip: gcs, full, dagster, naive")
+    ] = None,
 ) -> None:
     """Measure the targets of spec/targets.md side by side (see benchmarks/README.md)."""
     from benchmarks.bench import figures, format_table, run_bench
 
-    out = run_bench(quick=quick, reps=reps, log=lambda m: err.print(f"[dim]{m}[/]"), skip=set(skip or []))
+    out = run_bench(
+        quick=quick, reps=reps, log=lambda m: err.print(f"[dim]{m}[/]"), skip=set(skip or [])
+    )
     err.print(format_table(out))
     if as_json:
         print(json.dumps(figures(out)))

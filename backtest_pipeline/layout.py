@@ -108,7 +108,9 @@ def validate_instrument_key(key: str) -> str:
         raise LayoutError(f"instrument key {key!r} is not of the form VENUE:TYPE:BASE-QUOTE")
     venue, itype, pair = parts
     if itype not in INSTRUMENT_TYPES:
-        raise LayoutError(f"instrument key {key!r}: type {itype!r} is not one of {INSTRUMENT_TYPES}")
+        raise LayoutError(
+            f"instrument key {key!r}: type {itype!r} is not one of {INSTRUMENT_TYPES}"
+        )
     if pair.count("-") != 1 or pair.startswith("-") or pair.endswith("-"):
         raise LayoutError(f"instrument key {key!r}: {pair!r} is not BASE-QUOTE")
     return key
@@ -220,7 +222,10 @@ def log_path(run_id: str) -> str:
 
 def all_result_paths(run_id: str) -> list[str]:
     """The 7 objects a run writes, in the results bucket."""
-    return [result_path(run_id, n) for n in RESULT_OBJECTS] + [config_path(run_id), log_path(run_id)]
+    return [result_path(run_id, n) for n in RESULT_OBJECTS] + [
+        config_path(run_id),
+        log_path(run_id),
+    ]
 
 
 def catalog_prefix(day: str | date) -> str:
@@ -233,4 +238,6 @@ def asset_path(asset_key: str, partition_key: str | None) -> str:
     validate_component(asset_key, "asset key")
     if partition_key is None:
         return f"dagster_assets/{asset_key}/all.parquet"
-    return f"dagster_assets/{asset_key}/{validate_component(partition_key, 'partition key')}.parquet"
+    return (
+        f"dagster_assets/{asset_key}/{validate_component(partition_key, 'partition key')}.parquet"
+    )

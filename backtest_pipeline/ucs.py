@@ -85,7 +85,9 @@ class StreamingResult(RangeReadResult):
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> str:
     """`--root` beats `BACKTEST_STORAGE_ROOT` beats `./data`."""
-    value = str(root) if root is not None else os.environ.get("BACKTEST_STORAGE_ROOT") or DEFAULT_ROOT
+    value = (
+        str(root) if root is not None else os.environ.get("BACKTEST_STORAGE_ROOT") or DEFAULT_ROOT
+    )
     return value
 
 
@@ -101,10 +103,14 @@ def _backend_for(root: str) -> Backend:
     if root.startswith("file://"):
         path = root[len("file://") :]
         if not path.startswith("/"):
-            raise StorageError(f"storage root {root!r}: file:// roots must be absolute (file:///abs/path)")
+            raise StorageError(
+                f"storage root {root!r}: file:// roots must be absolute (file:///abs/path)"
+            )
         return LocalBackend(Path(path))
     if "://" in root:
-        raise StorageError(f"storage root {root!r}: unsupported scheme (use gs://, file:///abs or a path)")
+        raise StorageError(
+            f"storage root {root!r}: unsupported scheme (use gs://, file:///abs or a path)"
+        )
     return LocalBackend(Path(root))
 
 
@@ -150,7 +156,9 @@ def _encode(data: Any, fmt: Format, write_options: dict[str, Any]) -> bytes:
 class UnifiedCloudService:
     """The storage interface. One instance per process is enough; it is thread-safe."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, retry: RetryPolicy | None = None
+    ) -> None:
         self.root = resolve_root(root)
         self.backend: Backend = _backend_for(self.root)
         self.retry = retry or RetryPolicy()
@@ -190,7 +198,9 @@ class UnifiedCloudService:
         where = self.uri(target, gcs_path)
         if fmt == "parquet":
             if not data:
-                raise ParquetRangeError(f"{where}: the object is empty (0 bytes), not a Parquet file")
+                raise ParquetRangeError(
+                    f"{where}: the object is empty (0 bytes), not a Parquet file"
+                )
             try:
                 return pl.from_arrow(
                     pq.read_table(io.BytesIO(data), page_checksum_verification=True)
@@ -206,13 +216,17 @@ class UnifiedCloudService:
             return data.decode()
         return data
 
-    def _footer(self, target: CloudTarget, gcs_path: str, info: ObjectInfo, ts_col: str) -> tuple[Footer, bool]:
+    def _footer(
+        self, target: CloudTarget, gcs_path: str, info: ObjectInfo, ts_col: str
+    ) -> tuple[Footer, bool]:
         key = (target.gcs_bucket, gcs_path, info.generation)
         with self._lock:
             cached = self._footers.get(key)
         if cached is not None:
             return cached, False
-        footer = read_footer(info.size, self._fetcher(target, gcs_path, info), self.uri(target, gcs_path), ts_col)
+        footer = read_footer(
+            info.size, self._fetcher(target, gcs_path, info), self.uri(target, gcs_path), ts_col
+        )
         with self._lock:
             if len(self._footers) > 4096:
                 self._footers.clear()
@@ -226,7 +240,9 @@ class UnifiedCloudService:
             gen = info.generation
 
             def fetch(start: int, end: int) -> bytes:
-                return self.retry.call(lambda: backend.read_range(b, gcs_path, start, end, gen), where)
+                return self.retry.call(
+                    lambda: backend.read_range(b, gcs_path, start, end, gen), where
+                )
         else:
 
             def fetch(start: int, end: int) -> bytes:
@@ -259,15 +275,31 @@ class UnifiedCloudService:
         if not use_byte_range:
             data = self.download_bytes_sync(target, gcs_path)
             footer = read_footer(len(data), lambda s, e: data[s:e], where, timestamp_column)
-            res = read_ranges(footer, lambda s, e: data[s:e], where, ranges=ranges,
-                              timestamp_column=timestamp_column, columns=columns,
-                              include_prior=include_prior)
-            return StreamingResult(**{**res.__dict__, "bytes_read": len(data)}, generation=info.generation,
-                                   uri=where, bytes_fetched=len(data))
+            res = read_ranges(
+                footer,
+                lambda s, e: data[s:e],
+                where,
+                ranges=ranges,
+                timestamp_column=timestamp_column,
+                columns=columns,
+                include_prior=include_prior,
+            )
+            return StreamingResult(
+                **{**res.__dict__, "bytes_read": len(data)},
+                generation=info.generation,
+                uri=where,
+                bytes_fetched=len(data),
+            )
         footer, fresh = self._footer(target, gcs_path, info, timestamp_column)
-        res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=ranges,
-                          timestamp_column=timestamp_column, columns=columns,
-                          include_prior=include_prior)
+        res = read_ranges(
+            footer,
+            self._fetcher(target, gcs_path, info),
+            where,
+            ranges=ranges,
+            timestamp_column=timestamp_column,
+            columns=columns,
+            include_prior=include_prior,
+        )
         return _costed(res, footer, fresh, info, where)
 
     def read_parquet_sync(
@@ -281,8 +313,15 @@ class UnifiedCloudService:
         where = self.uri(target, gcs_path)
         info = self.stat_sync(target, gcs_path)
         footer, fresh = self._footer(target, gcs_path, info, "ts_event")
-        res = read_ranges(footer, self._fetcher(target, gcs_path, info), where, ranges=None,
-                          timestamp_column="ts_event", columns=columns, row_groups=row_groups)
+        res = read_ranges(
+            footer,
+            self._fetcher(target, gcs_path, info),
+            where,
+            ranges=None,
+            timestamp_column="ts_event",
+            columns=columns,
+            row_groups=row_groups,
+        )
         return _costed(res, footer, fresh, info, where)
 
     def parquet_metadata_sync(self, target: CloudTarget, gcs_path: str) -> pq.FileMetaData:
@@ -302,7 +341,8 @@ class UnifiedCloudService:
         payload = _encode(data, fmt, write_options)
         b = target.gcs_bucket
         return self.retry.call(
-            lambda: self.backend.write(b, gcs_path, payload, CONTENT_TYPES[fmt]), self.uri(target, gcs_path)
+            lambda: self.backend.write(b, gcs_path, payload, CONTENT_TYPES[fmt]),
+            self.uri(target, gcs_path),
         )
 
     def list_files_sync(self, target: CloudTarget, prefix: str = "") -> list[str]:
@@ -315,7 +355,9 @@ class UnifiedCloudService:
 
     # ---- async API --------------------------------------------------------------------------
 
-    async def download_from_gcs(self, target: CloudTarget, gcs_path: str, format: Format | None = None) -> Any:
+    async def download_from_gcs(
+        self, target: CloudTarget, gcs_path: str, format: Format | None = None
+    ) -> Any:
         return await asyncio.to_thread(self.download_from_gcs_sync, target, gcs_path, format)
 
     async def download_from_gcs_streaming(
@@ -330,13 +372,26 @@ class UnifiedCloudService:
     ) -> StreamingResult:
         return await asyncio.to_thread(
             self.download_from_gcs_streaming_sync,
-            target, gcs_path, timestamp_range, timestamp_column, columns, use_byte_range, include_prior,
+            target,
+            gcs_path,
+            timestamp_range,
+            timestamp_column,
+            columns,
+            use_byte_range,
+            include_prior,
         )
 
     async def upload_to_gcs(
-        self, target: CloudTarget, gcs_path: str, data: Any, format: Format | None = None, **write_options: Any
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        data: Any,
+        format: Format | None = None,
+        **write_options: Any,
     ) -> ObjectInfo:
-        return await asyncio.to_thread(self.upload_to_gcs_sync, target, gcs_path, data, format, **write_options)
+        return await asyncio.to_thread(
+            self.upload_to_gcs_sync, target, gcs_path, data, format, **write_options
+        )
 
     async def list_files(self, target: CloudTarget, prefix: str = "") -> list[str]:
         return await asyncio.to_thread(self.list_files_sync, target, prefix)
@@ -348,7 +403,9 @@ class UnifiedCloudService:
         row_groups: Sequence[int] | None = None,
         columns: Sequence[str] | None = None,
     ) -> StreamingResult:
-        return await asyncio.to_thread(self.read_parquet_sync, target, gcs_path, row_groups, columns)
+        return await asyncio.to_thread(
+            self.read_parquet_sync, target, gcs_path, row_groups, columns
+        )
 
     async def stat(self, target: CloudTarget, gcs_path: str) -> ObjectInfo:
         return await asyncio.to_thread(self.stat_sync, target, gcs_path)
@@ -360,7 +417,9 @@ class UnifiedCloudService:
         await asyncio.to_thread(self.delete_sync, target, gcs_path)
 
 
-def _costed(res: RangeReadResult, footer: Footer, fresh: bool, info: ObjectInfo, where: str) -> StreamingResult:
+def _costed(
+    res: RangeReadResult, footer: Footer, fresh: bool, info: ObjectInfo, where: str
+) -> StreamingResult:
     """The read's cost: footer + chunks always (deterministic); the footer fetched only if fresh."""
     return StreamingResult(
         **{**res.__dict__, "bytes_read": res.bytes_read + len(footer.tail)},
@@ -386,7 +445,9 @@ def _normalise_ranges(
     if timestamp_range is None:
         return None
     seq = list(timestamp_range)
-    if len(seq) == 2 and all(isinstance(v, int) or hasattr(v, "__int__") and not isinstance(v, tuple | list) for v in seq):
+    if len(seq) == 2 and all(
+        isinstance(v, int) or hasattr(v, "__int__") and not isinstance(v, tuple | list) for v in seq
+    ):
         seq = [tuple(seq)]  # type: ignore[list-item]
     out: list[tuple[int, int]] = []
     for r in seq:

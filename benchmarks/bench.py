@@ -77,7 +77,10 @@ def _end(days: int) -> date:
 def ensure_workload(w: Workload, log: Callable[[str], None]) -> tuple[Path, Path]:
     """(3-day root, long-run root), generated once with `backtest sample-data` and cached."""
     roots = []
-    for label, days, tpd in (("ref", w.days, w.trades_per_day), ("long", w.long_days, w.long_trades_per_day)):
+    for label, days, tpd in (
+        ("ref", w.days, w.trades_per_day),
+        ("long", w.long_days, w.long_trades_per_day),
+    ):
         root = CACHE / f"{w.name}-{label}"
         marker = root / ".complete"
         if not marker.exists():
@@ -85,10 +88,26 @@ def ensure_workload(w: Workload, log: Callable[[str], None]) -> tuple[Path, Path
             log(f"generating {label} workload: {days} days × {tpd:,} trades into {root}")
             t0 = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "backtest_pipeline.cli", "sample-data", "--root", str(root),
-                 "--start", START.isoformat(), "--days", str(days), "--trades-per-day", str(tpd),
-                 "--signal-coverage", str(w.coverage), "--seed", str(w.seed)],
-                check=True, stdout=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "backtest_pipeline.cli",
+                    "sample-data",
+                    "--root",
+                    str(root),
+                    "--start",
+                    START.isoformat(),
+                    "--days",
+                    str(days),
+                    "--trades-per-day",
+                    str(tpd),
+                    "--signal-coverage",
+                    str(w.coverage),
+                    "--seed",
+                    str(w.seed),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
         roots.append(root)
@@ -98,7 +117,9 @@ def ensure_workload(w: Workload, log: Callable[[str], None]) -> tuple[Path, Path
 # ---- child-process measurements -------------------------------------------------------------
 
 
-def _child_run(root: str, start: str, end: str, full_day: bool, env: dict[str, str], q: Any) -> None:
+def _child_run(
+    root: str, start: str, end: str, full_day: bool, env: dict[str, str], q: Any
+) -> None:
     os.environ.update(env)
     from backtest_pipeline.execution.config import BacktestConfig
     from backtest_pipeline.execution.runner import run_backtest
@@ -107,7 +128,9 @@ def _child_run(root: str, start: str, end: str, full_day: bool, env: dict[str, s
     cfg = BacktestConfig.from_yaml(CONFIG)
     if full_day:
         cfg = cfg.model_copy(update={"full_day": True})
-    res = run_backtest(cfg, start, end, ucs=UnifiedCloudService(root), run_id=f"bench-{os.getpid()}")
+    res = run_backtest(
+        cfg, start, end, ucs=UnifiedCloudService(root), run_id=f"bench-{os.getpid()}"
+    )
     q.put(res.summary["execution_stats"])
 
 
@@ -135,9 +158,15 @@ def _child_conversion(root: str, q: Any) -> None:
     from backtest_pipeline.ucs import UnifiedCloudService
 
     ucs = UnifiedCloudService(root)
-    row = read_instruments(ucs, START).filter(__import__("polars").col("instrument_key") == KEY).row(0, named=True)
+    row = (
+        read_instruments(ucs, START)
+        .filter(__import__("polars").col("instrument_key") == KEY)
+        .row(0, named=True)
+    )
     inst = build_instrument(row, FeeOverride())
-    table = ucs.download_from_gcs_streaming_sync(layout.target("ticks"), layout.trades_path(START, KEY)).table
+    table = ucs.download_from_gcs_streaming_sync(
+        layout.target("ticks"), layout.trades_path(START, KEY)
+    ).table
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
@@ -174,15 +203,34 @@ def _median(values: list[float]) -> float:
 
 def _time_command(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd,
+        check=True,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0
 
 
 def _dagster_vs_cli(root: Path, w: Workload, reps: int) -> tuple[float | None, float]:
     """Both timed as a user launches them: a process start to results written."""
     end = _end(w.days).isoformat()
-    cli = [sys.executable, "-m", "backtest_pipeline.cli", "run", "--config", str(CONFIG), "--start",
-           START.isoformat(), "--end", end, "--root", str(root), "--json"]
+    cli = [
+        sys.executable,
+        "-m",
+        "backtest_pipeline.cli",
+        "run",
+        "--config",
+        str(CONFIG),
+        "--start",
+        START.isoformat(),
+        "--end",
+        end,
+        "--root",
+        str(root),
+        "--json",
+    ]
     cli_s = _median([_time_command(cli, {}) for _ in range(reps)])
     if not (REPO / "backtest_pipeline" / "definitions.py").exists():
         return None, cli_s
@@ -190,26 +238,52 @@ def _dagster_vs_cli(root: Path, w: Workload, reps: int) -> tuple[float | None, f
     for _ in range(reps):
         home = Path(tempfile.mkdtemp(prefix="bench-dagster-"))
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        env = {"DAGSTER_HOME": str(home), "BACKTEST_STORAGE_ROOT": str(root),
-               "BACKTEST_PARTITIONS_START": START.isoformat()}
+        env = {
+            "DAGSTER_HOME": str(home),
+            "BACKTEST_STORAGE_ROOT": str(root),
+            "BACKTEST_PARTITIONS_START": START.isoformat(),
+        }
         dagster = str(Path(sys.executable).with_name("dagster"))
-        times.append(_time_command(
-            [dagster, "asset", "materialize", "-m", "backtest_pipeline.definitions", "--select", "*",
-             "--partition-range", f"{START.isoformat()}...{end}"], env))
+        times.append(
+            _time_command(
+                [
+                    dagster,
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "backtest_pipeline.definitions",
+                    "--select",
+                    "*",
+                    "--partition-range",
+                    f"{START.isoformat()}...{end}",
+                ],
+                env,
+            )
+        )
         shutil.rmtree(home, ignore_errors=True)
     return _median(times), cli_s
 
 
-def run_bench(quick: bool = False, reps: int | None = None, log: Callable[[str], None] = print,
-              skip: set[str] | None = None) -> dict[str, Any]:
+def run_bench(
+    quick: bool = False,
+    reps: int | None = None,
+    log: Callable[[str], None] = print,
+    skip: set[str] | None = None,
+) -> dict[str, Any]:
     skip = skip or set()
     w = QUICK if quick else FULL
     reps = reps or (1 if quick else 3)
     ref, long_root = ensure_workload(w, log)
     s, e3 = START.isoformat(), _end(w.days).isoformat()
     out: dict[str, Any] = dict.fromkeys(KEYS)
-    out["workload"] = {"trades_per_day": w.trades_per_day, "days": w.days, "long_days": w.long_days,
-                       "long_trades_per_day": w.long_trades_per_day, "coverage": w.coverage, "reps": reps}
+    out["workload"] = {
+        "trades_per_day": w.trades_per_day,
+        "days": w.days,
+        "long_days": w.long_days,
+        "long_trades_per_day": w.long_trades_per_day,
+        "coverage": w.coverage,
+        "reps": reps,
+    }
 
     log("signal-driven 3-day runs (local root)…")
     runs = [_in_child(_child_run, str(ref), s, e3, False, {}) for _ in range(reps)]
@@ -262,7 +336,9 @@ def run_bench(quick: bool = False, reps: int | None = None, log: Callable[[str],
 
     if "naive" not in skip:
         log("the seed system's approach on the same workload…")
-        naive = [_in_child(_child_naive, str(ref), s, e3) for _ in range(1 if quick else min(reps, 2))]
+        naive = [
+            _in_child(_child_naive, str(ref), s, e3) for _ in range(1 if quick else min(reps, 2))
+        ]
         out["naive_s"] = _median([n["seconds"] for n in naive])
         out["naive_over_ours"] = out["naive_s"] / out["e2e_signal_s"]
     return out
@@ -311,7 +387,10 @@ JSON_KEYS = (
 def figures(out: dict[str, Any]) -> dict[str, Any]:
     """Exactly the keys of the issue; `e2e_signal_s` carries both storage roots."""
     res = {k: out.get(k) for k in JSON_KEYS}
-    res["e2e_signal_s"] = {"local": out.get("e2e_signal_s"), "gcs_emulator": out.get("e2e_signal_gcs_s")}
+    res["e2e_signal_s"] = {
+        "local": out.get("e2e_signal_s"),
+        "gcs_emulator": out.get("e2e_signal_gcs_s"),
+    }
     return res
 
 

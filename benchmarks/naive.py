@@ -58,11 +58,15 @@ class NaiveSignalStrategy(Strategy):
         target = self.targets[event.ts_event]
         inst = self.cache.instrument(self.iid)
         net = self.portfolio.net_position(self.iid)
-        qty = round(abs(target - float(net)) / float(inst.size_increment)) * float(inst.size_increment)
+        qty = round(abs(target - float(net)) / float(inst.size_increment)) * float(
+            inst.size_increment
+        )
         if qty <= 0:
             return
         side = OrderSide.BUY if target > float(net) else OrderSide.SELL
-        self.submit_order(self.order_factory.market(self.iid, side, inst.make_qty(Decimal(str(qty)))))
+        self.submit_order(
+            self.order_factory.market(self.iid, side, inst.make_qty(Decimal(str(qty))))
+        )
 
     def on_trade_tick(self, tick: TradeTick) -> None:
         pass
@@ -88,13 +92,17 @@ def run_naive(root: str, start: str, end: str, config_path: Path) -> dict[str, A
         signals: list[tuple[int, float]] = []
         instrument = None
         for day in layout.days_between(start, end):
-            raw_instr = ucs.download_from_gcs_sync(layout.target("instruments"), layout.instruments_path(day), format="bytes")
+            raw_instr = ucs.download_from_gcs_sync(
+                layout.target("instruments"), layout.instruments_path(day), format="bytes"
+            )
             idf = pd.read_parquet(io.BytesIO(raw_instr))
             row = idf[idf["instrument_key"] == key].iloc[0].to_dict()
             if instrument is None:
                 instrument = build_instrument(row, FeeOverride())
                 catalog.write_data([instrument])
-            raw = ucs.download_from_gcs_sync(layout.target("ticks"), layout.trades_path(day, key), format="bytes")
+            raw = ucs.download_from_gcs_sync(
+                layout.target("ticks"), layout.trades_path(day, key), format="bytes"
+            )
             df = pd.read_parquet(io.BytesIO(raw))
             df = df.rename(columns={"size": "quantity", "side": "aggressor_side"})
             df["aggressor_side"] = df["aggressor_side"].map({"buy": "BUY", "sell": "SELL"})
@@ -103,27 +111,42 @@ def run_naive(root: str, start: str, end: str, config_path: Path) -> dict[str, A
             ticks = TradeTickDataWrangler(instrument).process(df)
             catalog.write_data(ticks)
             raw_sig = ucs.download_from_gcs_sync(
-                layout.target("signals"), layout.signals_path(day, cfg.strategy_id), format="bytes")
+                layout.target("signals"), layout.signals_path(day, cfg.strategy_id), format="bytes"
+            )
             sdf = pd.read_parquet(io.BytesIO(raw_sig))
             sdf = sdf[sdf["instrument_key"] == key]
-            signals += [(int(t), float(p)) for t, p in zip(sdf["ts_event"], sdf["target_position"], strict=True)]
+            signals += [
+                (int(t), float(p))
+                for t, p in zip(sdf["ts_event"], sdf["target_position"], strict=True)
+            ]
         iid = str(instrument_id_for(key))
         venue = to_nautilus_venue(key.split(":")[0])
         run = BacktestRunConfig(
             dispose_on_completion=False,
             engine=BacktestEngineConfig(
-                strategies=[ImportableStrategyConfig(
-                    strategy_path="benchmarks.naive:NaiveSignalStrategy",
-                    config_path="benchmarks.naive:NaiveSignalConfig",
-                    config={"instrument_id": iid, "signals": signals},
-                )],
+                strategies=[
+                    ImportableStrategyConfig(
+                        strategy_path="benchmarks.naive:NaiveSignalStrategy",
+                        config_path="benchmarks.naive:NaiveSignalConfig",
+                        config={"instrument_id": iid, "signals": signals},
+                    )
+                ],
                 logging=LoggingConfig(bypass_logging=True),
             ),
-            venues=[BacktestVenueConfig(
-                name=venue, oms_type="NETTING", account_type="MARGIN", base_currency="USDT",
-                starting_balances=[f"{cfg.venue(key.split(':')[0]).starting_balance} USDT"],
-            )],
-            data=[BacktestDataConfig(catalog_path=str(catalog_dir), data_cls=TradeTick, instrument_id=iid)],
+            venues=[
+                BacktestVenueConfig(
+                    name=venue,
+                    oms_type="NETTING",
+                    account_type="MARGIN",
+                    base_currency="USDT",
+                    starting_balances=[f"{cfg.venue(key.split(':')[0]).starting_balance} USDT"],
+                )
+            ],
+            data=[
+                BacktestDataConfig(
+                    catalog_path=str(catalog_dir), data_cls=TradeTick, instrument_id=iid
+                )
+            ],
         )
         node = BacktestNode(configs=[run])
         results = node.run()

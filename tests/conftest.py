@@ -38,7 +38,9 @@ def unique_buckets(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def gcs_ucs(gcs_emulator: GCSEmulator, monkeypatch: pytest.MonkeyPatch, unique_buckets: str) -> UnifiedCloudService:
+def gcs_ucs(
+    gcs_emulator: GCSEmulator, monkeypatch: pytest.MonkeyPatch, unique_buckets: str
+) -> UnifiedCloudService:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
     return UnifiedCloudService("gs://")
 

@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_quick_bench_prints_every_key_with_sane_figures() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "backtest_pipeline.cli", "bench", "--quick", "--json"],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -23,8 +23,20 @@ TARDIS = "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv"
 
 def test_sample_data_writes_the_full_layout(tmp_path: Path) -> None:
     root = tmp_path / "x"
-    res = runner.invoke(app, ["sample-data", "--root", str(root), "--start", "2024-01-01", "--days", "3",
-                              "--trades-per-day", "5000"])
+    res = runner.invoke(
+        app,
+        [
+            "sample-data",
+            "--root",
+            str(root),
+            "--start",
+            "2024-01-01",
+            "--days",
+            "3",
+            "--trades-per-day",
+            "5000",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ucs = UnifiedCloudService(str(root))
     key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
@@ -34,20 +46,59 @@ def test_sample_data_writes_the_full_layout(tmp_path: Path) -> None:
         assert ucs.exists_sync(layout.target("ticks"), layout.funding_path(day, key))
         assert ucs.exists_sync(layout.target("ticks"), layout.bars_path(day, key))
         assert ucs.exists_sync(layout.target("signals"), layout.signals_path(day, "demo-strategy"))
-    instruments = ucs.download_from_gcs_sync(layout.target("instruments"), layout.instruments_path("2024-01-02"))
-    assert {"BINANCE-FUTURES:PERPETUAL:BTC-USDT", "BYBIT:PERPETUAL:BTC-USDT", "BINANCE:SPOT:BTC-USDT"} <= set(
-        instruments["instrument_key"])
+    instruments = ucs.download_from_gcs_sync(
+        layout.target("instruments"), layout.instruments_path("2024-01-02")
+    )
+    assert {
+        "BINANCE-FUTURES:PERPETUAL:BTC-USDT",
+        "BYBIT:PERPETUAL:BTC-USDT",
+        "BINANCE:SPOT:BTC-USDT",
+    } <= set(instruments["instrument_key"])
 
 
 def test_run_prints_summary_and_locations_and_json(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    assert runner.invoke(app, ["sample-data", "--root", str(root), "--days", "2", "--trades-per-day", "5000"]).exit_code == 0
-    res = runner.invoke(app, ["run", "--config", str(REPO / "configs/demo.yaml"), "--start", "2024-01-01",
-                              "--end", "2024-01-02", "--root", str(root), "--run-id", "cli-run-1"])
+    assert (
+        runner.invoke(
+            app, ["sample-data", "--root", str(root), "--days", "2", "--trades-per-day", "5000"]
+        ).exit_code
+        == 0
+    )
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(REPO / "configs/demo.yaml"),
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--root",
+            str(root),
+            "--run-id",
+            "cli-run-1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "net_pnl" in res.output and "summary.json" in res.output and "cli-run-1" in res.output
-    res = runner.invoke(app, ["run", "--config", str(REPO / "configs/demo.yaml"), "--start", "2024-01-01",
-                              "--end", "2024-01-02", "--root", str(root), "--run-id", "cli-run-2", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(REPO / "configs/demo.yaml"),
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--root",
+            str(root),
+            "--run-id",
+            "cli-run-2",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["status"] == "COMPLETED" and summary["run_id"] == "cli-run-2"
@@ -62,27 +113,57 @@ def test_run_prints_summary_and_locations_and_json(tmp_path: Path) -> None:
     ],
 )
 def test_run_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
-    res = runner.invoke(app, ["run", "--config", str(REPO / "configs/demo.yaml"), "--root", str(tmp_path), *args])
+    res = runner.invoke(
+        app, ["run", "--config", str(REPO / "configs/demo.yaml"), "--root", str(tmp_path), *args]
+    )
     assert res.exit_code != 0
     assert message in res.output
     assert not (tmp_path / "execution-store-cefi-central-element-323112").exists()
 
 
 def test_run_with_missing_data_exits_nonzero(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["run", "--config", str(REPO / "configs/demo.yaml"), "--start", "2024-01-01",
-                              "--end", "2024-01-01", "--root", str(tmp_path), "--run-id", "nodata"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(REPO / "configs/demo.yaml"),
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-01",
+            "--root",
+            str(tmp_path),
+            "--run-id",
+            "nodata",
+        ],
+    )
     assert res.exit_code == 1
     assert "FAILED" in res.output and "instruments.parquet" in res.output
     ucs = UnifiedCloudService(str(tmp_path))
-    summary = ucs.download_from_gcs_sync(layout.target("results"), layout.result_path("nodata", "summary.json"))
+    summary = ucs.download_from_gcs_sync(
+        layout.target("results"), layout.result_path("nodata", "summary.json")
+    )
     assert summary["status"] == "FAILED"
 
 
 def test_bad_config_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy_id: x\ninstruments: ['NOT-A-KEY']\n")
-    res = runner.invoke(app, ["run", "--config", str(bad), "--start", "2024-01-01", "--end", "2024-01-01",
-                              "--root", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(bad),
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-01",
+            "--root",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 2 and "NOT-A-KEY" in res.output
 
 
@@ -93,39 +174,65 @@ def test_real_tardis_trades_imported_and_backtested(tmp_path: Path, shared_data:
     assert res.exit_code == 0, res.output
     ucs = UnifiedCloudService(str(root))
     key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
-    trades = ucs.download_from_gcs_sync(layout.target("ticks"), layout.trades_path("2020-02-22", key))
+    trades = ucs.download_from_gcs_sync(
+        layout.target("ticks"), layout.trades_path("2020-02-22", key)
+    )
     assert trades.height == 9_999
     t0 = int(trades["ts_event"][0])
     # A researcher's signals: long, flat, short, flat, every 15 minutes, mixed algos.
-    sigs = pl.DataFrame({
-        "signal_id": [f"s{i}" for i in range(6)],
-        "ts_event": [t0 + (i + 1) * 15 * 60 * 10**9 for i in range(6)],
-        "instrument_key": [key] * 6,
-        "target_position": [0.5, 0.0, -0.3, 0.0, 0.2, 0.0],
-        "execution_window_s": [30.0, 30.0, 60.0, 30.0, 60.0, 30.0],
-        "algo": ["MARKET", "MARKET", "TWAP", "MARKET", "LIMIT", "MARKET"],
-        "limit_price": [None, None, None, None, None, None],
-    }, schema_overrides={"limit_price": pl.Float64})
+    sigs = pl.DataFrame(
+        {
+            "signal_id": [f"s{i}" for i in range(6)],
+            "ts_event": [t0 + (i + 1) * 15 * 60 * 10**9 for i in range(6)],
+            "instrument_key": [key] * 6,
+            "target_position": [0.5, 0.0, -0.3, 0.0, 0.2, 0.0],
+            "execution_window_s": [30.0, 30.0, 60.0, 30.0, 60.0, 30.0],
+            "algo": ["MARKET", "MARKET", "TWAP", "MARKET", "LIMIT", "MARKET"],
+            "limit_price": [None, None, None, None, None, None],
+        },
+        schema_overrides={"limit_price": pl.Float64},
+    )
     sig_file = tmp_path / "my_signals.csv"
     sigs.write_csv(sig_file)
-    res = runner.invoke(app, ["import", "signals", str(sig_file), "--strategy", "my-strategy", "--root", str(root)])
+    res = runner.invoke(
+        app, ["import", "signals", str(sig_file), "--strategy", "my-strategy", "--root", str(root)]
+    )
     assert res.exit_code == 0, res.output
     cfg = tmp_path / "mine.yaml"
     cfg.write_text(
         "name: tardis-real\nstrategy_id: my-strategy\ninstruments: ['BINANCE-FUTURES:PERPETUAL:BTC-USDT']\n"
         "lookback_s: 5\ngrace_s: 5\n"
     )
-    res = runner.invoke(app, ["run", "--config", str(cfg), "--start", "2020-02-22", "--end", "2020-02-22",
-                              "--root", str(root), "--run-id", "tardis-real", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(cfg),
+            "--start",
+            "2020-02-22",
+            "--end",
+            "2020-02-22",
+            "--root",
+            str(root),
+            "--run-id",
+            "tardis-real",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["execution_stats"]["operations"] == 6
-    fills = ucs.download_from_gcs_sync(layout.target("results"), layout.result_path("tardis-real", "fills.parquet"))
+    fills = ucs.download_from_gcs_sync(
+        layout.target("results"), layout.result_path("tardis-real", "fills.parquet")
+    )
     assert fills.height >= 4
     # Every fill price traded on the real tape at that time (last second, or the last trade).
     tts = trades["ts_event"].to_numpy()
     tpx = trades["price"].to_numpy()
-    for t, p in zip(fills["ts_event"].dt.epoch("ns").to_numpy(), fills["price"].to_numpy(), strict=True):
+    for t, p in zip(
+        fills["ts_event"].dt.epoch("ns").to_numpy(), fills["price"].to_numpy(), strict=True
+    ):
         b = np.searchsorted(tts, t, side="right")
         a = min(np.searchsorted(tts, t - 10**9), b - 1)
         assert b > 0 and np.min(np.abs(tpx[a:b] - p)) <= 0.03 + 1e-9
@@ -135,9 +242,19 @@ def test_real_tardis_trades_imported_and_backtested(tmp_path: Path, shared_data:
 def test_demo_command_in_a_fresh_process(tmp_path: Path) -> None:
     """The README's main command, in its own process as a user runs it (small data)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "backtest_pipeline.cli", "demo", "--root", str(tmp_path / "demo"),
-         "--trades-per-day", "20000"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "backtest_pipeline.cli",
+            "demo",
+            "--root",
+            str(tmp_path / "demo"),
+            "--trades-per-day",
+            "20000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "net_pnl" in proc.stdout and "equity_curve.parquet" in proc.stdout

@@ -24,10 +24,17 @@ DAY2 = "2024-01-02"
 def _nan_price(ucs: UnifiedCloudService) -> tuple[str, str]:
     t, p = layout.target("ticks"), layout.trades_path(DAY2, KEY)
     df = ucs.download_from_gcs_sync(t, p)
-    sig = ucs.download_from_gcs_sync(layout.target("signals"), layout.signals_path(DAY2, "demo-strategy"))
+    sig = ucs.download_from_gcs_sync(
+        layout.target("signals"), layout.signals_path(DAY2, "demo-strategy")
+    )
     # The first trade the day's first signal needs.
     idx = int(np.searchsorted(df["ts_event"].to_numpy(), int(sig["ts_event"][0])))
-    df = df.with_columns(pl.when(pl.int_range(pl.len()) == idx).then(float("nan")).otherwise(pl.col("price")).alias("price"))
+    df = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == idx)
+        .then(float("nan"))
+        .otherwise(pl.col("price"))
+        .alias("price")
+    )
     ucs.upload_to_gcs_sync(t, p, df)
     return ucs.uri(t, p), "price"
 
@@ -46,7 +53,9 @@ def _unsorted_signals(ucs: UnifiedCloudService) -> tuple[str, str]:
 
 def _instrument_absent(ucs: UnifiedCloudService) -> tuple[str, str]:
     t, p = layout.target("instruments"), layout.instruments_path(DAY2)
-    ucs.upload_to_gcs_sync(t, p, ucs.download_from_gcs_sync(t, p).filter(pl.col("instrument_key") != KEY))
+    ucs.upload_to_gcs_sync(
+        t, p, ucs.download_from_gcs_sync(t, p).filter(pl.col("instrument_key") != KEY)
+    )
     return layout.signals_path(DAY2, "demo-strategy"), "not available that day"
 
 

@@ -108,13 +108,22 @@ def test_bad_parquet_objects_are_named(ucs: UnifiedCloudService) -> None:
 def test_streaming_equals_filtered_full_read(ucs: UnifiedCloudService) -> None:
     t = layout.target("ticks")
     table = _trades(60_000, seed=3)
-    ucs.upload_to_gcs_sync(t, "s.parquet", table, row_group_size=1000, write_statistics=["ts_event"])
-    ranges = [(DAY_NS // 10, DAY_NS // 10 + 3_600 * 10**9), (DAY_NS // 2, DAY_NS // 2 + 60 * 10**9),
-              (DAY_NS - 10**9, DAY_NS + 10**9)]
-    res = ucs.download_from_gcs_streaming_sync(t, "s.parquet", ranges, columns=["ts_event", "price"])
+    ucs.upload_to_gcs_sync(
+        t, "s.parquet", table, row_group_size=1000, write_statistics=["ts_event"]
+    )
+    ranges = [
+        (DAY_NS // 10, DAY_NS // 10 + 3_600 * 10**9),
+        (DAY_NS // 2, DAY_NS // 2 + 60 * 10**9),
+        (DAY_NS - 10**9, DAY_NS + 10**9),
+    ]
+    res = ucs.download_from_gcs_streaming_sync(
+        t, "s.parquet", ranges, columns=["ts_event", "price"]
+    )
     ts = table["ts_event"]
-    mask = pc.or_(pc.or_(*[pc.and_(pc.greater_equal(ts, s), pc.less(ts, e)) for s, e in ranges[:2]]),
-                  pc.and_(pc.greater_equal(ts, ranges[2][0]), pc.less(ts, ranges[2][1])))
+    mask = pc.or_(
+        pc.or_(*[pc.and_(pc.greater_equal(ts, s), pc.less(ts, e)) for s, e in ranges[:2]]),
+        pc.and_(pc.greater_equal(ts, ranges[2][0]), pc.less(ts, ranges[2][1])),
+    )
     expected = table.filter(mask).select(["ts_event", "price"])
     assert res.table.equals(expected)
     assert 0 < res.row_groups_read < res.row_groups_total
@@ -123,7 +132,10 @@ def test_streaming_equals_filtered_full_read(ucs: UnifiedCloudService) -> None:
     t2 = table.set_column(0, "ts_event", pc.cast(table["ts_event"], pa.timestamp("ns", "UTC")))
     ucs.upload_to_gcs_sync(t, "s2.parquet", t2, row_group_size=1000)
     res2 = ucs.download_from_gcs_streaming_sync(t, "s2.parquet", ranges[1])
-    assert res2.table.num_rows == pc.sum(pc.and_(pc.greater_equal(ts, ranges[1][0]), pc.less(ts, ranges[1][1]))).as_py()
+    assert (
+        res2.table.num_rows
+        == pc.sum(pc.and_(pc.greater_equal(ts, ranges[1][0]), pc.less(ts, ranges[1][1]))).as_py()
+    )
 
 
 def test_one_huge_row_group_still_works_and_reports_cost(ucs: UnifiedCloudService) -> None:
@@ -270,8 +282,10 @@ def test_ten_percent_window_reads_at_most_fifteen_percent_on_emulator(
     via_proxy = UnifiedCloudService("gs://")
     res = via_proxy.download_from_gcs_streaming_sync(t, path, window)
     ratio = res.bytes_read / res.object_size
-    print(f"\n10% window: bytes_read={res.bytes_read} object={res.object_size} ratio={ratio:.4f} "
-          f"wire={proxy.down_bytes} row_groups={res.row_groups_read}/{res.row_groups_total}")
+    print(
+        f"\n10% window: bytes_read={res.bytes_read} object={res.object_size} ratio={ratio:.4f} "
+        f"wire={proxy.down_bytes} row_groups={res.row_groups_read}/{res.row_groups_total}"
+    )
     assert res.row_groups_total > 50
     assert ratio <= 0.15
     # The wire carries our payload plus HTTP headers and metadata JSON; never less than we counted.

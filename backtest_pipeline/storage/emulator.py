@@ -58,10 +58,16 @@ def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
     global _launcher
     with _launcher_lock:
         if _launcher is None or _launcher[0] != os.getpid():  # (re)create after a fork
-            _launcher = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="gcs-emulator-launcher"))
+            _launcher = (
+                os.getpid(),
+                ThreadPoolExecutor(1, thread_name_prefix="gcs-emulator-launcher"),
+            )
         pool = _launcher[1]
     return pool.submit(
-        subprocess.Popen, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        subprocess.Popen,
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         preexec_fn=_die_with_parent,
     ).result()
 
@@ -84,9 +90,21 @@ class GCSEmulator:
             if not self.port:
                 self.port = _free_port()
             args = [
-                str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                "-backend", self.backend, "-external-url", self.url, "-public-host", "127.0.0.1",
-                "-log-level", "error",
+                str(binary_path()),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-backend",
+                self.backend,
+                "-external-url",
+                self.url,
+                "-public-host",
+                "127.0.0.1",
+                "-log-level",
+                "error",
             ]
             if self.backend == "filesystem":
                 assert self.data_dir is not None, "filesystem backend needs data_dir"
@@ -98,7 +116,9 @@ class GCSEmulator:
                 if self.proc.poll() is not None:
                     break
                 try:
-                    with urllib.request.urlopen(f"{self.url}/_internal/healthcheck", timeout=1) as r:
+                    with urllib.request.urlopen(
+                        f"{self.url}/_internal/healthcheck", timeout=1
+                    ) as r:
                         if r.status == 200:
                             return self
                 except OSError:
@@ -125,7 +145,9 @@ class GCSEmulator:
 
 
 @contextmanager
-def running_emulator(backend: str = "memory", data_dir: Path | None = None) -> Iterator[GCSEmulator]:
+def running_emulator(
+    backend: str = "memory", data_dir: Path | None = None
+) -> Iterator[GCSEmulator]:
     """An emulator with `STORAGE_EMULATOR_HOST` pointing at it for the duration."""
     emu = GCSEmulator(backend=backend, data_dir=data_dir).start()
     old = os.environ.get("STORAGE_EMULATOR_HOST")

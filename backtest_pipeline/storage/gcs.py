@@ -44,14 +44,18 @@ _TRANSIENT = (
 _TIMEOUT = (10.0, 120.0)
 
 
-_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+_PEM = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+)
 _KEYWORD_SECRET = re.compile(
     r"(?i)(bearer|token|authorization|private_key_id|private_key|client_secret|refresh_token|password)"
     r"([\"'=: ]+)[A-Za-z0-9._\-/+=]{8,}"
 )
 # Bare credentials, whatever surrounds them: Google OAuth access tokens (ya29.), refresh tokens
 # (1//), and JWTs (signed assertions, ID tokens).
-_BARE_SECRET = re.compile(r"\bya29\.[A-Za-z0-9._\-]+|\b1//[A-Za-z0-9._\-]{20,}|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+_BARE_SECRET = re.compile(
+    r"\bya29\.[A-Za-z0-9._\-]+|\b1//[A-Za-z0-9._\-]{20,}|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"
+)
 
 
 def _redact(text: str) -> str:
@@ -154,13 +158,17 @@ class GCSBackend:
                 raise ObjectNotFoundError(
                     f"object {self.uri(bucket, path)} does not exist", bucket=bucket, path=path
                 )
-            return ObjectInfo(bucket=bucket, path=path, size=int(blob.size or 0), generation=str(blob.generation))
+            return ObjectInfo(
+                bucket=bucket, path=path, size=int(blob.size or 0), generation=str(blob.generation)
+            )
 
         return self._call("stat", bucket, path, go)
 
     def read(self, bucket: str, path: str, generation: str | None = None) -> bytes:
         def go() -> bytes:
-            blob = self.client.bucket(bucket).blob(path, generation=int(generation) if generation else None)
+            blob = self.client.bucket(bucket).blob(
+                path, generation=int(generation) if generation else None
+            )
             return blob.download_as_bytes(timeout=_TIMEOUT, retry=None, checksum=None)
 
         return self._call("download", bucket, path, go)
@@ -172,7 +180,9 @@ class GCSBackend:
             return b""
 
         def go() -> bytes:
-            blob = self.client.bucket(bucket).blob(path, generation=int(generation) if generation else None)
+            blob = self.client.bucket(bucket).blob(
+                path, generation=int(generation) if generation else None
+            )
             # The client's `end` is inclusive.
             return blob.download_as_bytes(
                 start=start, end=end - 1, timeout=_TIMEOUT, retry=None, checksum=None
@@ -197,7 +207,9 @@ class GCSBackend:
             # retry=None: our RetryPolicy restarts the whole upload, which is what an interrupted
             # resumable upload needs anyway (the emulator forgets its session on restart).
             blob.upload_from_string(data, content_type=content_type, timeout=_TIMEOUT, retry=None)
-            return ObjectInfo(bucket=bucket, path=path, size=len(data), generation=str(blob.generation))
+            return ObjectInfo(
+                bucket=bucket, path=path, size=len(data), generation=str(blob.generation)
+            )
 
         return self._call("upload", bucket, path, go)
 

@@ -40,7 +40,9 @@ class LocalBackend:
                 f"object {self.uri(bucket, path)} does not exist", bucket=bucket, path=path
             ) from None
         if not f.is_file():
-            raise ObjectNotFoundError(f"{self.uri(bucket, path)} is not an object", bucket=bucket, path=path)
+            raise ObjectNotFoundError(
+                f"{self.uri(bucket, path)} is not an object", bucket=bucket, path=path
+            )
         key = (str(f), st.st_mtime_ns, st.st_size)
         checksum = self._checksums.get(key)
         if checksum is None:

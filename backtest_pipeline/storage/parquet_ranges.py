@@ -142,7 +142,9 @@ def _to_int_ns(value: object) -> int:
 
 def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: str) -> Footer:
     if size < 12:
-        raise ParquetRangeError(f"{where}: {size} bytes is too small to be a Parquet file (truncated or empty)")
+        raise ParquetRangeError(
+            f"{where}: {size} bytes is too small to be a Parquet file (truncated or empty)"
+        )
     tail_start = max(0, size - FOOTER_GUESS)
     tail = fetch(tail_start, size)
     if tail[-4:] != b"PAR1":
@@ -183,7 +185,9 @@ def _arrow_type(md: pq.FileMetaData, column: str, where: str) -> pa.DataType:
     try:
         return md.schema.to_arrow_schema().field(column).type
     except Exception as exc:  # an Arrow type this pyarrow cannot map
-        raise ParquetRangeError(f"{where}: column {column!r} has an unreadable type: {exc}") from exc
+        raise ParquetRangeError(
+            f"{where}: column {column!r} has an unreadable type: {exc}"
+        ) from exc
 
 
 def _is_time_type(t: pa.DataType) -> bool:
@@ -201,14 +205,20 @@ def select_row_groups(footer: Footer, ranges: Sequence[tuple[int, int]]) -> list
     return [int(i) for i in np.nonzero(keep)[0]]
 
 
-def _chunk_ranges(md: pq.FileMetaData, row_groups: Sequence[int], col_idx: Sequence[int]) -> list[tuple[int, int]]:
+def _chunk_ranges(
+    md: pq.FileMetaData, row_groups: Sequence[int], col_idx: Sequence[int]
+) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     for rg in row_groups:
         g = md.row_group(rg)
         for ci in col_idx:
             c = g.column(ci)
             start = c.data_page_offset
-            if c.has_dictionary_page and c.dictionary_page_offset is not None and c.dictionary_page_offset > 0:
+            if (
+                c.has_dictionary_page
+                and c.dictionary_page_offset is not None
+                and c.dictionary_page_offset > 0
+            ):
                 start = min(start, c.dictionary_page_offset)
             spans.append((start, start + c.total_compressed_size))
     spans.sort()
@@ -233,14 +243,18 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _range_mask(ts: pa.ChunkedArray | pa.Array, ranges: Sequence[tuple[int, int]], include_prior: bool) -> np.ndarray:
+def _range_mask(
+    ts: pa.ChunkedArray | pa.Array, ranges: Sequence[tuple[int, int]], include_prior: bool
+) -> np.ndarray:
     """Rows inside any [start, end); with `include_prior`, also the last row before each start.
 
     The prior row is the state in force when a range opens (the last trade before a signal
     window): an engine fed only the window would otherwise price its first order off a book
     left over from an earlier window. It costs no I/O when it lies in a fetched row group.
     """
-    values = np.asarray(ts.to_numpy() if isinstance(ts, pa.Array) else ts.to_numpy(), dtype=np.int64)
+    values = np.asarray(
+        ts.to_numpy() if isinstance(ts, pa.Array) else ts.to_numpy(), dtype=np.int64
+    )
     merged: list[tuple[int, int]] = []
     for start, end in sorted(ranges):
         if merged and start <= merged[-1][1]:
@@ -289,11 +303,17 @@ def read_ranges(
                 f"found {ts_type}; cannot select a time range"
             )
     if row_groups is None:
-        rgs = select_row_groups(footer, ranges) if ranges is not None else list(range(md.num_row_groups))
+        rgs = (
+            select_row_groups(footer, ranges)
+            if ranges is not None
+            else list(range(md.num_row_groups))
+        )
     else:
         bad = [r for r in row_groups if not 0 <= r < md.num_row_groups]
         if bad:
-            raise ParquetRangeError(f"{where}: row group(s) {bad} out of range 0..{md.num_row_groups - 1}")
+            raise ParquetRangeError(
+                f"{where}: row group(s) {bad} out of range 0..{md.num_row_groups - 1}"
+            )
         rgs = list(row_groups)
     counter = [0]
     sparse = _SparseFile(footer.size, fetch, counter)
@@ -321,7 +341,9 @@ def read_ranges(
                 sparse, metadata=md, page_checksum_verification=True, pre_buffer=False
             ).read_row_groups(rgs, columns=read_cols)
         except Exception as exc:
-            raise ParquetRangeError(f"{where}: corrupt Parquet data in row groups {rgs[:5]}…: {exc}") from exc
+            raise ParquetRangeError(
+                f"{where}: corrupt Parquet data in row groups {rgs[:5]}…: {exc}"
+            ) from exc
     if ranges is not None and filter_rows and table.num_rows:
         ts = table.column(timestamp_column)
         if pa.types.is_timestamp(ts.type):
