@@ -11,6 +11,7 @@ No storage access here: the caller hands in-memory frames/tables per day (``DayI
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import sys
@@ -362,6 +363,40 @@ def _run_day(engine: BacktestEngine, prepared: _PreparedDay) -> None:
     engine.clear_data()
 
 
+def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
+    """Drop what the engine's cache keeps of finished business, so memory is bounded by a day.
+
+    Nautilus keeps every order (with all its events) and every account state for the whole
+    run. Our outputs come from the strategy's own records (OMS, fills, funding), and the
+    strategy only looks up orders that are still open, so closed orders (their ids kept in
+    ``purged_ids`` for ``engine_order_ids``) and all but the latest account state go.
+    Positions are kept: the portfolio reads closed positions and their snapshots.
+    """
+    cache = engine.cache
+    purged_ids.update(o.client_order_id.value for o in cache.orders_closed())
+    now = engine.kernel.clock.timestamp_ns()
+    cache.purge_closed_orders(now)
+    cache.purge_account_events(now)
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Hand free heap pages back to the OS: Arrow's pool, then glibc's (a no-op elsewhere)."""
+    pa.default_memory_pool().release_unused()
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
 def run_engine(
     config: BacktestConfig,
     days: Iterable[DayInput],
@@ -390,6 +425,7 @@ def _run_engine(
     ccy = Currency.from_str(config.account_currency)
     ticks_total = 0
     engine_time = 0.0
+    engine_order_ids: set[str] = set()  # ids of the orders purged from the engine's cache
     try:
         for day in days:
             prepared = feeder.prepare(day)
@@ -400,6 +436,7 @@ def _run_engine(
             del prepared
             if strategy.errors:
                 raise strategy.errors[0]
+            _purge_closed(engine, engine_order_ids)
         t0 = time.perf_counter()
         # Arms the last day's SWEEP alert: end() flushes the timers up to the run's end, so the
         # sweep's cancels and their settle alerts are processed inside the run's range.
@@ -424,7 +461,8 @@ def _run_engine(
             feeder.n_days, unresolved,
         )  # fmt: skip
         # What actually reached Nautilus: lets callers prove risk-rejected orders never did.
-        out.engine_order_ids = sorted(o.client_order_id.value for o in engine.cache.orders())
+        engine_order_ids.update(o.client_order_id.value for o in engine.cache.orders())
+        out.engine_order_ids = sorted(engine_order_ids)
         return out
     finally:
         engine.dispose()
