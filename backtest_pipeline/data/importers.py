@@ -412,23 +412,28 @@ def write_trades_days(
             added = ensure_instrument(ucs, day, row)
             if added:
                 report["instruments_added"].append({"day": day.isoformat(), "instrument_key": key})
-            first, last = int(part["ts_event"][0]), int(part["ts_event"][-1])
-            report["days"].append(
-                {
-                    "day": day.isoformat(),
-                    "instrument_key": key,
-                    "rows": part.height,
-                    "first_ts": first,
-                    "last_ts": last,
-                    "first_ts_iso": schemas.ns_to_iso(first),
-                    "last_ts_iso": schemas.ns_to_iso(last),
-                    "path": dest,
-                    "replaced": replaced,
-                }
-            )
+            report["days"].append(_day_entry(day, part, dest, replaced, instrument_key=key))
             report["rows_written"] += part.height
     report["days"].sort(key=lambda d: (d["day"], d["instrument_key"]))
     return report
+
+
+def _day_entry(
+    day: date, part: pl.DataFrame, dest: str, replaced: bool, **extra: str
+) -> dict[str, Any]:
+    """One written day file of an import report: rows, first/last event, where it went."""
+    first, last = int(part["ts_event"][0]), int(part["ts_event"][-1])
+    return {
+        "day": day.isoformat(),
+        **extra,
+        "rows": part.height,
+        "first_ts": first,
+        "last_ts": last,
+        "first_ts_iso": schemas.ns_to_iso(first),
+        "last_ts_iso": schemas.ns_to_iso(last),
+        "path": dest,
+        "replaced": replaced,
+    }
 
 
 def _new_report(files: Sequence[Path | str], source: str) -> dict[str, Any]:
@@ -564,19 +569,7 @@ def import_signals(ucs: Any, file: Path | str, strategy_id: str) -> dict[str, An
             parquet_io.table_to_parquet_bytes(part, schemas.SIGNALS_SCHEMA),
             format="parquet",
         )
-        first, last = int(part["ts_event"][0]), int(part["ts_event"][-1])
-        report["days"].append(
-            {
-                "day": day.isoformat(),
-                "rows": part.height,
-                "first_ts": first,
-                "last_ts": last,
-                "first_ts_iso": schemas.ns_to_iso(first),
-                "last_ts_iso": schemas.ns_to_iso(last),
-                "path": dest,
-                "replaced": replaced,
-            }
-        )
+        report["days"].append(_day_entry(day, part, dest, replaced))
         report["rows_written"] += part.height
     return report
 

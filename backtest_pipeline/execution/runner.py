@@ -117,16 +117,11 @@ def load_day(
 ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
     """Everything one day of the run needs, read and validated."""
     inputs: list[InputRecord] = []
-    t_instr, t_sig, t_ticks = (
-        layout.target("instruments"),
-        layout.target("signals"),
-        layout.target("ticks"),
-    )
+    t_instr, t_sig = layout.target("instruments"), layout.target("signals")
 
     ipath = layout.instruments_path(day)
-    info = ucs.stat_sync(t_instr, ipath)
+    inputs.append(_record(ucs, "instruments", ipath))
     instruments = readers.read_instruments(ucs, day)
-    inputs.append(InputRecord(t_instr.gcs_bucket, ipath, info.generation, info.size, info.size))
 
     spath = layout.signals_path(day, config.strategy_id)
     try:
@@ -161,33 +156,10 @@ def load_day(
         trades[key] = table
         inputs.append(record)
 
-    funding: dict[str, pl.DataFrame] = {}
-    bars: dict[str, pl.DataFrame] = {}
-    for key in config.instruments:
-        if key.split(":")[1] == "PERPETUAL" and key in set(instruments["instrument_key"].to_list()):
-            fpath = layout.funding_path(day, key)
-            try:
-                finfo = ucs.stat_sync(t_ticks, fpath)
-            except ObjectNotFoundError:
-                log.warning(
-                    "no funding rates for %s on %s (%s): no funding applied that day",
-                    key,
-                    day,
-                    ucs.uri(t_ticks, fpath),
-                )
-            else:
-                funding[key] = readers.read_funding(ucs, day, key)
-                inputs.append(
-                    InputRecord(t_ticks.gcs_bucket, fpath, finfo.generation, finfo.size, finfo.size)
-                )
-        if config.use_bars_for_marks and not config.full_day:
-            bpath = layout.bars_path(day, key)
-            if ucs.exists_sync(t_ticks, bpath):
-                binfo = ucs.stat_sync(t_ticks, bpath)
-                bars[key] = ucs.download_from_gcs_sync(t_ticks, bpath).select("ts_event", "close")
-                inputs.append(
-                    InputRecord(t_ticks.gcs_bucket, bpath, binfo.generation, binfo.size, binfo.size)
-                )
+    available = set(instruments.get_column("instrument_key").to_list())
+    funding, funding_inputs = load_funding(ucs, config, day, available)
+    bars, bar_inputs = load_bars(ucs, config, day)
+    inputs += funding_inputs + bar_inputs
     from backtest_pipeline.execution.engine import DayInput
 
     day_input = DayInput(
@@ -199,6 +171,60 @@ def load_day(
         bars=bars or None,
     )
     return day_input, inputs, by_key
+
+
+def _record(ucs: UnifiedCloudService, role: layout.Role, path: str) -> InputRecord:
+    """Stat an object (missing → ObjectNotFoundError) and record it as read whole."""
+    target = layout.target(role)
+    info = ucs.stat_sync(target, path)
+    return InputRecord(target.gcs_bucket, path, info.generation, info.size, info.size)
+
+
+def load_funding(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date, available: set[str]
+) -> tuple[dict[str, pl.DataFrame], list[InputRecord]]:
+    """Funding events of the run's perpetuals available that day.
+
+    A missing funding object is a documented, logged skip (no funding applied that day): the
+    executions themselves are complete without it, unlike a missing tick file.
+    """
+    funding: dict[str, pl.DataFrame] = {}
+    records: list[InputRecord] = []
+    for key in config.instruments:
+        if key.split(":")[1] != "PERPETUAL" or key not in available:
+            continue
+        path = layout.funding_path(day, key)
+        try:
+            records.append(_record(ucs, "ticks", path))
+        except ObjectNotFoundError:
+            log.warning(
+                "no funding rates for %s on %s (%s): no funding applied that day",
+                key,
+                day,
+                ucs.uri(layout.target("ticks"), path),
+            )
+            continue
+        funding[key] = readers.read_funding(ucs, day, key)
+    return funding, records
+
+
+def load_bars(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+) -> tuple[dict[str, pl.DataFrame], list[InputRecord]]:
+    """Derived 1-minute closes that mark positions between signal intervals, where they exist."""
+    bars: dict[str, pl.DataFrame] = {}
+    records: list[InputRecord] = []
+    if not config.use_bars_for_marks or config.full_day:
+        return bars, records
+    t_ticks = layout.target("ticks")
+    for key in config.instruments:
+        path = layout.bars_path(day, key)
+        try:
+            records.append(_record(ucs, "ticks", path))
+        except ObjectNotFoundError:
+            continue
+        bars[key] = ucs.download_from_gcs_sync(t_ticks, path).select("ts_event", "close")
+    return bars, records
 
 
 def check_signal_instruments(
@@ -275,7 +301,7 @@ def fetch_trades(
         use_byte_range=True,
         include_prior=True,
     )
-    if res.row_groups_total == 0 or ucs.parquet_metadata_sync(t_ticks, tpath).num_rows == 0:
+    if res.object_rows == 0:
         raise DataValidationError(
             uri,
             f"the trades object holds no trades (0 rows) but {needed_by} signal(s) of {day} need it",

@@ -35,11 +35,16 @@ from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.execution.runner import (
     TRADE_COLUMNS,
     InputRecord,
+    _record,
     check_signal_instruments,
     fetch_trades,
+    load_bars,
     ranges_for_key,
     record_failure,
     trade_keys_for_day,
+)
+from backtest_pipeline.execution.runner import (
+    load_funding as runner_load_funding,
 )
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.ucs import UnifiedCloudService
@@ -103,12 +108,6 @@ def to_polars(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
     df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     return df
-
-
-def _record(ucs: UnifiedCloudService, role: layout.Role, path: str) -> InputRecord:
-    target = layout.target(role)
-    info = ucs.stat_sync(target, path)
-    return InputRecord(target.gcs_bucket, path, info.generation, info.size, info.size)
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -217,22 +216,8 @@ def load_funding(
 ) -> pa.Table:
     """Funding events of the run's perpetuals that day, one table with ``instrument_key``."""
     available = set(to_polars(instruments)["instrument_key"].to_list())
-    t_ticks = layout.target("ticks")
-    frames: list[pl.DataFrame] = []
-    records: list[InputRecord] = []
-    for key in config.instruments:
-        if key.split(":")[1] != "PERPETUAL" or key not in available:
-            continue
-        path = layout.funding_path(day, key)
-        try:
-            rec = _record(ucs, "ticks", path)
-        except ObjectNotFoundError:
-            log.warning("no funding rates for %s on %s (%s)", key, day, ucs.uri(t_ticks, path))
-            continue
-        frames.append(
-            readers.read_funding(ucs, day, key).with_columns(pl.lit(key).alias("instrument_key"))
-        )
-        records.append(rec)
+    by_key, records = runner_load_funding(ucs, config, day, available)
+    frames = [df.with_columns(pl.lit(k).alias("instrument_key")) for k, df in by_key.items()]
     df = (
         pl.concat(frames, how="vertical_relaxed")
         if frames
@@ -252,23 +237,6 @@ def split_funding(table: pa.Table) -> dict[str, pl.DataFrame]:
     df = to_polars(table)
     keys = df["instrument_key"].unique(maintain_order=True).to_list()
     return {k: df.filter(pl.col("instrument_key") == k).drop("instrument_key") for k in keys}
-
-
-def load_bars(
-    ucs: UnifiedCloudService, config: BacktestConfig, day: date
-) -> tuple[dict[str, pl.DataFrame], list[InputRecord]]:
-    """Derived 1-minute bars used to mark positions between intervals (as ``load_day``)."""
-    bars: dict[str, pl.DataFrame] = {}
-    records: list[InputRecord] = []
-    if not config.use_bars_for_marks or config.full_day:
-        return bars, records
-    t_ticks = layout.target("ticks")
-    for key in config.instruments:
-        path = layout.bars_path(day, key)
-        if ucs.exists_sync(t_ticks, path):
-            records.append(_record(ucs, "ticks", path))
-            bars[key] = ucs.download_from_gcs_sync(t_ticks, path).select("ts_event", "close")
-    return bars, records
 
 
 # ---- the catalog --------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ class RangeReadResult:
     row_groups_read: int
     row_groups_total: int
     footer_bytes: int
+    object_rows: int = -1  # rows in the whole object, from its footer (no extra read)
 
 
 def _to_int_ns(value: object) -> int:
@@ -359,4 +360,5 @@ def read_ranges(
         row_groups_read=len(rgs),
         row_groups_total=md.num_row_groups,
         footer_bytes=len(footer.tail),
+        object_rows=md.num_rows,
     )
