@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import date
@@ -196,6 +197,7 @@ def _run(
     run_id: str | None,
     full_day: bool,
     as_json: bool,
+    shards: int = 1,
 ) -> None:
     from backtest_pipeline.execution.config import BacktestConfig
     from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
@@ -228,12 +230,18 @@ def _run(
 
         def on_progress(kind: str, i: int, n: int, info: dict[str, Any]) -> None:
             ticks[0] += int(info.get("ticks", 0))
+            if kind == "shard":  # shards report as they finish, each a share of the days
+                progress.update(task, completed=n_days * i // n, info=str(info.get("shard", "")))
+                return
             progress.update(
                 task, completed=i - 1, info=f"{info.get('day', '')} · {ticks[0]:,} ticks"
             )
 
         try:
-            result = run_backtest(config, s, e, ucs=ucs, run_id=run_id, progress=on_progress)
+            result = run_backtest(
+                config, s, e, ucs=ucs, run_id=run_id, progress=on_progress,
+                shards=shards or os.cpu_count() or 1,
+            )  # fmt: skip
         except BacktestFailed as exc:
             progress.stop()
             _fail(f"run {exc.run_id} FAILED: {exc}\n  summary: {exc.summary_uri}")
@@ -259,9 +267,17 @@ def run_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print summary.json instead of the table")
     ] = False,
+    shards: Annotated[
+        int,
+        typer.Option(
+            help="Time shards run in parallel processes for long runs (0: one per CPU core; "
+            "results are identical to one engine's)",
+            min=0,
+        ),
+    ] = 0,
 ) -> None:
     """Run one backtest over a range of days and print where the results are."""
-    _run(config, start, end, root, run_id, full_day, as_json)
+    _run(config, start, end, root, run_id, full_day, as_json, shards)
 
 
 @app.command("demo")

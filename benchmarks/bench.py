@@ -8,6 +8,7 @@ and cached under `benchmarks/.cache/` (keyed by its parameters).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +43,10 @@ KEYS = (
     "peak_rss_mb_3day",
     "peak_rss_mb_30day",
     "rss_ratio_30_to_3",
+    "per_day_s_one_engine",
+    "projected_5y_min_one_engine",
+    "shards",
+    "sharded_equals_one_engine",
     "per_day_s",
     "projected_5y_min",
     "dagster_s",
@@ -118,9 +123,16 @@ def ensure_workload(w: Workload, log: Callable[[str], None]) -> tuple[Path, Path
 
 
 def _child_run(
-    root: str, start: str, end: str, full_day: bool, env: dict[str, str], q: Any
+    root: str,
+    start: str,
+    end: str,
+    full_day: bool,
+    env: dict[str, str],
+    q: Any,
+    shards: int = 1,
 ) -> None:
     os.environ.update(env)
+    from backtest_pipeline import layout
     from backtest_pipeline.execution.config import BacktestConfig
     from backtest_pipeline.execution.runner import run_backtest
     from backtest_pipeline.ucs import UnifiedCloudService
@@ -128,10 +140,20 @@ def _child_run(
     cfg = BacktestConfig.from_yaml(CONFIG)
     if full_day:
         cfg = cfg.model_copy(update={"full_day": True})
-    res = run_backtest(
-        cfg, start, end, ucs=UnifiedCloudService(root), run_id=f"bench-{os.getpid()}"
-    )
-    q.put(res.summary["execution_stats"])
+    ucs = UnifiedCloudService(root)
+    run_id = f"bench-{os.getpid()}"
+    res = run_backtest(cfg, start, end, ucs=ucs, run_id=run_id, shards=shards)
+    stats = dict(res.summary["execution_stats"])
+    # Digests of the written outputs: a sharded run must give the one-engine run's bytes.
+    stats["digests"] = {
+        name: hashlib.sha256(
+            ucs.download_from_gcs_sync(
+                layout.target("results"), layout.result_path(run_id, name), format="bytes"
+            )
+        ).hexdigest()
+        for name in layout.RESULT_PARQUETS
+    }
+    q.put(stats)
 
 
 def _child_bare(root: str, start: str, end: str, full_day: bool, q: Any) -> None:
@@ -183,10 +205,10 @@ def _child_naive(root: str, start: str, end: str, q: Any) -> None:
     q.put(run_naive(root, start, end, CONFIG))
 
 
-def _in_child(fn: Callable[..., None], *args: Any) -> dict[str, Any]:
+def _in_child(fn: Callable[..., None], *args: Any, **kwargs: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(*args, q))
+    p = ctx.Process(target=fn, args=(*args, q), kwargs=kwargs)
     p.start()
     try:
         out = q.get(timeout=3600)
@@ -325,7 +347,16 @@ def run_bench(
     short_same = _in_child(_child_run, str(long_root), s, _end(3).isoformat(), False, {})
     out["peak_rss_mb_30day"] = long_run["peak_rss_mb"]
     out["rss_ratio_30_to_3"] = long_run["peak_rss_mb"] / short_same["peak_rss_mb"]
-    out["per_day_s"] = long_run["wall_time_s"] / w.long_days
+    out["per_day_s_one_engine"] = long_run["wall_time_s"] / w.long_days
+    out["projected_5y_min_one_engine"] = out["per_day_s_one_engine"] * 1826 / 60
+
+    n_shards = os.cpu_count() or 1
+    log(f"{w.long_days}-day run in {n_shards} time shards (execution/shards.py)…")
+    sharded = _in_child(_child_run, str(long_root), s, e_long, False, {}, shards=n_shards)
+    info = sharded.get("shards") or {"count": 1, "merged_boundaries": []}
+    out["shards"] = f"{info['count']} run, {len(info['merged_boundaries'])} merged"
+    out["sharded_equals_one_engine"] = sharded["digests"] == long_run["digests"]
+    out["per_day_s"] = sharded["wall_time_s"] / w.long_days
     out["projected_5y_min"] = out["per_day_s"] * 1826 / 60
 
     if "dagster" not in skip:
@@ -406,7 +437,14 @@ def format_table(out: dict[str, Any]) -> str:
     lines = [f"{'figure':26s} {'value':>16s}  target", "-" * 60]
     for k in KEYS:
         v = out.get(k)
-        s = "—" if v is None else (f"{v:,.3f}" if isinstance(v, float) else f"{v:,}")
+        if v is None:
+            s = "—"
+        elif isinstance(v, float):
+            s = f"{v:,.3f}"
+        elif isinstance(v, int) and not isinstance(v, bool):
+            s = f"{v:,}"
+        else:
+            s = str(v)
         lines.append(f"{k:26s} {s:>16s}  {verdict(k, v)}")
     lines.append(f"workload: {out.get('workload')}")
     return "\n".join(lines)

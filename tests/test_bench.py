@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,6 @@ def test_quick_bench_prints_every_key_with_sane_figures() -> None:
     assert out["dagster_over_cli"] is None or out["dagster_over_cli"] > 0.5
     # The human table went to stderr with a verdict per target.
     assert "ratio_signal_to_bare" in proc.stderr and ("met" in proc.stderr)
+    # The projection comes from time shards, whose outputs equal the one-engine run's bytes.
+    assert re.search(r"sharded_equals_one_engine\s+True", proc.stderr), proc.stderr[-3000:]
+    assert re.search(r"projected_5y_min_one_engine\s+[0-9.,]+", proc.stderr)

@@ -42,7 +42,12 @@ from backtest_pipeline.execution.config import BacktestConfig
 from backtest_pipeline.execution.conversion import marks_per_second, trades_to_ticks
 from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.execution.orchestrator import Signal
-from backtest_pipeline.execution.strategy import ExecutionStrategy, FundingEvent, VenueHandle
+from backtest_pipeline.execution.strategy import (
+    ExecutionStrategy,
+    FundingEvent,
+    VenueHandle,
+    avg_slippage_bps,
+)
 
 _MS = 1_000_000
 _DAY_NS = 86_400_000_000_000
@@ -88,6 +93,39 @@ class DayInput:
     bars: dict[str, pl.DataFrame] | None = None
 
 
+@dataclass(frozen=True)
+class BoundaryState:
+    """What decides a run's future at a day boundary, to hand a time shard over exactly.
+
+    Two runs that reach a boundary with equal ``positions`` (signed quantity and average open
+    price of every open position), no working order and no unfinished operation behave the same
+    from there on, given the same inputs: orders come from ``target − position``, fills from the
+    venue's book, which both rebuild from the same ticks. Account balances may differ by a
+    constant offset; the only decisions they feed (the gross-leverage limit) are replayed with
+    the true balance before a shard is accepted (see ``execution/shards.py``).
+    """
+
+    day: date  # the first day after the boundary
+    positions: tuple[tuple[str, float, float], ...]  # (instrument key, signed qty, avg_px_open)
+    open_orders: tuple[str, ...]
+    open_operations: tuple[str, ...]
+    balances: tuple[tuple[str, str], ...]  # (venue, exact decimal balance in account currency)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight: no working order and no operation with work left."""
+        return not self.open_orders and not self.open_operations
+
+    def same_course(self, other: BoundaryState) -> bool:
+        """Whether a run from ``other`` continues exactly like one from ``self``."""
+        return self.quiet and other.quiet and self.positions == other.positions
+
+    def balance_offsets(self, other: BoundaryState) -> dict[str, Decimal]:
+        """Per venue, what to add to ``other``'s balances to get ``self``'s."""
+        mine, theirs = dict(self.balances), dict(other.balances)
+        return {v: Decimal(mine[v]) - Decimal(theirs[v]) for v in mine}
+
+
 @dataclass
 class EngineOutput:
     orders: pl.DataFrame
@@ -100,6 +138,12 @@ class EngineOutput:
     final_balances: dict[str, float]
     intervals: dict[date, pl.DataFrame] = field(default_factory=dict)
     engine_order_ids: list[str] = field(default_factory=list)
+    # Time shards only: the state after the warm-up days and at the end, and the risk checks
+    # (intent, snapshot, outcome) that depended on the account balance after the warm-up.
+    start_state: BoundaryState | None = None
+    end_state: BoundaryState | None = None
+    risk_log: list[Any] = field(default_factory=list)
+    slippage_terms: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _is_derivatives_venue(config: BacktestConfig, venue: str) -> bool:
@@ -401,22 +445,74 @@ def run_engine(
     config: BacktestConfig,
     days: Iterable[DayInput],
     log_dir: Path | None = None,
+    *,
+    warmup_days: int | None = None,
+    final: bool = True,
 ) -> EngineOutput:
     """Stream ``days`` (chronological; may be a lazy generator) through one engine.
 
     Every execution knob (TWAP slice, router drift, spot shorting, models) comes from
     ``config``. After the last day the end-of-run sweep cancels whatever is still working, so
     every order of the output has a final status.
+
+    For a time shard (``execution/shards.py``) that continues another, ``warmup_days`` (≥ 0)
+    leading days only bring the engine to a state; the output covers the days after them, with
+    the state at that boundary in ``start_state``. A shard that is not ``final`` stops at its last day's end without the
+    end-of-run sweep, as the one-engine run would be at that instant, and reports ``end_state``.
     """
     quiet = (
         _engine_stderr_to(log_dir / "engine_stderr.log") if log_dir is not None else nullcontext()
     )
     with quiet:
-        return _run_engine(config, days, log_dir)
+        return _run_engine(config, days, log_dir, warmup_days, final)
+
+
+@dataclass
+class _Mark:
+    """How much of each output list existed at the end of the warm-up (sliced off later)."""
+
+    orders: int = 0
+    fills: int = 0
+    funding: int = 0
+    marks: int = 0
+    operations: int = 0
+    signals: int = 0
+    stale: int = 0
+    lost: int = 0
+    slippage: int = 0
+    ticks: int = 0
+    engine_time: float = 0.0
+    days: int = 0
+
+
+def boundary_state(
+    engine: BacktestEngine, strategy: ExecutionStrategy, config: BacktestConfig, day: date
+) -> BoundaryState:
+    ccy = Currency.from_str(config.account_currency)
+    positions = []
+    for key in sorted(strategy.info):
+        for p in engine.cache.positions_open(instrument_id=strategy.info[key].instrument.id):
+            positions.append((key, float(p.signed_qty), float(p.avg_px_open)))
+    balances = []
+    for venue in config.venue_names:
+        acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
+        bal = acct.balance_total(ccy) if acct is not None else None
+        balances.append((venue, str(bal.as_decimal()) if bal is not None else "0"))
+    return BoundaryState(
+        day=day,
+        positions=tuple(positions),
+        open_orders=tuple(r.order_id for r in strategy.oms.records() if r.is_open),
+        open_operations=tuple(sorted(strategy.orch.unfinished())),
+        balances=tuple(balances),
+    )
 
 
 def _run_engine(
-    config: BacktestConfig, days: Iterable[DayInput], log_dir: Path | None
+    config: BacktestConfig,
+    days: Iterable[DayInput],
+    log_dir: Path | None,
+    warmup_days: int | None = None,
+    final: bool = True,
 ) -> EngineOutput:
     engine, handles = _build_engine(config, log_dir)
     strategy = ExecutionStrategy(config, handles)
@@ -426,8 +522,15 @@ def _run_engine(
     ticks_total = 0
     engine_time = 0.0
     engine_order_ids: set[str] = set()  # ids of the orders purged from the engine's cache
+    mark = _Mark()
+    start_state: BoundaryState | None = None
+    last_day: date | None = None
     try:
-        for day in days:
+        for i, day in enumerate(days):
+            if i == warmup_days:
+                start_state = boundary_state(engine, strategy, config, day.day)
+                mark = _mark(strategy, feeder, ticks_total, engine_time)
+                strategy.risk_log = []
             prepared = feeder.prepare(day)
             ticks_total += prepared.n_ticks
             t0 = time.perf_counter()
@@ -437,20 +540,31 @@ def _run_engine(
             if strategy.errors:
                 raise strategy.errors[0]
             _purge_closed(engine, engine_order_ids)
-        t0 = time.perf_counter()
-        # Arms the last day's SWEEP alert: end() flushes the timers up to the run's end, so the
-        # sweep's cancels and their settle alerts are processed inside the run's range.
-        strategy.ending = True
-        engine.end()
-        engine_time += time.perf_counter() - t0
-        if strategy.errors:
-            raise strategy.errors[0]
-        end_ns = engine.kernel.clock.timestamp_ns()
-        # Last resort (should stay empty): orders the venue never resolved, e.g. a market order
-        # that Nautilus neither filled nor rejected, or one sent after the sweep.
-        unresolved = strategy.oms.close_all_open(
-            end_ns, "unresolved_at_run_end: the venue neither filled nor cancelled the order"
-        )
+            last_day = day.day
+        if warmup_days is not None and start_state is None:
+            raise EngineInputError(f"a time shard needs more than its {warmup_days} warm-up days")
+        end_state: BoundaryState | None = None
+        unresolved: list[str] = []
+        if final:
+            t0 = time.perf_counter()
+            # Arms the last day's SWEEP alert: end() flushes the timers up to the run's end, so
+            # the sweep's cancels and their settle alerts are processed inside the run's range.
+            strategy.ending = True
+            engine.end()
+            engine_time += time.perf_counter() - t0
+            if strategy.errors:
+                raise strategy.errors[0]
+            end_ns = engine.kernel.clock.timestamp_ns()
+            # Last resort (should stay empty): orders the venue never resolved, e.g. a market
+            # order that Nautilus neither filled nor rejected, or one sent after the sweep.
+            unresolved = strategy.oms.close_all_open(
+                end_ns, "unresolved_at_run_end: the venue neither filled nor cancelled the order"
+            )
+        else:
+            assert last_day is not None
+            end_state = boundary_state(
+                engine, strategy, config, date.fromordinal(last_day.toordinal() + 1)
+            )
         balances: dict[str, float] = {}
         for venue in config.venue_names:
             acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
@@ -458,14 +572,34 @@ def _run_engine(
             balances[venue] = bal.as_double() if bal is not None else float("nan")
         out = _collect(
             strategy, feeder.marks, feeder.intervals, balances, ticks_total, engine_time,
-            feeder.n_days, unresolved,
+            feeder.n_days, unresolved, mark,
         )  # fmt: skip
         # What actually reached Nautilus: lets callers prove risk-rejected orders never did.
         engine_order_ids.update(o.client_order_id.value for o in engine.cache.orders())
-        out.engine_order_ids = sorted(engine_order_ids)
+        own = set(out.orders.get_column("order_id").to_list())
+        out.engine_order_ids = sorted(engine_order_ids & own if warmup_days else engine_order_ids)
+        out.start_state, out.end_state = start_state, end_state
+        out.risk_log = strategy.risk_log or []
         return out
     finally:
         engine.dispose()
+
+
+def _mark(strategy: ExecutionStrategy, feeder: _DayFeeder, ticks: int, engine_time: float) -> _Mark:
+    return _Mark(
+        orders=len(strategy.oms.records()),
+        fills=len(strategy.fills),
+        funding=len(strategy.funding_rows),
+        marks=len(feeder.marks),
+        operations=len(strategy.orch.operations),
+        signals=strategy.signals_seen,
+        stale=strategy.stale_book_orders,
+        lost=len(strategy.lost),
+        slippage=len(strategy.slippage_terms),
+        ticks=ticks,
+        engine_time=engine_time,
+        days=feeder.n_days,
+    )
 
 
 def bare_engine_run(config: BacktestConfig, days: list[DayInput]) -> dict[str, Any]:
@@ -510,20 +644,28 @@ def _collect(
     engine_time: float,
     n_days: int,
     unresolved: list[str],
+    mark: _Mark | None = None,
 ) -> EngineOutput:
-    orders = strategy.oms.orders_frame()
-    fills = pl.DataFrame(strategy.fills, schema=FILLS_SCHEMA, orient="row")
-    funding = pl.DataFrame(strategy.funding_rows, schema=FUNDING_SCHEMA, orient="row")
+    """The run's outputs; with ``mark``, only what came after it (a shard's own days)."""
+    m = mark or _Mark()
+    orders = strategy.oms.orders_frame().slice(m.orders)
+    history = strategy.oms.history_frame()
+    if m.orders:
+        history = history.filter(pl.col("order_id").is_in(orders.get_column("order_id").implode()))
+    fills = pl.DataFrame(strategy.fills[m.fills :], schema=FILLS_SCHEMA, orient="row")
+    funding = pl.DataFrame(strategy.funding_rows[m.funding :], schema=FUNDING_SCHEMA, orient="row")
+    own_marks = marks[m.marks :]
     mk = (
-        pl.concat(marks).sort(["ts_event", "instrument_key"], maintain_order=True)
-        if marks
+        pl.concat(own_marks).sort(["ts_event", "instrument_key"], maintain_order=True)
+        if own_marks
         else pl.DataFrame(schema=MARKS_SCHEMA)
     )
-    ops = strategy.orch.operations_frame()
+    ops = strategy.orch.operations_frame().slice(m.operations)
+    slippage_terms = strategy.slippage_terms[m.slippage :]
     submitted = orders.filter(~pl.col("order_id").str.starts_with("R-"))
     status = pl.col("status")
     stats: dict[str, Any] = {
-        "signals": strategy.signals_seen,
+        "signals": strategy.signals_seen - m.signals,
         "operations": ops.height,
         "orders_submitted": submitted.height,
         "orders_filled": orders.filter(status == "FILLED").height,
@@ -537,19 +679,19 @@ def _collect(
         "orders_canceled_at_run_end": len(strategy.swept),
         # Orders the venue dropped without an event, closed when a cancel proved it (1.231 with
         # liquidity_consumption), and orders still unresolved at the run's end (expected 0).
-        "orders_dropped_by_venue": len(strategy.lost),
+        "orders_dropped_by_venue": len(strategy.lost) - m.lost,
         # Orders sent with no trade of their instrument in the signal's lookback: processed
         # with the next print rather than at arrival (see ExecutionStrategy._book_is_current).
-        "orders_sent_on_stale_book": strategy.stale_book_orders,
+        "orders_sent_on_stale_book": strategy.stale_book_orders - m.stale,
         "orders_unresolved": len(unresolved),
-        "avg_slippage_bps": strategy.avg_slippage_bps,
-        "ticks_processed": ticks_total,
-        "engine_time_s": engine_time,
-        "days": n_days,
+        "avg_slippage_bps": avg_slippage_bps(slippage_terms),
+        "ticks_processed": ticks_total - m.ticks,
+        "engine_time_s": engine_time - m.engine_time,
+        "days": n_days - m.days,
     }
     return EngineOutput(
         orders=orders,
-        order_status_history=strategy.oms.history_frame(),
+        order_status_history=history,
         fills=fills,
         funding=funding,
         marks=mk,
@@ -557,4 +699,5 @@ def _collect(
         stats=stats,
         final_balances=balances,
         intervals=intervals,
+        slippage_terms=slippage_terms,
     )

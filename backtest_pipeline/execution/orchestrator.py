@@ -240,6 +240,12 @@ class Orchestrator:
         for oid in open_ids:
             self.ctx.cancel(oid)
 
+    def unfinished(self) -> list[str]:
+        """Operations that may still act: inside their window or with an alert pending."""
+        live = {op.operation_id for op in self._active.values()}
+        live.update(op.operation_id for op in self.operations.values() if op.alerts)
+        return sorted(live)
+
     # -- fills -----------------------------------------------------------------------------
 
     def on_fill(self, operation_id: str, signed_qty: float) -> None:

@@ -322,6 +322,16 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass
+class ReadSummary:
+    """What a run read: every input object, the signal intervals, and the time it took."""
+
+    inputs: list[InputRecord] = field(default_factory=list)
+    intervals: dict[str, pl.DataFrame] = field(default_factory=dict)
+    read_time_s: float = 0.0
+    margin_init: dict[str, float] = field(default_factory=dict)
+
+
 class _Prefetcher:
     """Reads day d+1 in a thread while the engine runs day d (I/O overlapped with the engine)."""
 
@@ -335,11 +345,27 @@ class _Prefetcher:
     ) -> None:
         self.ucs, self.config, self.days, self.progress = ucs, config, days, progress
         self.loader = loader
-        self.inputs: list[InputRecord] = []
+        self.inputs_by_day: dict[date, list[InputRecord]] = {}
+        self.read_time_by_day: dict[date, float] = {}
         self.intervals: dict[str, pl.DataFrame] = {}
-        self.read_time_s = 0.0
         self.ticks = 0
         self.margin_init: dict[str, float] = {}
+
+    @property
+    def inputs(self) -> list[InputRecord]:
+        return [r for day in self.inputs_by_day.values() for r in day]
+
+    def summary(self, since: date | None = None) -> ReadSummary:
+        """What was read for the days from ``since`` on (a time shard's own days) or all."""
+        first = since or date.min
+        return ReadSummary(
+            inputs=[r for d, day in self.inputs_by_day.items() if d >= first for r in day],
+            intervals={
+                k: v for k, v in self.intervals.items() if date.fromisoformat(k[:10]) >= first
+            },
+            read_time_s=sum(t for d, t in self.read_time_by_day.items() if d >= first),
+            margin_init=dict(self.margin_init),
+        )
 
     def _load(
         self, day: date
@@ -355,7 +381,7 @@ class _Prefetcher:
                 assert nxt is not None
                 day_input, inputs, intervals, dt = nxt.result()
                 nxt = pool.submit(self._load, self.days[i + 1]) if i + 1 < len(self.days) else None
-                self.inputs.extend(inputs)
+                self.inputs_by_day[day] = inputs
                 for row in day_input.instruments.select(
                     "instrument_key", "instrument_type", "margin_init"
                 ).iter_rows():
@@ -363,7 +389,7 @@ class _Prefetcher:
                     self.margin_init.setdefault(row[0], 0.0 if row[1] == "SPOT" else float(row[2]))
                 for k, v in intervals.items():
                     self.intervals[f"{day.isoformat()}|{k}"] = v
-                self.read_time_s += dt
+                self.read_time_by_day[day] = dt
                 n = sum(t.num_rows for t in day_input.trades.values())
                 self.ticks += n
                 if self.progress:
@@ -382,11 +408,14 @@ def run_backtest(
     progress: ProgressFn | None = None,
     write_results: bool = True,
     day_loader: DayLoader | None = None,
+    shards: int = 1,
 ) -> BacktestResult:
     """Backtest `config` over the UTC days [start, end] and write its results under `run_id`.
 
     `day_loader` replaces how a day's inputs are obtained (the Dagster path reads the day from
     the NautilusTrader catalog its assets materialized); the default reads through UCS.
+    `shards` > 1 splits a long run into time shards run in parallel processes and stitched
+    exactly (`execution/shards.py`); the results are the same as with one engine.
     """
     ucs = ucs or UnifiedCloudService()
     days = layout.days_between(start, end)
@@ -414,11 +443,21 @@ def run_backtest(
             ucs.upload_to_gcs_sync(
                 t_res, layout.config_path(run_id), config.model_dump(mode="json")
             )
-        from backtest_pipeline.execution.engine import run_engine
+        from backtest_pipeline.execution import shards as shards_mod
 
-        engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
+        plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
+        refusal = shards_mod.refusal(config) if len(plan) > 1 else None
+        if refusal:
+            log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
+        if len(plan) > 1 and refusal is None:
+            engine_out, reads = shards_mod.run_sharded(config, plan, ucs, workdir, progress)
+        else:
+            from backtest_pipeline.execution.engine import run_engine
+
+            engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
+            reads = prefetch.summary()
         result = _build_result(
-            config, days, run_id, engine_out, prefetch, wall0, created_at, locations
+            config, days, run_id, engine_out, reads, wall0, created_at, locations
         )
         if write_results:
             _write_results(ucs, run_id, result, workdir)
@@ -517,7 +556,7 @@ def _build_result(
     days: list[date],
     run_id: str,
     out: EngineOutput,
-    prefetch: _Prefetcher,
+    reads: ReadSummary,
     wall0: float,
     created_at: str,
     locations: dict[str, str],
@@ -525,7 +564,7 @@ def _build_result(
     start_ns = layout.day_bounds_ns(days[0])[0]
     end_ns = layout.day_bounds_ns(days[-1])[1]
     starting_balance = sum(config.venue(v).starting_balance for v in config.venue_names)
-    margin_init = prefetch.margin_init
+    margin_init = reads.margin_init
     equity_ns = int(config.equity_interval_s * NS)
     metrics_ns = int(config.metrics_interval_s * NS)
     positions = results_mod.build_positions(
@@ -545,8 +584,8 @@ def _build_result(
     trips = results_mod.round_trips(out.fills, out.funding)
     mets = metrics_mod.compute_metrics(equity, trips, metrics_ns, start_ns, end_ns)
     wall = time.perf_counter() - wall0
-    bytes_read = sum(i.bytes_read for i in prefetch.inputs)
-    tick_inputs = [i for i in prefetch.inputs if "/data_type-trades/" in i.path]
+    bytes_read = sum(i.bytes_read for i in reads.inputs)
+    tick_inputs = [i for i in reads.inputs if "/data_type-trades/" in i.path]
     stats = dict(out.stats)
     stats.update(
         {
@@ -554,12 +593,12 @@ def _build_result(
             "bytes_read": bytes_read,
             "bytes_available": sum(i.bytes_total for i in tick_inputs),
             "tick_bytes_read": sum(i.bytes_read for i in tick_inputs),
-            "read_time_s": round(prefetch.read_time_s, 3),
+            "read_time_s": round(reads.read_time_s, 3),
             "wall_time_s": round(wall, 3),
             "ticks_per_second": round(
                 stats.get("ticks_processed", 0) / max(stats.get("engine_time_s", 0), 1e-9), 1
             ),
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_mb": round(max(_peak_rss_mb(), stats.pop("peak_rss_mb_shards", 0.0)), 1),
             "full_day": config.full_day,
         }
     )
@@ -576,7 +615,7 @@ def _build_result(
         "pnl": pnl,
         "metrics": mets,
         "execution_stats": stats,
-        "inputs": [i.as_dict() for i in prefetch.inputs],
+        "inputs": [i.as_dict() for i in reads.inputs],
         "results": locations,
     }
     return BacktestResult(
@@ -589,7 +628,7 @@ def _build_result(
         positions=positions,
         equity_curve=equity,
         operations=out.operations,
-        intervals=prefetch.intervals,
+        intervals=reads.intervals,
     )
 
 

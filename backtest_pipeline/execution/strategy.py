@@ -128,12 +128,14 @@ class ExecutionStrategy(Strategy):
         self.fills: list[tuple[Any, ...]] = []
         self.funding_rows: list[tuple[Any, ...]] = []
         self.signals_seen = 0
-        self._slip_num = 0.0
-        self._slip_den = 0.0
+        # Per fill with a reference price: (quantity × signed slippage in bps, quantity).
+        self.slippage_terms: list[tuple[float, float]] = []
         self._pending: list[tuple[str, int, Callable[[], None]]] = []
         self._started = False
         self._due: set[int] = set()
         self._arrives: dict[str, int] = {}  # order id → when its submit reaches the venue
+        self._fill_seq: dict[str, int] = {}  # order id → fills so far (fill ids: <order>-F<n>)
+        self.risk_log: list[tuple[OrderIntent, RiskSnapshot, str | None]] | None = None
         self.lost: list[str] = []  # orders the venue dropped without an event (see on_order_event)
         self.stale_book_orders = 0  # orders sent while the venue's book predated the interval
         self._lookback_ns = round(config.lookback_s * 1e9)
@@ -342,7 +344,12 @@ class ExecutionStrategy(Strategy):
                     or self.run_config.allow_spot_short
                 ),
             )
-            reason = self.risk.check(OrderIntent(key, side, quantity, order_type, price), snap)
+            intent = OrderIntent(key, side, quantity, order_type, price)
+            reason = self.risk.check(intent, snap)
+            if self.risk_log is not None and self.run_config.risk.max_gross_leverage is not None:
+                # A time shard's account balance is offset from the one-engine run's; these
+                # checks are replayed with the true equity before the shard is accepted.
+                self.risk_log.append((intent, snap, reason))
         if reason is not None or info is None:
             self.oms.record_risk_rejected(
                 op.operation_id, key, side, order_type, quantity, price, now,
@@ -352,6 +359,9 @@ class ExecutionStrategy(Strategy):
         inst = info.instrument
         qty = Quantity(quantity, inst.size_precision)
         o_side = OrderSide.BUY if side == "BUY" else OrderSide.SELL
+        # Ids are a function of the signal, not of the run's history (Nautilus's own counters
+        # are): the same order has the same id in a one-engine run and in a time shard.
+        cid = ClientOrderId(f"{op.operation_id}-{op.children_sent}")
         if order_type == "MARKET":
             # Known trap (Nautilus 1.231, liquidity_consumption=True on trade-tick L1 books): a
             # market order that finds its level "consumed" (an earlier print of the SAME size at
@@ -359,11 +369,18 @@ class ExecutionStrategy(Strategy):
             # fills early). Such an order is closed by the window-end cancel or, failing that,
             # by OMS.close_all_open (stats["orders_unresolved"]).
             tif = TimeInForce.GTC
-            order = self.order_factory.market(inst.id, o_side, qty, time_in_force=tif)
+            order = self.order_factory.market(
+                inst.id, o_side, qty, time_in_force=tif, client_order_id=cid
+            )
         else:
             assert price is not None
             order = self.order_factory.limit(
-                inst.id, o_side, qty, Price(price, inst.price_precision), TimeInForce.GTC
+                inst.id,
+                o_side,
+                qty,
+                Price(price, inst.price_precision),
+                TimeInForce.GTC,
+                client_order_id=cid,
             )
         oid = order.client_order_id.value
         self.oms.record_submitted(oid, op.operation_id, key, side, order_type, quantity, price, now)
@@ -491,9 +508,11 @@ class ExecutionStrategy(Strategy):
         key = names.key_for(ev.instrument_id)
         side = "BUY" if ev.order_side == OrderSide.BUY else "SELL"
         fee = self._fee_in_account_ccy(ev.commission, key, px)
+        n = self._fill_seq.get(oid, 0) + 1
+        self._fill_seq[oid] = n
         self.fills.append(
             (
-                ev.trade_id.value, oid, key, side, qty, px, fee,
+                f"{oid}-F{n}", oid, key, side, qty, px, fee,
                 self.run_config.account_currency, ev.ts_event, names.venue_of_key(key),
             )
         )  # fmt: skip
@@ -505,8 +524,7 @@ class ExecutionStrategy(Strategy):
         ref = op.ref_prices.get(key) if op is not None else None
         if ref:
             sign = 1.0 if side == "BUY" else -1.0
-            self._slip_num += qty * sign * (px - ref) / ref * 1e4
-            self._slip_den += qty
+            self.slippage_terms.append((qty * sign * (px - ref) / ref * 1e4, qty))
 
     def _fee_in_account_ccy(self, commission: Money, key: str, px: float) -> float:
         code = commission.currency.code
@@ -519,7 +537,13 @@ class ExecutionStrategy(Strategy):
 
     @property
     def avg_slippage_bps(self) -> float | None:
-        return self._slip_num / self._slip_den if self._slip_den else None
+        return avg_slippage_bps(self.slippage_terms)
+
+
+def avg_slippage_bps(terms: list[tuple[float, float]]) -> float | None:
+    """Quantity-weighted mean slippage; exactly rounded sums, so any split of the fills agrees."""
+    den = math.fsum(q for _, q in terms)
+    return math.fsum(n for n, _ in terms) / den if den else None
 
 
 def _day_label(ts_ns: int) -> str:

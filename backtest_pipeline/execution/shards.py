@@ -1,0 +1,315 @@
+"""Time shards: a long run split into day ranges that run in parallel processes, stitched exactly.
+
+One NautilusTrader engine is single-threaded (~170k ticks/s here), so a five-year run on one
+engine is bounded by one core. A run's days are therefore split into consecutive shards, one
+process each. Shard *k* cannot know the state the one-engine run has when it reaches its first
+day, so it starts ``WARMUP_DAYS`` earlier from the run's initial state and speculates: with
+target-position signals, two runs that pass through the same flat (or same) position with
+nothing working forget where they came from. Before a shard's days are accepted, its state at
+the boundary is compared with the state its predecessor actually ended with:
+
+* equal positions (signed quantity and average open price of every open position) and, on both
+  sides, no working order and no unfinished operation — then every order, fill and funding
+  payment after the boundary is the same as the one-engine run's (ids are functions of the
+  signal, not of the run's history);
+* account balances differ by a constant offset; the only decisions they feed, the gross-leverage
+  checks, are replayed with the true equity and must give the same outcome, word for word.
+
+A boundary that fails either test is not guessed at: the shard is merged into its predecessor
+and that merged range is run again from the verified state, so the result is always the
+one-engine run's (in the worst case, at the one-engine run's speed). Runs whose course depends
+on more than this state are never sharded (`refusal`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from backtest_pipeline.execution.config import BacktestConfig
+from backtest_pipeline.execution.risk import PreTradeRisk
+from backtest_pipeline.ucs import RetryPolicy, UnifiedCloudService
+
+if TYPE_CHECKING:
+    from backtest_pipeline.execution.engine import EngineOutput
+    from backtest_pipeline.execution.runner import ProgressFn, ReadSummary
+
+log = logging.getLogger("backtest_pipeline.shards")
+
+WARMUP_DAYS = 1
+MIN_DAYS_PER_SHARD = 3  # below this, a warm-up day and a process start cost more than they save
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The days one process streams: ``warmup`` leading days that only build state, then its own."""
+
+    index: int
+    days: tuple[date, ...]
+    warmup: int
+    final: bool
+
+    @property
+    def own_days(self) -> tuple[date, ...]:
+        return self.days[self.warmup :]
+
+    def label(self) -> str:
+        own = self.own_days
+        return f"shard {self.index} ({own[0]}..{own[-1]}, {self.warmup} warm-up day(s))"
+
+
+def plan_shards(days: list[date], shards: int, warmup_days: int | None = None) -> list[ShardPlan]:
+    """Split ``days`` into at most ``shards`` consecutive ranges of near-equal length."""
+    warmup_days = WARMUP_DAYS if warmup_days is None else warmup_days
+    n = max(1, min(shards, len(days) // MIN_DAYS_PER_SHARD))
+    bounds = [round(i * len(days) / n) for i in range(n + 1)]
+    plans = []
+    for i in range(n):
+        lo, hi = bounds[i], bounds[i + 1]
+        w = min(warmup_days, lo)
+        plans.append(ShardPlan(i, tuple(days[lo - w : hi]), w, final=i == n - 1))
+    return plans
+
+
+def refusal(config: BacktestConfig) -> str | None:
+    """Why this run's course depends on more than the hand-off state (None: it may be sharded)."""
+    fm = config.fill_model
+    if fm.prob_fill_on_limit not in (0.0, 1.0) or fm.prob_slippage not in (0.0, 1.0):
+        return "the fill model draws random numbers, whose state no shard can know"
+    if fm.liquidity_consumption:
+        return "liquidity consumption keeps per-level state in the venue's book"
+    spot = [k for k in config.instruments if k.split(":")[1] == "SPOT"]
+    if spot:
+        return f"spot instruments {spot} trade on cash accounts whose balances gate orders"
+    return None
+
+
+@dataclass
+class ShardResult:
+    plan: ShardPlan
+    out: EngineOutput
+    reads: ReadSummary
+    wall_s: float
+    peak_rss_mb: float
+
+
+def _run_shard(
+    config_json: str, root: str, retry: RetryPolicy, plan: ShardPlan, log_dir: str
+) -> ShardResult:
+    """One shard in its own (spawned) process: its own engine, its own log, its own reads."""
+    from backtest_pipeline.execution.engine import run_engine
+    from backtest_pipeline.execution.runner import _Prefetcher, load_day
+
+    t0 = time.perf_counter()
+    config = BacktestConfig.model_validate_json(config_json)
+    ucs = UnifiedCloudService(root, retry=retry)
+    prefetch = _Prefetcher(ucs, config, list(plan.days), None, load_day)
+    out = run_engine(
+        config,
+        iter(prefetch),
+        log_dir=Path(log_dir),
+        warmup_days=plan.warmup if plan.index > 0 else None,
+        final=plan.final,
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return ShardResult(plan, out, prefetch.summary(plan.own_days[0]), time.perf_counter() - t0, rss)
+
+
+class ShardFailed(RuntimeError):
+    """A shard's process failed; the message carries its error."""
+
+
+def _launch(
+    config: BacktestConfig, ucs: UnifiedCloudService, plan: ShardPlan, workdir: Path
+) -> ShardResult:
+    """Run one shard in a fresh interpreter (``python -m`` this module) and collect its result.
+
+    A fresh interpreter rather than ``multiprocessing``: spawn would re-import the caller's main
+    module (breaking any script without a ``__main__`` guard), and fork would inherit a
+    NautilusTrader logger that is initialised once per process. The request and the result
+    travel as pickles in the run's private work directory.
+    """
+    d = workdir / f"shard-{plan.index}"
+    d.mkdir(parents=True, exist_ok=True)
+    req, res, err = d / "request.pkl", d / "result.pkl", d / "stderr.txt"
+    res.unlink(missing_ok=True)
+    req.write_bytes(pickle.dumps((config.model_dump_json(), ucs.root, ucs.retry, plan, str(d))))
+    with err.open("wb") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "backtest_pipeline.execution.shards", str(req)],
+            stdout=subprocess.DEVNULL,
+            stderr=f,
+            check=False,
+        )
+    if proc.returncode != 0 or not res.exists():
+        tail = err.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise ShardFailed(f"{plan.label()} failed (exit {proc.returncode}): {tail[0]}")
+    outcome = pickle.loads(res.read_bytes())
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _merge(a: ShardPlan, b: ShardPlan) -> ShardPlan:
+    return ShardPlan(a.index, a.days + b.own_days, a.warmup, b.final)
+
+
+def _boundary_ok(
+    prev: ShardResult, cur: ShardResult, prev_offset: dict[str, Decimal], risk: PreTradeRisk
+) -> tuple[bool, dict[str, Decimal], str]:
+    """Whether ``cur`` continues ``prev`` exactly; the balance offset of ``cur``; why not."""
+    end, start = prev.out.end_state, cur.out.start_state
+    assert end is not None and start is not None
+    if not end.same_course(start):
+        why = (
+            f"positions {end.positions} vs {start.positions}, working orders "
+            f"{len(end.open_orders)}/{len(start.open_orders)}, unfinished operations "
+            f"{len(end.open_operations)}/{len(start.open_operations)}"
+        )
+        return False, {}, why
+    offset = {v: d + prev_offset.get(v, Decimal(0)) for v, d in end.balance_offsets(start).items()}
+    shift = float(sum(offset.values()))
+    for intent, snap, reason in cur.out.risk_log:
+        again = risk.check(intent, dataclasses.replace(snap, equity=snap.equity + shift))
+        if again != reason:
+            return False, {}, f"a leverage check turns with the true equity: {reason!r} → {again!r}"
+    return True, offset, ""
+
+
+def run_sharded(
+    config: BacktestConfig,
+    plans: list[ShardPlan],
+    ucs: UnifiedCloudService,
+    workdir: Path,
+    progress: ProgressFn | None = None,
+) -> tuple[EngineOutput, ReadSummary]:
+    """Run ``plans`` in parallel processes; merge and re-run any boundary that is not exact."""
+    risk = PreTradeRisk(config.risk, config.account_currency)
+    results: dict[int, ShardResult] = {}
+    pending = list(plans)
+    merges: list[str] = []
+    offsets: dict[str, Decimal] = {}
+    # Threads only wait on the shard processes; each process runs one engine.
+    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="shard") as pool:
+        while pending:
+            futures = {p.index: pool.submit(_launch, config, ucs, p, workdir) for p in pending}
+            for i, fut in futures.items():
+                results[i] = fut.result()
+                if progress:
+                    progress("shard", len(results), len(plans), {"shard": results[i].plan.label()})
+            ordered = [results[i] for i in sorted(results)]
+            offsets, pending = {}, []
+            for prev, cur in zip(ordered, ordered[1:], strict=False):
+                ok, offsets, why = _boundary_ok(prev, cur, offsets, risk)
+                if not ok:
+                    merged = _merge(prev.plan, cur.plan)
+                    merges.append(f"{cur.plan.own_days[0]}: {why}")
+                    log.info("boundary %s not exact (%s): re-running %s",
+                             cur.plan.own_days[0], why, merged.label())  # fmt: skip
+                    del results[cur.plan.index]
+                    pending = [merged]
+                    break
+    ordered = [results[i] for i in sorted(results)]
+    _join_logs(workdir, ordered)
+    return _stitch(config, ordered, offsets, merges)
+
+
+def _join_logs(workdir: Path, shards: list[ShardResult]) -> None:
+    """One ``execution.log`` for the run, each shard's part under its own heading."""
+    with (workdir / "execution.log").open("w", encoding="utf-8") as f:
+        for r in shards:
+            part = workdir / f"shard-{r.plan.index}" / "execution.log"
+            f.write(f"===== {r.plan.label()} =====\n")
+            if part.exists():
+                f.write(part.read_text(errors="replace"))
+
+
+def _stitch(
+    config: BacktestConfig,
+    shards: list[ShardResult],
+    offsets: dict[str, Decimal],
+    merges: list[str],
+) -> tuple[EngineOutput, ReadSummary]:
+    from backtest_pipeline.execution.engine import EngineOutput
+    from backtest_pipeline.execution.runner import ReadSummary
+    from backtest_pipeline.execution.strategy import avg_slippage_bps
+
+    outs = [r.out for r in shards]
+    last = outs[-1]
+    stats: dict[str, Any] = {}
+    for key in last.stats:
+        values = [o.stats[key] for o in outs]
+        if key == "avg_slippage_bps":
+            stats[key] = avg_slippage_bps([t for o in outs for t in o.slippage_terms])
+        elif all(isinstance(v, int | float) for v in values):
+            stats[key] = sum(values)
+        else:
+            stats[key] = values[-1]
+    stats["peak_rss_mb_shards"] = max(r.peak_rss_mb for r in shards)
+    stats["shards"] = {
+        "count": len(shards),
+        "warmup_days": max(r.plan.warmup for r in shards),
+        "merged_boundaries": merges,
+        "wall_time_s": [round(r.wall_s, 3) for r in shards],
+    }
+    balances = {v: b + float(offsets.get(v, 0)) for v, b in last.final_balances.items()}
+    out = EngineOutput(
+        orders=pl.concat([o.orders for o in outs]),
+        order_status_history=pl.concat([o.order_status_history for o in outs]),
+        fills=pl.concat([o.fills for o in outs]),
+        funding=pl.concat([o.funding for o in outs]),
+        marks=pl.concat([o.marks for o in outs]),
+        operations=pl.concat([o.operations for o in outs]),
+        stats=stats,
+        final_balances=balances,
+        intervals={
+            k: v for r in shards for k, v in r.out.intervals.items() if k in r.plan.own_days
+        },
+        engine_order_ids=sorted({i for o in outs for i in o.engine_order_ids}),
+        slippage_terms=[t for o in outs for t in o.slippage_terms],
+    )
+    reads = ReadSummary(
+        inputs=[i for r in shards for i in r.reads.inputs],
+        intervals={k: v for r in shards for k, v in r.reads.intervals.items()},
+        read_time_s=sum(r.reads.read_time_s for r in shards),
+        margin_init={k: v for r in shards for k, v in r.reads.margin_init.items()},
+    )
+    return out, reads
+
+
+def _main(request: str) -> int:
+    """Entry point of a shard process: read the request, run, write the result (or the error)."""
+    req = Path(request)
+    config_json, root, retry, plan, log_dir = pickle.loads(req.read_bytes())
+    try:
+        outcome: Any = _run_shard(config_json, root, retry, plan, log_dir)
+    except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        outcome = exc
+    try:
+        data = pickle.dumps(outcome)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable error still reaches the parent
+        data = pickle.dumps(ShardFailed(f"{plan.label()}: {type(outcome).__name__}: {exc}"))
+    tmp = req.with_name("result.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(req.with_name("result.pkl"))
+    return 0
+
+
+if __name__ == "__main__":
+    # Through the importable module, so what is pickled names its classes, not ``__main__``'s.
+    from backtest_pipeline.execution import shards as _shards
+
+    raise SystemExit(_shards._main(sys.argv[1]))
