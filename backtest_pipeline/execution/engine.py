@@ -248,6 +248,9 @@ def _build_engine(
             liquidity_consumption=fm.liquidity_consumption,
             use_random_ids=False,
         )
+        # The handle has its exchange now (``register_venue`` ran inside ``add_venue``); left in
+        # the exchange's module list it would cost a Python call per tick (~9 % of the engine).
+        handle.exchange.modules.remove(handle)
     return engine, handles
 
 

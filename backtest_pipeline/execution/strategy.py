@@ -61,7 +61,8 @@ class VenueHandle(SimulationModule):
     """Gives the strategy the venue's ``SimulatedExchange`` (for ``adjust_account``).
 
     ``BacktestEngine`` keeps its exchanges private; a simulation module is the supported way to
-    be handed one. It does nothing per tick.
+    be handed one. It does nothing per tick, and ``engine._build_engine`` takes it out of the
+    exchange's module list once registered so the engine does not call it per tick.
     """
 
     def __init__(self) -> None:
