@@ -16,7 +16,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +240,24 @@ class UnifiedCloudService:
                 self._footers.popitem(last=False)
         return footer, True
 
+    def _fetch_many(
+        self, target: CloudTarget, gcs_path: str
+    ) -> Callable[[Sequence[tuple[int, int]]], list[bytes]] | None:
+        """All ranges of a read in one backend call where the backend offers it (local root).
+
+        GCS keeps one request per range, issued concurrently by the range reader (and retried
+        each on its own): there, latency per request dominates, not Python time.
+        """
+        backend = self.backend
+        if not isinstance(backend, LocalBackend):
+            return None
+        b, where = target.gcs_bucket, self.uri(target, gcs_path)
+
+        def fetch_many(spans: Sequence[tuple[int, int]]) -> list[bytes]:
+            return self.retry.call(lambda: backend.read_ranges(b, gcs_path, spans), where)
+
+        return fetch_many
+
     def _fetcher(self, target: CloudTarget, gcs_path: str, info: ObjectInfo):  # type: ignore[no-untyped-def]
         b, where = target.gcs_bucket, self.uri(target, gcs_path)
         backend = self.backend
@@ -306,6 +324,7 @@ class UnifiedCloudService:
             timestamp_column=timestamp_column,
             columns=columns,
             include_prior=include_prior,
+            fetch_many=self._fetch_many(target, gcs_path),
         )
         return _costed(res, footer, fresh, info, where)
 
@@ -328,6 +347,7 @@ class UnifiedCloudService:
             timestamp_column="ts_event",
             columns=columns,
             row_groups=row_groups,
+            fetch_many=self._fetch_many(target, gcs_path),
         )
         return _costed(res, footer, fresh, info, where)
 

@@ -295,3 +295,59 @@ def test_ten_percent_window_reads_at_most_fifteen_percent_on_emulator(
     expected = full.filter((pl.col("ts_event") >= window[0]) & (pl.col("ts_event") < window[1]))
     assert res.to_polars().select(full.columns).equals(expected)
     assert expected.height > 0.09 * n
+
+
+# ---- the local root's one-descriptor ranged reads and the dense decode ------------------------
+
+
+def test_local_read_ranges_equal_single_range_reads(local_ucs: UnifiedCloudService) -> None:
+    t = layout.target("ticks")
+    ucs = local_ucs
+    ucs.upload_to_gcs_sync(t, "r.bin", bytes(range(256)) * 40, format="bytes")
+    backend = ucs.backend
+    spans = [(0, 10), (100, 100), (5000, 5100), (10_230, 10_240), (10_235, 20_000)]
+    got = backend.read_ranges(t.gcs_bucket, "r.bin", spans)  # type: ignore[attr-defined]
+    assert got == [backend.read_range(t.gcs_bucket, "r.bin", s, e) for s, e in spans]
+    assert len(got[-1]) == 5  # past the end: what is there, like read_range
+    with pytest.raises(ObjectNotFoundError, match="missing.bin"):
+        backend.read_ranges(t.gcs_bucket, "missing.bin", [(0, 1)])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_streaming_read_same_rows_and_bytes_either_way(
+    local_ucs: UnifiedCloudService, monkeypatch: pytest.MonkeyPatch, dense: bool
+) -> None:
+    """One-descriptor reads + dense decode give what per-range fetches + sparse file gave."""
+    from backtest_pipeline.storage import parquet_ranges
+
+    t = layout.target("ticks")
+    table = _trades(40_000, seed=5)
+    local_ucs.upload_to_gcs_sync(
+        t, "d.parquet", table, row_group_size=1000, write_statistics=["ts_event"]
+    )
+    ranges = [(DAY_NS // 7, DAY_NS // 7 + 600 * 10**9), (DAY_NS // 3, DAY_NS // 3 + 10**9)]
+    cols = ["ts_event", "trade_id", "price"]
+    monkeypatch.setattr(parquet_ranges, "_dense_decode_ok", lambda md: dense)
+    res = local_ucs.download_from_gcs_streaming_sync(
+        t, "d.parquet", ranges, columns=cols, include_prior=True
+    )
+    # The reference: no multi-range fetcher, no dense buffer (the previous code path).
+    monkeypatch.setattr(local_ucs, "_fetch_many", lambda target, path: None)
+    monkeypatch.setattr(parquet_ranges, "_dense_decode_ok", lambda md: False)
+    ref = local_ucs.download_from_gcs_streaming_sync(
+        t, "d.parquet", ranges, columns=cols, include_prior=True
+    )
+    assert res.table.equals(ref.table)
+    assert (res.bytes_read, res.row_groups_read) == (ref.bytes_read, ref.row_groups_read)
+    whole = local_ucs.download_from_gcs_streaming_sync(t, "d.parquet", (0, DAY_NS))
+    assert whole.table.equals(table)  # a range holding every row: no filtering copy, same rows
+
+
+def test_range_mask_whole_range_shortcut_matches_general_rule() -> None:
+    from backtest_pipeline.storage.parquet_ranges import _range_mask
+
+    ts = pa.array(np.array([5, 5, 7, 9, 12], dtype=np.int64))
+    assert _range_mask(ts, [(5, 13)], include_prior=True).all()
+    assert _range_mask(ts, [(0, 100), (3, 4)], include_prior=True).all()
+    assert _range_mask(ts, [(6, 13)], include_prior=True).tolist() == [False, True] + [True] * 3
+    assert _range_mask(ts, [(5, 12)], include_prior=False).tolist() == [True] * 4 + [False]

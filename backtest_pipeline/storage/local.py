@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from backtest_pipeline.storage.base import ObjectInfo, ObjectNotFoundError, StorageError
@@ -71,6 +72,35 @@ class LocalBackend:
             raise ObjectNotFoundError(
                 f"object {self.uri(bucket, path)} does not exist", bucket=bucket, path=path
             ) from None
+
+    def read_ranges(self, bucket: str, path: str, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Bytes [start, end) of each span, through one open file descriptor.
+
+        A day's ranged read touches hundreds to thousands of column chunks; resolving the path
+        and opening the file for each (as :meth:`read_range` does), from 8 pool threads, cost
+        ~1.5 s of mostly GIL-holding Python per signal-driven 3-day run, beside the engine's
+        thread. ``pread`` needs neither a seek nor a thread pool: the page cache answers at
+        memory speed.
+        """
+        try:
+            fd = os.open(self._file(bucket, path), os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFoundError(
+                f"object {self.uri(bucket, path)} does not exist", bucket=bucket, path=path
+            ) from None
+        try:
+            out: list[bytes] = []
+            for start, end in spans:
+                data = os.pread(fd, end - start, start)
+                while len(data) < end - start:  # short read (rare): continue, stop at EOF
+                    more = os.pread(fd, end - start - len(data), start + len(data))
+                    if not more:
+                        break
+                    data += more
+                out.append(data)
+            return out
+        finally:
+            os.close(fd)
 
     def write(self, bucket: str, path: str, data: bytes, content_type: str) -> ObjectInfo:
         """Temp file in the same directory, fsync, rename: readers see nothing or everything."""
