@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, overload
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from backtest_pipeline import layout
 
@@ -352,7 +353,27 @@ def _check_sorted(df: pl.DataFrame, object_name: str, what: str) -> None:
         )
 
 
+def _strictly_increasing_ints(s: pl.Series) -> bool:
+    """True when every value parses as an integer and the sequence strictly increases.
+
+    Exchange trade ids usually are such counters: then they are distinct (distinct parsed values
+    imply distinct strings) at the cost of one parse and one diff, against ~0.2 s of hashing
+    2 M strings. False says nothing; the caller falls back to counting distinct values.
+    """
+    if s.len() < 2:
+        return s.null_count() == 0
+    if s.dtype == pl.String:
+        s = s.str.to_integer(strict=False)
+    elif not s.dtype.is_integer():
+        return False
+    if s.null_count():
+        return False
+    return bool((s.diff().slice(1) > 0).all())
+
+
 def _check_unique(df: pl.DataFrame, name: str, object_name: str, what: str) -> None:
+    if _strictly_increasing_ints(df[name]):  # the common case of sequential ids: no hashing
+        return
     if df.select(pl.col(name).n_unique()).item() == df.height:  # fast path (hash count only)
         return
     dup = pl.col(name).is_duplicated()
@@ -432,7 +453,44 @@ def validate_trades(
     df = validate_trades_frame(table, object_name, day=day, allow_empty=allow_empty)
     if isinstance(table, pl.DataFrame):
         return df
-    return to_arrow(df, TRADES_SCHEMA)
+    canonical = _canonical_trades_arrow(table)
+    return canonical if canonical is not None else to_arrow(df, TRADES_SCHEMA)
+
+
+def _canonical_trades_arrow(table: pa.Table | pa.RecordBatch) -> pa.Table | None:
+    """The validated output built from the input's own Arrow columns, when nothing needs casting.
+
+    Only for inputs already in the canonical types with lower-case sides (what the product
+    writes); then the result equals ``to_arrow(validated frame)`` value for value, without
+    converting 2 M strings back from polars (~0.13 s per whole day). Anything else: None.
+    """
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    if table.num_rows == 0:
+        return None
+    names = table.column_names
+    if len(set(names)) != len(names):
+        return None
+    cols: dict[str, pa.ChunkedArray] = {}
+    for field in TRADES_SCHEMA:
+        if field.name not in names:
+            if field.name == "ts_init":
+                continue
+            return None
+        col = table.column(field.name)
+        if col.type != field.type:
+            return None
+        cols[field.name] = col
+    side = cols["side"]
+    if not pc.all(pc.is_in(side, value_set=pa.array(SIDES))).as_py():
+        return None  # upper/mixed case: the frame's lower-cased sides are the result
+    ts_init = cols.get("ts_init")
+    if ts_init is None:
+        ts_init = cols["ts_event"]
+    elif ts_init.null_count:
+        ts_init = pc.coalesce(ts_init, cols["ts_event"])
+    arrays = [cols["ts_event"], ts_init, cols["trade_id"], cols["price"], cols["size"], side]
+    return pa.Table.from_arrays(arrays, schema=TRADES_SCHEMA)
 
 
 def validate_trades_frame(
