@@ -101,12 +101,15 @@ def test_sharded_run_equals_the_one_engine_run(
     two = run_backtest(config, START, END, ucs=ucs, run_id="two", shards=2)
     three = run_backtest(config, START, END, ucs=ucs, run_id="three", shards=3)
     assert "shards" not in seq.summary["execution_stats"]
-    # The sample strategy goes flat often: the one boundary of two shards hands over at once.
-    assert two.summary["execution_stats"]["shards"]["merged_boundaries"] == []
-    assert two.summary["execution_stats"]["shards"]["count"] == 2
-    # With three, whatever boundary had an operation working across midnight was re-run.
+    # Whatever boundary had an operation working across midnight was re-run with its
+    # predecessor; the others handed over at once.
+    pair = two.summary["execution_stats"]["shards"]
     info = three.summary["execution_stats"]["shards"]
+    assert pair["count"] + len(pair["merged_boundaries"]) == 2, pair
     assert info["count"] + len(info["merged_boundaries"]) == 3, info
+    # The sample strategy goes flat often: of the three boundaries, one at least hands over
+    # exactly, so the comparison below covers the hand-off and not only the fallback.
+    assert (pair["count"] - 1) + (info["count"] - 1) >= 1, (pair, info)
     _assert_same(seq, two)
     _assert_same(seq, three)
     log = ucs.download_from_gcs_sync(
@@ -145,10 +148,11 @@ def test_a_leverage_check_the_true_balance_would_turn_is_re_run(
     ucs = _copy(root, tmp_path)
     risk = config.risk.model_copy(update={"max_gross_leverage": 0.05})
     tight = config.model_copy(update={"risk": risk})
-    seq = run_backtest(tight, START, END, ucs=ucs, run_id="seq")
+    end = END - timedelta(days=1)  # nine days: two shards meet on 03-06, flat in this data
+    seq = run_backtest(tight, START, end, ucs=ucs, run_id="seq")
     rejected = seq.orders.filter(pl.col("rejection_reason").str.starts_with("max_gross_leverage"))
     assert rejected.height > 0
-    two = run_backtest(tight, START, END, ucs=ucs, run_id="two", shards=2)
+    two = run_backtest(tight, START, end, ucs=ucs, run_id="two", shards=2)
     merged = two.summary["execution_stats"]["shards"]["merged_boundaries"]
     assert len(merged) == 1 and "leverage" in merged[0], merged
     _assert_same(seq, two)

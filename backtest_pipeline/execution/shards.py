@@ -75,7 +75,11 @@ def plan_shards(days: list[date], shards: int, warmup_days: int | None = None) -
     """Split ``days`` into at most ``shards`` consecutive ranges of near-equal length."""
     warmup_days = WARMUP_DAYS if warmup_days is None else warmup_days
     n = max(1, min(shards, len(days) // MIN_DAYS_PER_SHARD))
-    bounds = [round(i * len(days) / n) for i in range(n + 1)]
+    # Equal work per process: every shard but the first also streams its warm-up days, so the
+    # first gets that many more days of its own.
+    per = (len(days) + (n - 1) * warmup_days) / n
+    bounds = [0] + [min(len(days), round(per + i * (per - warmup_days))) for i in range(n - 1)]
+    bounds.append(len(days))
     plans = []
     for i in range(n):
         lo, hi = bounds[i], bounds[i + 1]
@@ -104,6 +108,7 @@ class ShardResult:
     reads: ReadSummary
     wall_s: float
     peak_rss_mb: float
+    process_s: float = 0.0  # from the parent's launch to the result read back
 
 
 def _run_shard(
@@ -146,6 +151,7 @@ def _launch(
     d.mkdir(parents=True, exist_ok=True)
     req, res, err = d / "request.pkl", d / "result.pkl", d / "stderr.txt"
     res.unlink(missing_ok=True)
+    t0 = time.perf_counter()
     req.write_bytes(pickle.dumps((config.model_dump_json(), ucs.root, ucs.retry, plan, str(d))))
     with err.open("wb") as f:
         proc = subprocess.run(
@@ -160,6 +166,7 @@ def _launch(
     outcome = pickle.loads(res.read_bytes())
     if isinstance(outcome, BaseException):
         raise outcome
+    outcome.process_s = time.perf_counter() - t0
     return outcome
 
 
@@ -264,6 +271,7 @@ def _stitch(
         "warmup_days": max(r.plan.warmup for r in shards),
         "merged_boundaries": merges,
         "wall_time_s": [round(r.wall_s, 3) for r in shards],
+        "process_time_s": [round(r.process_s, 3) for r in shards],
     }
     balances = {v: b + float(offsets.get(v, 0)) for v, b in last.final_balances.items()}
     out = EngineOutput(
