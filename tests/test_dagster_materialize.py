@@ -4,9 +4,12 @@ The range must be ONE backtest with state carried across days, and give exactly 
 ``run_backtest`` gives over the same range (same fills, same PnL and metrics).
 """
 
+from typing import Any
+
 import polars as pl
 import pytest
-from _dagster_helpers import check_results, materialize_graph, metadata, write_sample
+from _dagster_helpers import check_results, materialize_graph, write_sample
+from dagster import AssetKey, ExecuteInProcessResult
 
 from backtest_pipeline import layout
 from backtest_pipeline.execution.config import BacktestConfig
@@ -15,6 +18,30 @@ from backtest_pipeline.resources.settings import load_config
 from backtest_pipeline.ucs import UnifiedCloudService
 
 pytestmark = pytest.mark.slow
+
+ALL_ASSETS = (
+    "instruments",
+    "signals",
+    "signal_intervals",
+    "tick_slices",
+    "funding_rates",
+    "nautilus_catalog",
+    "backtest_run",
+    "orders",
+    "fills",
+    "positions",
+    "equity_curve",
+    "backtest_summary",
+)
+
+
+def metadata(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    """The first materialization's metadata of an asset (several assets may share a step)."""
+    for e in result.all_events:
+        mat = e.event_specific_data if e.event_type_value == "ASSET_MATERIALIZATION" else None
+        if mat is not None and mat.materialization.asset_key == AssetKey(asset):
+            return {k: v.value for k, v in mat.materialization.metadata.items()}
+    raise AssertionError(f"no materialization of {asset}")
 
 
 def _read(ucs: UnifiedCloudService, run_id: str, name: str) -> pl.DataFrame:
@@ -45,7 +72,13 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
         "2024-01-03",
         3,
     )
-    assert len(rng.get_step_success_events()) >= 12
+    # every asset of the graph, for each of the 3 days, in this one run (checks share the
+    # steps of their assets, the result objects one step: fewer steps than assets)
+    mats: dict[str, set[str]] = {}
+    for m in rng.get_asset_materialization_events():
+        mat = m.event_specific_data.materialization
+        mats.setdefault(mat.asset_key.to_user_string(), set()).add(mat.partition)
+    assert mats == {a: {"2024-01-01", "2024-01-02", "2024-01-03"} for a in ALL_ASSETS}, mats
     runs = {
         metadata(rng, n)["run_id"]
         for n in ("orders", "fills", "positions", "equity_curve", "backtest_summary")

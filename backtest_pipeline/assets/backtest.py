@@ -6,17 +6,33 @@ run's objects at their exact results paths (``backtest_results/{run_id}/…``): 
 :class:`RunArtifact` s that the UCS IO manager stores there, with a pointer per covered day.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, MetadataValue, asset
+import pyarrow as pa
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    MetadataValue,
+    Output,
+    asset,
+    multi_asset,
+)
 
 from backtest_pipeline import layout
+from backtest_pipeline.assets import runtime
+from backtest_pipeline.assets.checks import check_result, check_spec
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
+from backtest_pipeline.execution import checks as asset_checks
 from backtest_pipeline.execution import report, stages
 from backtest_pipeline.resources.io_manager import DayTables, RunArtifact
 from backtest_pipeline.resources.settings import BacktestSettings, tag_run
 from backtest_pipeline.resources.ucs_resource import UCSResource
+from backtest_pipeline.ucs import UnifiedCloudService
 
 GROUP = "backtest"
 COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "group_name": GROUP}
@@ -67,7 +83,12 @@ def backtest_run(
     context.log.info(
         f"backtest {run_id}: {backtest.config_name} over {days[0]}..{days[-1]} ({len(days)} days)"
     )
-    out = stages.run_backtest_isolated(client, config, bundles, run_id=run_id)
+    # The step only waits while the engine runs in its process: import what backtest_summary's
+    # equity plot needs meanwhile (matplotlib, ~1 s) instead of after the backtest.
+    runtime.import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
+    out = stages.run_backtest_isolated(
+        client, config, bundles, run_id=run_id, worker=stages.take_worker(context.run.run_id)
+    )
     summary = out["summary"]
     flat = report.flat_metrics(summary)
     locations = out["locations"]
@@ -91,69 +112,163 @@ def backtest_run(
         }
     )
     return RunArtifact(
-        run_id, "backtest_config.json", summary["config"], [d.isoformat() for d in days]
+        run_id,
+        "backtest_config.json",
+        summary["config"],
+        [d.isoformat() for d in days],
+        stored=True,  # run_backtest wrote it before the engine started
     )
 
 
-def _result_asset(name: str, doc: str):  # type: ignore[no-untyped-def]
-    """orders / fills / positions / equity_curve: the run's Parquet object, with its row count."""
+#: The run's result objects, each an asset (key → object name and description).
+RESULT_ASSETS = {
+    "orders": ("orders.parquet", "One row per order of the run (OMS view), with its operation."),
+    "fills": ("fills.parquet", "One row per fill of the run."),
+    "positions": (
+        "positions.parquet",
+        "The position timeline: every fill and equity sample while open.",
+    ),
+    "equity_curve": (
+        "equity_curve.parquet",
+        "Portfolio value on the equity grid and at every fill.",
+    ),
+}
+SUMMARY_DOC = "``summary.json`` of the run: PnL, metrics and execution stats, with an equity plot."
 
-    @asset(name=name.removesuffix(".parquet"), **COMMON, kinds={"parquet"}, description=doc)
-    def _asset(
-        context: AssetExecutionContext, ucs: UCSResource, backtest_run: RunArtifact
-    ) -> RunArtifact:
-        client = ucs.client()
-        table = stages.read_result_table(client, backtest_run.run_id, name)
-        context.add_output_metadata(
-            {**_run_metadata(backtest_run), "dagster/row_count": table.num_rows}
-        )
-        return RunArtifact(backtest_run.run_id, name, table, backtest_run.days)
 
-    return _asset
+RESULT_CHECKS = [
+    check_spec(
+        "orders_schema",
+        "orders",
+        "orders.parquet has exactly the columns and types of spec/outputs.md.",
+    ),
+    check_spec(
+        "orders_belong_to_operations",
+        "orders",
+        "Every order carries the operation (signal execution) it belongs to.",
+    ),
+    check_spec(
+        "fills_schema",
+        "fills",
+        "fills.parquet has exactly the columns and types of spec/outputs.md.",
+    ),
+    check_spec(
+        "positions_schema",
+        "positions",
+        "positions.parquet has exactly the columns and types of spec/outputs.md.",
+    ),
+    check_spec(
+        "equity_curve_schema",
+        "equity_curve",
+        "equity_curve.parquet has exactly the columns and types of spec/outputs.md.",
+    ),
+    check_spec(
+        "net_pnl_equals_equity_change",
+        "backtest_summary",
+        "summary.pnl.net_pnl equals the equity curve's last value minus the starting balance.",
+    ),
+]
 
 
-orders = _result_asset(
-    "orders.parquet", "One row per order of the run (OMS view), with its operation."
+@multi_asset(
+    name="backtest_results",
+    outs={
+        **{
+            key: AssetOut(kinds={"parquet"}, description=doc, is_required=False)
+            for key, (_name, doc) in RESULT_ASSETS.items()
+        },
+        "backtest_summary": AssetOut(kinds={"json"}, description=SUMMARY_DOC, is_required=False),
+    },
+    ins={"backtest_run": AssetIn("backtest_run")},
+    internal_asset_deps={
+        **{key: {AssetKey("backtest_run")} for key in RESULT_ASSETS},
+        "backtest_summary": {AssetKey("backtest_run"), AssetKey("equity_curve")},
+    },
+    check_specs=RESULT_CHECKS,
+    can_subset=True,
+    **COMMON,
 )
-fills = _result_asset("fills.parquet", "One row per fill of the run.")
-positions = _result_asset(
-    "positions.parquet", "The position timeline: every fill and equity sample while open."
-)
-equity_curve = _result_asset(
-    "equity_curve.parquet", "Portfolio value on the equity grid and at every fill."
-)
-
-
-@asset(**COMMON, kinds={"json"})
-def backtest_summary(
+def backtest_results(
     context: AssetExecutionContext,
     ucs: UCSResource,
     backtest_run: RunArtifact,
-    equity_curve: RunArtifact,
-) -> RunArtifact:
-    """``summary.json`` of the run: PnL, metrics and execution stats, with an equity plot."""
+) -> Iterator[Output[RunArtifact] | AssetCheckResult]:
+    """The run's result objects (written by the backtest) as assets, and the checks on them.
+
+    One step for the five objects and six of their checks: each object is read once for its
+    metadata and its checks (as separate steps they cost ~40 ms of Dagster events each and read
+    every object two or three times). Each asset and check can still be materialized alone.
+    ``fills_inside_signal_intervals`` stays a check step of its own (``assets.checks``): it needs
+    ``signal_intervals``, which is no input of these assets.
+    """
     client = ucs.client()
-    summary = client.download_from_gcs_sync(
-        layout.target("results"), layout.result_path(backtest_run.run_id, "summary.json")
-    )
+    run_id, days = backtest_run.run_id, backtest_run.days
+    selected = {k.to_user_string() for k in context.selected_asset_keys}
+    checks_wanted = {k.name for k in context.selected_asset_check_keys}
+    tables: dict[str, pa.Table] = {}
+
+    def table(key: str) -> pa.Table:
+        if key not in tables:
+            tables[key] = stages.read_result_table(client, run_id, RESULT_ASSETS[key][0])
+        return tables[key]
+
+    for key, (name, _doc) in RESULT_ASSETS.items():
+        if key in selected:
+            yield Output(
+                # The object is the one run_backtest wrote: the IO manager only points each day
+                # of the run at it.
+                RunArtifact(run_id, name, None, days, stored=True),
+                output_name=key,
+                metadata={**_run_metadata(backtest_run), "dagster/row_count": table(key).num_rows},
+            )
+        if f"{key}_schema" in checks_wanted:
+            yield check_result(
+                f"{key}_schema", asset_checks.result_schema(table(key), name), asset=key
+            )
+    if "orders_belong_to_operations" in checks_wanted:
+        yield check_result(
+            "orders_belong_to_operations",
+            asset_checks.orders_have_operation(table("orders")),
+            asset="orders",
+        )
+    if "backtest_summary" in selected or "net_pnl_equals_equity_change" in checks_wanted:
+        summary = client.download_from_gcs_sync(
+            layout.target("results"), layout.result_path(run_id, "summary.json")
+        )
+        if "backtest_summary" in selected:
+            yield Output(
+                RunArtifact(run_id, "summary.json", summary, days, stored=True),
+                output_name="backtest_summary",
+                metadata=_summary_metadata(client, backtest_run, summary, table("equity_curve")),
+            )
+        if "net_pnl_equals_equity_change" in checks_wanted:
+            yield check_result(
+                "net_pnl_equals_equity_change",
+                asset_checks.net_pnl_matches_equity(summary, table("equity_curve")),
+                asset="backtest_summary",
+            )
+
+
+def _summary_metadata(
+    client: UnifiedCloudService,
+    backtest_run: RunArtifact,
+    summary: dict[str, Any],
+    equity_table: pa.Table,
+) -> dict[str, Any]:
     flat = report.flat_metrics(summary)
-    equity = pl.from_arrow(equity_curve.data)
+    equity = pl.from_arrow(equity_table)
     assert isinstance(equity, pl.DataFrame)
     md_table = "| metric | value |\n| --- | --- |\n" + "\n".join(
         f"| {k} | {v} |" for k, v in flat.items()
     )
-    context.add_output_metadata(
-        {
-            **_run_metadata(backtest_run),
-            **{k: v for k, v in flat.items() if isinstance(v, int | float) and v is not None},
-            "metrics": MetadataValue.md(md_table),
-            "equity_curve": MetadataValue.md(report.equity_markdown(equity, backtest_run.run_id)),
-            "summary": MetadataValue.text(
-                client.uri(
-                    layout.target("results"),
-                    layout.result_path(backtest_run.run_id, "summary.json"),
-                )
-            ),
-        }
-    )
-    return RunArtifact(backtest_run.run_id, "summary.json", summary, backtest_run.days)
+    return {
+        **_run_metadata(backtest_run),
+        **{k: v for k, v in flat.items() if isinstance(v, int | float) and v is not None},
+        "metrics": MetadataValue.md(md_table),
+        "equity_curve": MetadataValue.md(report.equity_markdown(equity, backtest_run.run_id)),
+        "summary": MetadataValue.text(
+            client.uri(
+                layout.target("results"), layout.result_path(backtest_run.run_id, "summary.json")
+            )
+        ),
+    }

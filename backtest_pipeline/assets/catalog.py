@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.execution import stages
-from backtest_pipeline.resources.io_manager import DayTables
+from backtest_pipeline.resources.io_manager import DayTables, LazyDays
 from backtest_pipeline.resources.settings import BacktestSettings
 from backtest_pipeline.resources.ucs_resource import UCSResource
 
@@ -28,10 +28,27 @@ def nautilus_catalog(
     itself is what ``backtest_run`` reads.
     """
     client = ucs.client()
+    # The run's backtest process, once warm, writes the catalogs: it has NautilusTrader loaded
+    # (this process then never loads it) and reads each day's stored slices itself. While it is
+    # still starting, this step does the work itself rather than wait for it.
+    worker = stages.ready_worker(context.run.run_id)
     out, uris, rows, size = {}, [], 0, 0
     for d in days_of(context.partition_keys):
         k = d.isoformat()
-        manifest = stages.build_catalog(client, d, backtest.scope, tick_slices[k], instruments[k])
+        if worker is not None:
+            where = tick_slices.location(k) if isinstance(tick_slices, LazyDays) else None
+            manifest = worker.call(
+                stages.build_catalog_task,
+                client.root,
+                d,
+                backtest.scope,
+                where or tick_slices[k],
+                instruments[k],
+            )
+        else:
+            manifest = stages.build_catalog(
+                client, d, backtest.scope, tick_slices[k], instruments[k]
+            )
         out[k] = stages.manifest_table(manifest)
         uris.append(manifest["uri"])
         rows += manifest["rows"]

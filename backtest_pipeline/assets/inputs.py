@@ -3,15 +3,23 @@
 Thin by design: each asset loops over the run's days and calls a plain function of
 ``execution.stages``; values are ``{partition_key: table}`` so that a range run stores one
 object per day through the UCS IO manager.
+
+The checks of an input asset (schemas, sorted timestamps) run in the asset's own step, on the
+tables it stores (``check_specs``): as steps of their own they cost ~40 ms of Dagster events each
+and read every day back from storage — the tick slices, the largest input, twice.
 """
+
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue, Output, asset
 
 from backtest_pipeline import layout
+from backtest_pipeline.assets import runtime
+from backtest_pipeline.assets.checks import check_result, check_spec
 from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
-from backtest_pipeline.execution import stages
+from backtest_pipeline.execution import checks, stages
 from backtest_pipeline.resources.io_manager import DayTables, LazyDays
 from backtest_pipeline.resources.settings import BacktestSettings, tag_run
 from backtest_pipeline.resources.ucs_resource import UCSResource
@@ -20,36 +28,59 @@ GROUP = "inputs"
 COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "group_name": GROUP}
 
 
-@asset(**COMMON, kinds={"parquet"})
+@asset(
+    **COMMON,
+    kinds={"parquet"},
+    check_specs=[
+        check_spec(
+            "instruments_schema",
+            "instruments",
+            "The day's instruments match the input schema (types, keys, fees, margins).",
+        )
+    ],
+)
 def instruments(
     context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
-) -> DayTables:
+) -> Iterator[Output[DayTables] | AssetCheckResult]:
     """The day's instrument definitions, validated (missing or malformed → the run fails here)."""
+    runtime.prewarm_backtest(context)
     client, days = ucs.client(), days_of(context.partition_keys)
     with stages.failing_run(client, backtest.load(), days):
         out = {d.isoformat(): stages.load_instruments(client, d) for d in days}
-    context.add_output_metadata({"instruments": sum(t.num_rows for t in out.values())})
-    return out
+    yield Output(out, metadata={"instruments": sum(t.num_rows for t in out.values())})
+    yield check_result("instruments_schema", checks.validates("instruments", out))
 
 
-@asset(**COMMON, kinds={"parquet"})
+@asset(
+    **COMMON,
+    kinds={"parquet"},
+    check_specs=[
+        check_spec(
+            "signals_schema",
+            "signals",
+            "Signals match the schema: unique ids, known algos, valid keys, sorted by ts_event.",
+        )
+    ],
+)
 def signals(
     context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
-) -> DayTables:
+) -> Iterator[Output[DayTables] | AssetCheckResult]:
     """The day's signals of the run configuration's strategy, validated."""
+    runtime.prewarm_backtest(context)
     client, config = ucs.client(), backtest.load()
     tag_run(context, backtest, config.strategy_id)
     days = days_of(context.partition_keys)
     with stages.failing_run(client, config, days):
         out = {d.isoformat(): stages.load_signals(client, config, d) for d in days}
-    context.add_output_metadata(
-        {
+    yield Output(
+        out,
+        metadata={
             "strategy_id": config.strategy_id,
             "config_name": backtest.config_name,
             "signals": sum(t.num_rows for t in out.values()),
-        }
+        },
     )
-    return out
+    yield check_result("signals_schema", checks.validates("signals", out))
 
 
 @asset(**COMMON, kinds={"polars"})
@@ -74,7 +105,22 @@ def signal_intervals(
     return out
 
 
-@asset(**COMMON, kinds={"parquet"})
+@asset(
+    **COMMON,
+    kinds={"parquet"},
+    check_specs=[
+        check_spec(
+            "tick_slices_sorted",
+            "tick_slices",
+            "Trades are sorted by ts_event within each instrument and day.",
+        ),
+        check_spec(
+            "tick_slices_schema",
+            "tick_slices",
+            "Every slice validates as trades (positive prices/sizes, buy/sell, unique ids).",
+        ),
+    ],
+)
 def tick_slices(
     context: AssetExecutionContext,
     ucs: UCSResource,
@@ -82,16 +128,17 @@ def tick_slices(
     instruments: DayTables,
     signals: DayTables,
     signal_intervals: DayTables,
-) -> LazyDays:
+) -> Iterator[Output[LazyDays] | AssetCheckResult]:
     """The trades inside the signal intervals, fetched by byte-range reads of the ticks objects."""
     client, config = ucs.client(), backtest.load()
 
     days = days_of(context.partition_keys)
+    slice_checks = checks.TickSliceChecks()
 
     def produce(key: str) -> pa.Table:
         day = layout.parse_day(key)
         with stages.failing_run(client, config, days):
-            return stages.fetch_tick_slices(
+            table = stages.fetch_tick_slices(
                 client,
                 config,
                 day,
@@ -99,19 +146,36 @@ def tick_slices(
                 signals[key],
                 stages.to_polars(signal_intervals[key]),
             )
+        slice_checks.add(key, table)  # the day as it is stored: checked without a read back
+        return table
 
     # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more
     # than one day of ticks; rows and bytes read vs available are recorded by the IO manager.
-    return LazyDays([d.isoformat() for d in days], produce)
+    # Dagster stores a yielded output before resuming this generator: every day has been
+    # fetched, checked and written when the check results below are computed.
+    yield Output(LazyDays([d.isoformat() for d in days], produce))
+    sorted_ok, schema_ok = slice_checks.outcomes()
+    yield check_result("tick_slices_sorted", sorted_ok)
+    yield check_result("tick_slices_schema", schema_ok)
 
 
-@asset(**COMMON, kinds={"parquet"})
+@asset(
+    **COMMON,
+    kinds={"parquet"},
+    check_specs=[
+        check_spec(
+            "funding_rates_schema",
+            "funding_rates",
+            "Funding events validate per instrument (sorted, one per time, finite rate).",
+        )
+    ],
+)
 def funding_rates(
     context: AssetExecutionContext,
     ucs: UCSResource,
     backtest: BacktestSettings,
     instruments: DayTables,
-) -> DayTables:
+) -> Iterator[Output[DayTables] | AssetCheckResult]:
     """The day's funding events of the perpetuals the configuration trades."""
     client, config = ucs.client(), backtest.load()
     days = days_of(context.partition_keys)
@@ -120,10 +184,11 @@ def funding_rates(
             d.isoformat(): stages.load_funding(client, config, d, instruments[d.isoformat()])
             for d in days
         }
-    context.add_output_metadata(
-        {
+    yield Output(
+        out,
+        metadata={
             "events": sum(t.num_rows for t in out.values()),
             "instruments": MetadataValue.text(", ".join(config.instruments)),
-        }
+        },
     )
-    return out
+    yield check_result("funding_rates_schema", checks.funding_schema(out))

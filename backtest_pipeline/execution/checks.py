@@ -16,6 +16,14 @@ from backtest_pipeline.execution import results as results_mod
 CheckOutcome = tuple[bool, dict[str, Any]]
 
 
+def jsonable(details: dict[str, Any]) -> dict[str, Any]:
+    """Check details as metadata values: scalars as they are, anything else as (short) text."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        out[k] = v if isinstance(v, int | float | str | bool) else str(v)[:2000]
+    return out
+
+
 def _frame(t: pa.Table | pl.DataFrame) -> pl.DataFrame:
     df = t if isinstance(t, pl.DataFrame) else pl.from_arrow(t)
     assert isinstance(df, pl.DataFrame)
@@ -53,21 +61,37 @@ def funding_schema(tables: Mapping[str, pa.Table]) -> CheckOutcome:
     return not errors, {"errors": errors}
 
 
+def _unsorted_rows(df: pl.DataFrame, by: str | None) -> int:
+    if df.height == 0:
+        return 0
+    ts = pl.col("ts_event").cast(pl.Int64)
+    diff = ts.diff().over(by) if by else ts.diff()
+    return int(df.select((diff < 0).sum()).item())
+
+
+def _trade_errors(df: pl.DataFrame, day: str) -> dict[str, str]:
+    errors = {}
+    for key in df["instrument_key"].unique().to_list():
+        try:
+            schemas.validate_trades_frame(
+                df.filter(pl.col("instrument_key") == key).drop("instrument_key"),
+                f"tick_slices[{day}|{key}]",
+            )
+        except schemas.DataValidationError as exc:
+            errors[f"{day}|{key}"] = str(exc)
+    return errors
+
+
 def sorted_timestamps(tables: Mapping[str, pa.Table], by: str | None = None) -> CheckOutcome:
     """``ts_event`` non-decreasing per day (and per ``by`` group, e.g. instrument_key)."""
     bad: dict[str, int] = {}
     rows = 0
     for day in sorted(tables):  # one day at a time (inputs may be lazy)
-        t = tables[day]
-        df = _frame(t)
+        df = _frame(tables[day])
         rows += df.height
-        if df.height == 0:
-            continue
-        ts = pl.col("ts_event").cast(pl.Int64)
-        diff = ts.diff().over(by) if by else ts.diff()
-        n = df.select((diff < 0).sum()).item()
+        n = _unsorted_rows(df, by)
         if n:
-            bad[day] = int(n)
+            bad[day] = n
     return not bad, {"rows": rows, "unsorted_rows": bad}
 
 
@@ -75,17 +99,47 @@ def trades_schema(tables: Mapping[str, pa.Table]) -> CheckOutcome:
     """Every tick slice validates as trades (per instrument)."""
     errors = {}
     for day in sorted(tables):  # one day at a time (inputs may be lazy)
-        t = tables[day]
-        df = _frame(t)
-        for key in df["instrument_key"].unique().to_list():
-            try:
-                schemas.validate_trades_frame(
-                    df.filter(pl.col("instrument_key") == key).drop("instrument_key"),
-                    f"tick_slices[{day}|{key}]",
-                )
-            except schemas.DataValidationError as exc:
-                errors[f"{day}|{key}"] = str(exc)
+        errors.update(_trade_errors(_frame(tables[day]), day))
     return not errors, {"errors": errors}
+
+
+class TickSliceChecks:
+    """:func:`sorted_timestamps` and :func:`trades_schema` of tick slices, fed one day at a time.
+
+    The slices are checked as they are produced (the asset's step checks what it stores), so
+    a long range is never held in memory nor read back for its checks.
+    """
+
+    def __init__(self, by: str = "instrument_key") -> None:
+        self.by = by
+        self.rows = 0
+        self.unsorted: dict[str, int] = {}
+        self.errors: dict[str, str] = {}
+
+    def add(self, day: str, table: pa.Table | pl.DataFrame) -> None:
+        df = _frame(table)
+        self.rows += df.height
+        n = _unsorted_rows(df, self.by)
+        if n:
+            self.unsorted[day] = n
+        self.errors.update(_trade_errors(df, day))
+
+    def outcomes(self) -> tuple[CheckOutcome, CheckOutcome]:
+        """(sorted timestamps, trades schema), as the two functions would give them."""
+        return (
+            (not self.unsorted, {"rows": self.rows, "unsorted_rows": dict(self.unsorted)}),
+            (not self.errors, {"errors": dict(self.errors)}),
+        )
+
+
+def tick_slices_checks(
+    tables: Mapping[str, pa.Table], by: str = "instrument_key"
+) -> tuple[CheckOutcome, CheckOutcome]:
+    """:func:`sorted_timestamps` and :func:`trades_schema` together, reading each day once."""
+    acc = TickSliceChecks(by)
+    for day in sorted(tables):  # one day at a time (inputs may be lazy)
+        acc.add(day, tables[day])
+    return acc.outcomes()
 
 
 def result_schema(table: pa.Table, name: str) -> CheckOutcome:

@@ -11,21 +11,30 @@ initialises logging once per process, so a second engine in a long-lived Dagster
 write into the first run's log (notes/nautilus-1.231.md).
 """
 
+import atexit
+import contextlib
+import gc
+import io
 import json
 import logging
 import multiprocessing
+import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
 from backtest_pipeline.data import readers, schemas
@@ -268,6 +277,35 @@ def build_catalog(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+_CLIENTS: dict[str, UnifiedCloudService] = {}
+
+
+def _client_for(root: str) -> UnifiedCloudService:
+    """One UCS client per root in a worker process (a GCS client is not free to create)."""
+    if root not in _CLIENTS:
+        _CLIENTS[root] = UnifiedCloudService(root)
+    return _CLIENTS[root]
+
+
+def build_catalog_task(
+    root: str,
+    day: date,
+    scope: str,
+    slices: pa.Table | str,
+    instruments: pa.Table | pl.DataFrame,
+) -> dict[str, Any]:
+    """:func:`build_catalog` as a :class:`BacktestWorker` task.
+
+    ``slices`` is the day's tick_slices table, or the path of its stored object in the results
+    bucket: then the worker reads it itself, and the slices never cross the pipe.
+    """
+    ucs = _client_for(root)
+    if isinstance(slices, str):
+        data = ucs.download_bytes_sync(layout.target("results"), slices)
+        slices = pq.ParquetFile(io.BytesIO(data)).read()
+    return build_catalog(ucs, day, scope, slices, instruments)
+
+
 def manifest_table(manifest: dict[str, Any]) -> pa.Table:
     """The catalog asset's per-day value: one row per instrument written."""
     rows = [
@@ -295,14 +333,17 @@ def manifest_table(manifest: dict[str, Any]) -> pa.Table:
 
 @dataclass
 class DayBundle:
-    """Everything of a day except the trades, which the child reads from the day's catalog."""
+    """What the backtest process gets of a day from the materialized assets.
+
+    Not the trades (the process reads them from the day's catalog) nor the 1-minute bars (read
+    there too, as ``load_day`` reads them: by the prefetch thread, while the engine runs).
+    """
 
     day: date
     instruments: pl.DataFrame
     signals: pl.DataFrame
     intervals: pl.DataFrame
     funding: dict[str, pl.DataFrame]
-    bars: dict[str, pl.DataFrame]
     pre_inputs: list[InputRecord] = field(default_factory=list)
     post_inputs: list[InputRecord] = field(default_factory=list)
     catalog_prefix: str = ""
@@ -318,16 +359,14 @@ def make_bundle(
     intervals: pa.Table | pl.DataFrame,
     funding: pa.Table,
 ) -> DayBundle:
-    bars, bar_records = load_bars(ucs, config, day)
     return DayBundle(
         day=day,
         instruments=to_polars(instruments),
         signals=to_polars(signals),
         intervals=to_polars(intervals),
         funding=split_funding(funding),
-        bars=bars,
         pre_inputs=inputs_of(instruments) + inputs_of(signals),
-        post_inputs=inputs_of(funding) + bar_records,
+        post_inputs=inputs_of(funding),
         catalog_prefix=catalog_mod.catalog_prefix(day, scope),
     )
 
@@ -359,6 +398,7 @@ class CatalogDayLoader:
             cdir = self._catalog_dir(ucs, b.catalog_prefix, Path(tmp))
             manifest = catalog_mod.read_manifest(cdir)
             trades = catalog_mod.read_day_trades(cdir)
+        bars, bar_records = load_bars(ucs, config, day)
         tick_inputs = [InputRecord(**r) for r in manifest.get("inputs", [])]
         by_key = {
             k: pl.DataFrame(
@@ -376,9 +416,9 @@ class CatalogDayLoader:
             signals=b.signals,
             trades=trades,
             funding=b.funding,
-            bars=b.bars or None,
+            bars=bars or None,
         )
-        return day_input, b.pre_inputs + tick_inputs + b.post_inputs, by_key
+        return day_input, b.pre_inputs + tick_inputs + b.post_inputs + bar_records, by_key
 
 
 # ---- one backtest, one process ------------------------------------------------------------------
@@ -420,28 +460,238 @@ class IsolatedBacktestError(RuntimeError):
     """The backtest failed in its process; its FAILED summary and log were written."""
 
 
+def _warm_imports() -> None:
+    """What a backtest imports before its first tick (NautilusTrader, the engine): seconds of work."""
+    import backtest_pipeline.execution.engine  # noqa: F401
+    import backtest_pipeline.execution.runner  # noqa: F401
+
+
+def _worker_main(conn: Connection) -> None:
+    """Body of a :class:`BacktestWorker` process: warm up, serve tasks, exit after the last.
+
+    It says ``("ready", None)`` once warm. Tasks are ``(fn, args, last)``; the outcome of each
+    goes back as ``("ok", value)`` or ``("error", text)``. After the ``last`` task (the backtest) the process leaves with
+    ``os._exit``: the task wrote everything it writes (results, log) before returning, and
+    tearing down a heap full of engine objects costs ~1 s that the waiting step would pay.
+    """
+    try:
+        _warm_imports()
+    except Exception:  # pragma: no cover - the task itself reports the import error
+        log.debug("warm-up imports failed", exc_info=True)
+    gc.freeze()  # the imported modules: never garbage, no need to walk them in every collection
+    code = 0
+    try:
+        conn.send(("ready", None))
+        while True:
+            try:
+                fn, args, last = conn.recv()
+            except (EOFError, OSError):  # the owner closed the worker (or died)
+                break
+            try:
+                outcome: tuple[str, Any] = ("ok", fn(*args))
+            except BaseException as exc:  # sent as text: an exception may not survive pickling
+                outcome = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            try:
+                conn.send(outcome)
+            except Exception:  # pragma: no cover - the owner sees EOF and reports it
+                code = 1
+                break
+            if last:
+                break
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While a process is spawned, hide ``__main__``'s file so the child does not re-run it.
+
+    ``multiprocessing``'s spawn re-imports the parent's main script in the child (for functions
+    defined there). Under ``dagster asset materialize`` that is the ``dagster`` CLI (~1.2 s of
+    imports per backtest); a worker only runs functions of this module, so it needs none of it.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+class BacktestWorker:
+    """A spawned process that imports the engine ahead of time, then runs ONE backtest.
+
+    Why: a backtest runs in its own process (NautilusTrader initialises logging once per
+    process), and starting that process — interpreter, NautilusTrader, the engine — costs
+    several seconds. Started when a run begins, the worker does that on the second core while
+    the run's input steps execute, so ``backtest_run`` only waits for the engine itself. Before
+    the backtest it may serve other NautilusTrader work of the same run (:meth:`call`: the
+    catalog's instruments), which then never loads NautilusTrader into the Dagster process.
+    One backtest per worker (:meth:`run`, the last task): two engines never share a process.
+    """
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_worker_main, args=(child_conn,), name="backtest-worker", daemon=True
+        )
+        with _main_module_hidden():
+            self._proc.start()
+        child_conn.close()
+        self._done = False
+        self._ready = False
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return not self._done and self._proc.is_alive()
+
+    def ready(self) -> bool:
+        """True once the warm-up is over (never blocks): a task would start at once."""
+        with self._lock:
+            if not self._ready and not self._done:
+                try:
+                    if self._conn.poll():
+                        self._ready = self._conn.recv()[0] == "ready"
+                except (EOFError, OSError):
+                    return False
+            return self._ready and self.alive()
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], last: bool) -> Any:
+        with self._lock:
+            if self._done:
+                raise RuntimeError("this BacktestWorker has run its backtest and exited")
+            self._done = last
+            try:
+                if not self._ready:  # wait for the warm-up to end
+                    self._ready = self._conn.recv()[0] == "ready"
+                self._conn.send((fn, args, last))
+                status, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                self._done = True
+                self.close()
+                raise IsolatedBacktestError(
+                    f"the backtest process {self._proc.pid} died (exit code {self._proc.exitcode})"
+                ) from exc
+        if last:
+            self.close()
+        if status != "ok":
+            raise IsolatedBacktestError(f"the backtest process failed: {value}")
+        return value
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the worker (module-level ``fn``, picklable args); it stays alive."""
+        return self._submit(fn, args, last=False)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The worker's last task (the backtest): ``fn(*args)``, then the process exits."""
+        return self._submit(fn, args, last=True)
+
+    def close(self) -> None:
+        """Stop the worker and reap it: an idle one is killed (it holds only imports and
+        stateless helper results); after its last task it has exited or is about to."""
+        atexit.unregister(self.close)
+        self._conn.close()
+        if not self._done and self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():  # pragma: no cover - a stuck worker
+            self._proc.kill()
+            self._proc.join()
+        self._done = True
+
+
+_WORKERS: dict[str, BacktestWorker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def prewarm_worker(key: str) -> None:
+    """Start the backtest process of ``key`` (a Dagster run id) now, if not started yet.
+
+    At most one idle worker per process: one left by another run (whose backtest step never
+    ran) is stopped.
+    """
+    with _WORKERS_LOCK:
+        if key in _WORKERS and _WORKERS[key].alive():
+            return
+        for other in [k for k in _WORKERS if k != key]:
+            _WORKERS.pop(other).close()
+        _WORKERS[key] = BacktestWorker()
+
+
+def take_worker(key: str) -> BacktestWorker | None:
+    """The warm worker of ``key`` (removed from the pool), or None if there is none alive."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.pop(key, None)
+    if worker is not None and not worker.alive():
+        worker.close()
+        return None
+    return worker
+
+
+def ready_worker(key: str) -> BacktestWorker | None:
+    """``key``'s worker if it is warm already, left in the pool (for tasks before the backtest).
+
+    None while it is still starting: a step that can do its work itself does not wait for it.
+    """
+    with _WORKERS_LOCK:
+        worker = _WORKERS.get(key)
+    return worker if worker is not None and worker.ready() else None
+
+
+def worker_pid(key: str) -> int | None:
+    """Process id of ``key``'s worker (for logs), None if it has none."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.get(key)
+    return worker.pid if worker is not None else None
+
+
+def discard_worker(key: str) -> None:
+    """Stop ``key``'s worker if it was never used (the run ends without a backtest)."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.pop(key, None)
+    if worker is not None:
+        worker.close()
+
+
 def run_backtest_isolated(
     ucs: UnifiedCloudService,
     config: BacktestConfig,
     bundles: Sequence[DayBundle],
     run_id: str | None = None,
+    worker: BacktestWorker | None = None,
 ) -> dict[str, Any]:
-    """Run ``run_backtest`` over the bundles' days in a spawned process; returns summary + locations."""
+    """Run ``run_backtest`` over the bundles' days in its own process; returns summary + locations.
+
+    ``worker``: a process started earlier by :func:`prewarm_worker` (warm imports); without
+    one, a new process is spawned here.
+    """
     days = sorted(b.day for b in bundles)
     if not days:
         raise ValueError("no day to backtest")
     rid = run_id or config.run_id(days[0], days[-1])
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        out = pool.submit(
-            _child,
-            ucs.root,
-            config.model_dump_json(),
-            days[0].isoformat(),
-            days[-1].isoformat(),
-            rid,
-            list(bundles),
-        ).result()
+    out = (worker or BacktestWorker()).run(
+        _child,
+        ucs.root,
+        config.model_dump_json(),
+        days[0].isoformat(),
+        days[-1].isoformat(),
+        rid,
+        list(bundles),
+    )
     if out["status"] != "COMPLETED":
         raise IsolatedBacktestError(
             f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})"
@@ -451,9 +701,11 @@ def run_backtest_isolated(
 
 def read_result_table(ucs: UnifiedCloudService, run_id: str, name: str) -> pa.Table:
     """A run's result Parquet object as written by ``run_backtest`` (exact output schema)."""
-    import io
-
-    import pyarrow.parquet as pq
-
     data = ucs.download_bytes_sync(layout.target("results"), layout.result_path(run_id, name))
-    return pq.read_table(io.BytesIO(data))
+    return pq.ParquetFile(io.BytesIO(data)).read()
+
+
+def result_row_count(ucs: UnifiedCloudService, run_id: str, name: str) -> int:
+    """Rows of a run's result Parquet object, from its footer (the data pages are not decoded)."""
+    data = ucs.download_bytes_sync(layout.target("results"), layout.result_path(run_id, name))
+    return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows

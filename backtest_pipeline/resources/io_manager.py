@@ -45,12 +45,16 @@ class RunArtifact:
 
     ``data``: an Arrow table / polars frame for ``*.parquet``, a JSON-able dict for ``*.json``,
     a string for ``execution.log``. ``days`` are the UTC days the run covered.
+    ``stored``: the object is already at its path (the backtest wrote it), so the IO manager only
+    writes the per-day pointers; ``data`` may then be None. Rewriting a result the backtest
+    just wrote would cost a decode and an encode per object and could only make it differ.
     """
 
     run_id: str
     name: str
     data: Any
     days: list[str] = field(default_factory=list)
+    stored: bool = False
 
     def path(self) -> str:
         return artifact_path(self.run_id, self.name)
@@ -98,16 +102,30 @@ class LazyDays(Mapping[str, Any]):
 
     Used both ways: the IO manager loads per-day inputs lazily, and an asset may return one so
     that each day is computed only when the IO manager writes it. Nothing is cached.
+    ``locate``: where a stored day lives (its path in the results bucket), for a step that hands
+    the object to another process by reference instead of loading it here.
     """
 
-    def __init__(self, keys: list[str], produce: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        produce: Callable[[str], Any],
+        locate: Callable[[str], str] | None = None,
+    ) -> None:
         self._keys = list(keys)
         self._produce = produce
+        self._locate = locate
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._keys:
             raise KeyError(key)
         return self._produce(key)
+
+    def location(self, key: str) -> str | None:
+        """The stored object of ``key`` (results-bucket path), or None if not a stored value."""
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._locate(key) if self._locate else None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -198,8 +216,15 @@ class UCSIOManager(ConfigurableIOManager):
             raise ValueError(f"{art.name!r} is not a run object; expected one of {RUN_OBJECTS}")
         target = layout.target("results")
         fmt = _format(art.name)
-        data = _as_arrow(art.data, art.name) if fmt == "parquet" else art.data
-        ucs.upload_to_gcs_sync(target, art.path(), data, format=fmt)  # the object first …
+        if art.stored:  # written by the backtest: it must be there before a pointer names it
+            if not ucs.exists_sync(target, art.path()):
+                raise FileNotFoundError(
+                    f"{ucs.uri(target, art.path())} does not exist; run {art.run_id} did not "
+                    f"write {art.name}"
+                )
+        else:
+            data = _as_arrow(art.data, art.name) if fmt == "parquet" else art.data
+            ucs.upload_to_gcs_sync(target, art.path(), data, format=fmt)  # the object first …
         days = art.days or [k for k in keys if k is not None]
         pointer = pa.table(
             {
@@ -223,25 +248,33 @@ class UCSIOManager(ConfigurableIOManager):
         five-year range does not hold five years of slices); run objects load as RunArtifact(s)."""
         asset = self._asset_name(context)
         keys = self._partition_keys(context)
-        first = self._read_day(asset, keys[0])
-        if (first.schema.metadata or {}).get(POINTER_KEY):
-            pointers = [first, *(self._read_day(asset, k) for k in keys[1:])]
+        # Pointer or data? The first day's schema says; its data pages are not decoded here (a
+        # day of tick slices would be decoded twice: now and when the step reads it).
+        first = pq.ParquetFile(io.BytesIO(self._read_day_bytes(asset, keys[0])))
+        if (first.schema_arrow.metadata or {}).get(POINTER_KEY):
+            pointers = [first.read(), *(self._read_day(asset, k) for k in keys[1:])]
             return self._load_artifacts(self._client(), pointers)
         if not context.has_asset_partitions:
-            return first
-        return LazyDays([k for k in keys if k is not None], lambda k: self._read_day(asset, k))
+            return first.read()
+        return LazyDays(
+            [k for k in keys if k is not None],
+            lambda k: self._read_day(asset, k),
+            locate=lambda k: self.day_path(asset, k),
+        )
 
-    def _read_day(self, asset: str, key: str | None) -> pa.Table:
+    def _read_day_bytes(self, asset: str, key: str | None) -> bytes:
         ucs, target = self._client(), layout.target("results")
         path = self.day_path(asset, key)
         try:
-            data = ucs.download_bytes_sync(target, path)
+            return ucs.download_bytes_sync(target, path)
         except ObjectNotFoundError as exc:
             raise FileNotFoundError(
                 f"asset {asset} partition {key} of configuration {self.settings.scope!r} is "
                 f"not materialized ({ucs.uri(target, path)} does not exist)"
             ) from exc
-        return pq.read_table(io.BytesIO(data))
+
+    def _read_day(self, asset: str, key: str | None) -> pa.Table:
+        return read_parquet_bytes(self._read_day_bytes(asset, key))
 
     def _load_artifacts(self, ucs: UnifiedCloudService, pointers: list[pa.Table]) -> Any:
         """The run object(s) the requested days point to: one RunArtifact, or a list if several."""
@@ -254,12 +287,22 @@ class UCSIOManager(ConfigurableIOManager):
                 continue
             fmt = _format(row["name"])
             if fmt == "parquet":
-                data: Any = pq.read_table(io.BytesIO(ucs.download_bytes_sync(target, row["path"])))
+                data: Any = read_parquet_bytes(ucs.download_bytes_sync(target, row["path"]))
             else:
                 data = ucs.download_from_gcs_sync(target, row["path"], format=fmt)  # type: ignore[arg-type]
             seen[k] = RunArtifact(row["run_id"], row["name"], data, list(row["days"] or []))
         arts = list(seen.values())
         return arts[0] if len(arts) == 1 else arts
+
+
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    """A whole Parquet object as a table, without ``pq.read_table``.
+
+    ``pq.read_table`` goes through ``pyarrow.dataset``, whose import pulls in pandas (~1 s here
+    without cached bytecode) in a process that otherwise never needs it; a single in-memory file
+    reads the same through ``ParquetFile``.
+    """
+    return pq.ParquetFile(io.BytesIO(data)).read()
 
 
 def read_json_metadata(table: pa.Table, key: bytes) -> Any:

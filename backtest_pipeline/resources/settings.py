@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from backtest_pipeline import layout
@@ -72,6 +72,17 @@ class BacktestSettings(ConfigurableResource):
 
     def load(self) -> BacktestConfig:
         return load_config(self.config_name, self.configs_dir)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Stop the run's warm backtest process if the run ended before using it.
+
+        The first input steps start it ahead of ``backtest_run`` (``assets.runtime``); a run
+        that fails earlier must not leave it idling in a long-lived process.
+        """
+        from backtest_pipeline.execution import stages
+
+        if context.run_id:
+            stages.discard_worker(context.run_id)
 
 
 def tag_run(context: Any, settings: BacktestSettings, strategy_id: str) -> None:

@@ -1,0 +1,119 @@
+"""The run's warm backtest process and the code location's executor.
+
+``BacktestWorker`` is a real spawned process: it serves helper tasks, runs one last task, then
+exits; an idle one is stopped when its run ends. The end-to-end test runs the real
+``dagster asset materialize`` command (the code location's executor starts the worker with the
+run) and checks the range gives exactly what ``run_backtest`` gives.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from _dagster_helpers import write_sample
+
+from backtest_pipeline import layout
+from backtest_pipeline.execution import stages
+from backtest_pipeline.execution.runner import run_backtest
+from backtest_pipeline.resources.settings import load_config
+from backtest_pipeline.ucs import UnifiedCloudService
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _boom() -> None:
+    raise ValueError("no such thing")
+
+
+def _die() -> None:
+    os._exit(3)
+
+
+def test_worker_serves_tasks_then_exits_after_the_last() -> None:
+    w = stages.BacktestWorker()
+    assert w.call(os.getpid) == w.pid != os.getpid()
+    assert w.call(sorted, [3, 1, 2]) == [1, 2, 3]
+    assert w.ready() and w.alive()
+    assert w.run(os.getpid) == w.pid
+    assert not w.alive()
+    with pytest.raises(RuntimeError, match="has run its backtest"):
+        w.call(os.getpid)
+
+
+def test_worker_errors_and_death_are_reported() -> None:
+    w = stages.BacktestWorker()
+    with pytest.raises(stages.IsolatedBacktestError, match="ValueError: no such thing"):
+        w.call(_boom)
+    assert w.alive()  # a failed helper task does not cost the backtest its process
+    with pytest.raises(stages.IsolatedBacktestError, match="died"):
+        w.run(_die)
+    assert not w.alive()
+
+
+def test_spawning_keeps_the_main_module() -> None:
+    main = sys.modules["__main__"]
+    before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
+    stages.BacktestWorker().close()
+    assert (main.__dict__.get("__file__"), main.__dict__.get("__spec__")) == before
+
+
+def test_pool_keeps_one_idle_worker_per_process() -> None:
+    stages.prewarm_worker("run-a")
+    first = stages._WORKERS["run-a"]
+    stages.prewarm_worker("run-a")  # idempotent
+    assert stages._WORKERS["run-a"] is first
+    stages.prewarm_worker("run-b")  # another run's idle worker is stopped
+    assert "run-a" not in stages._WORKERS and not first.alive()
+    taken = stages.take_worker("run-b")
+    assert taken is not None and stages.take_worker("run-b") is None
+    taken.close()
+    stages.prewarm_worker("run-c")
+    stages.discard_worker("run-c")
+    assert "run-c" not in stages._WORKERS
+
+
+@pytest.mark.slow
+def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
+    """`dagster asset materialize` over 3 days (the code location's executor) = run_backtest."""
+    root = tmp_path / "data"
+    ucs = UnifiedCloudService(str(root))
+    write_sample(ucs)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "BACKTEST_STORAGE_ROOT": str(root),
+        "BACKTEST_PARTITIONS_START": "2024-01-01",
+    }
+    cmd = [
+        str(Path(sys.executable).with_name("dagster")),
+        *("asset", "materialize", "-m", "backtest_pipeline.definitions", "--select", "*"),
+        *("--partition-range", "2024-01-01...2024-01-03"),
+    ]
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "RUN_SUCCESS" in out.stderr
+    assert "backtest process started with the run" in out.stderr  # the executor's warm start
+
+    config = load_config("demo")
+    rid = config.run_id("2024-01-01", "2024-01-03")
+    t = layout.target("results")
+
+    def read(run_id: str, name: str) -> pl.DataFrame:
+        return ucs.download_from_gcs_sync(t, layout.result_path(run_id, name))
+
+    dagster_fills = read(rid, "fills.parquet")
+    dagster_summary = ucs.download_from_gcs_sync(t, layout.result_path(rid, "summary.json"))
+    direct = run_backtest(config, "2024-01-01", "2024-01-03", ucs=ucs, run_id="direct-run")
+    assert dagster_summary["status"] == "COMPLETED"
+    assert dagster_fills.height > 0
+    assert dagster_fills.equals(read("direct-run", "fills.parquet"))
+    assert dagster_summary["pnl"] == direct.summary["pnl"]
+    assert dagster_summary["metrics"] == direct.summary["metrics"]
+    log = ucs.download_from_gcs_sync(t, layout.log_path(rid), format="text")
+    assert "BacktestEngine" in log  # the engine's own log, written in the warm process
