@@ -307,17 +307,14 @@ def run_bench(
         "reps": reps,
     }
 
-    log("signal-driven 3-day runs (local root)…")
-    runs = [_in_child(_child_run, str(ref), s, e3, False, {}) for _ in range(reps)]
+    log("signal-driven 3-day runs (local root), each paired with the bare engine on its ticks…")
+    runs, bare = _paired(str(ref), s, e3, False, reps)
     out["e2e_signal_s"] = _median([r["wall_time_s"] for r in runs])
     out["peak_rss_mb_3day"] = _median([r["peak_rss_mb"] for r in runs])
     out["bytes_read_ratio"] = runs[0]["tick_bytes_read"] / runs[0]["bytes_available"]
     out["ticks_signal"] = runs[0]["ticks_processed"]
-
-    log("bare engine on the same ticks…")
-    bare = [_in_child(_child_bare, str(ref), s, e3, False) for _ in range(reps)]
     out["bare_engine_s"] = _median([b["seconds"] for b in bare])
-    out["ratio_signal_to_bare"] = out["e2e_signal_s"] / out["bare_engine_s"]
+    out["ratio_signal_to_bare"] = _paired_ratio(runs, bare)
 
     if "gcs" not in skip:
         log("signal-driven 3-day runs (GCS emulator)…")
@@ -331,11 +328,10 @@ def run_bench(
 
     if "full" not in skip:
         log("full-day 3-day runs and the bare engine on the full days…")
-        fruns = [_in_child(_child_run, str(ref), s, e3, True, {}) for _ in range(reps)]
+        fruns, fbare = _paired(str(ref), s, e3, True, reps)
         out["e2e_full_s"] = _median([r["wall_time_s"] for r in fruns])
-        fbare = [_in_child(_child_bare, str(ref), s, e3, True) for _ in range(reps)]
         out["bare_engine_full_s"] = _median([b["seconds"] for b in fbare])
-        out["ratio_full_to_bare"] = out["e2e_full_s"] / out["bare_engine_full_s"]
+        out["ratio_full_to_bare"] = _paired_ratio(fruns, fbare)
 
     log("conversion speed…")
     conv = _in_child(_child_conversion, str(ref))
@@ -373,6 +369,23 @@ def run_bench(
         out["naive_s"] = _median([n["seconds"] for n in naive])
         out["naive_over_ours"] = out["naive_s"] / out["e2e_signal_s"]
     return out
+
+
+def _paired(
+    root: str, start: str, end: str, full_day: bool, reps: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each run is followed at once by its bare floor, so a drift in this machine's speed (a
+    shared VM's neighbours come and go over minutes) hits both sides of a ratio alike."""
+    runs, bare = [], []
+    for _ in range(reps):
+        runs.append(_in_child(_child_run, root, start, end, full_day, {}))
+        bare.append(_in_child(_child_bare, root, start, end, full_day))
+    return runs, bare
+
+
+def _paired_ratio(runs: list[dict[str, Any]], bare: list[dict[str, Any]]) -> float:
+    """Median of the per-pair ratios (not the ratio of the medians, which mixes pairs)."""
+    return _median([r["wall_time_s"] / b["seconds"] for r, b in zip(runs, bare, strict=True)])
 
 
 def _upload_tree(root: Path, url: str) -> None:

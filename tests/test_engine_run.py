@@ -20,6 +20,7 @@ from _engine_data import (
     signals,
     steady_trades,
     t,
+    trades,
 )  # fmt: skip
 
 from backtest_pipeline.execution.engine import EngineInputError, run_engine
@@ -483,3 +484,75 @@ def test_allow_spot_short_from_config() -> None:
     assert no.orders["status"].to_list() == ["REJECTED"]
     yes = run_engine(config([k], allow_spot_short=True), [day_input(DAY1, inst, sig, {k: tr})])
     assert yes.orders["status"].to_list() == ["FILLED"] and yes.fills["side"].to_list() == ["SELL"]
+
+
+def _windowed_vs_whole_day(monkeypatch: pytest.MonkeyPatch, chunk: int) -> tuple[object, object]:
+    """The same two days through the engine in windows of ``chunk`` ticks and in whole days."""
+    from backtest_pipeline.execution import engine as engine_mod
+
+    cfg = config([BTC, BTC_BYBIT], venues={"BINANCE-FUTURES": {"starting_balance": 100_000}})
+    inst = instruments_df(instrument_row(BTC, taker_fee=0.0005),
+                          instrument_row(BTC_BYBIT, taker_fee=0.0004))  # fmt: skip
+
+    def days() -> list[object]:
+        a1 = steady_trades(DAY1, 100, 400, 0.5, 40_000.0, drift=0.1, prefix="A")
+        b1 = steady_trades(DAY1, 100, 400, 0.5, 40_003.0, drift=-0.1, prefix="B")
+        a2 = steady_trades(DAY2, 50, 300, 0.25, 40_050.0, drift=0.2, prefix="C")
+        s1 = signals(_sig("s1", 110, 1.0, algo="TWAP", execution_window_s=120),
+                     _sig("s2", 250, -0.5, algo="LIMIT", execution_window_s=60),
+                     _sig("s3", 330, 0.25))  # fmt: skip
+        s2 = signals({"signal_id": "s4", "ts_event": t(DAY2, 100), "instrument_key": BTC,
+                      "target_position": 0.0, "algo": "TWAP", "execution_window_s": 90})  # fmt: skip
+        fund = {BTC: funding_df([(t(DAY1, 200), 0.0001, 40_010.0)])}
+        return [day_input(DAY1, inst, s1, {BTC: a1, BTC_BYBIT: b1}, funding=fund),
+                day_input(DAY2, inst, s2, {BTC: a2})]  # fmt: skip
+
+    monkeypatch.setattr(engine_mod, "CHUNK_TICKS", chunk)
+    windowed = run_engine(cfg, days())
+    monkeypatch.setattr(engine_mod, "CHUNK_TICKS", None)
+    whole = run_engine(cfg, days())
+    return windowed, whole
+
+
+@pytest.mark.parametrize("chunk", [7, 250])
+def test_day_run_in_tick_windows_equals_whole_day(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Bounding memory by a window of ticks must not change a single order, fill or balance."""
+    windowed, whole = _windowed_vs_whole_day(monkeypatch, chunk)
+    assert whole.fills.height > 3 and whole.orders.height > 3  # type: ignore[attr-defined]
+    for name in ("orders", "fills", "operations", "funding"):
+        assert getattr(windowed, name).equals(getattr(whole, name)), name
+    assert windowed.final_balances == whole.final_balances  # type: ignore[attr-defined]
+    assert windowed.stats["ticks_processed"] == whole.stats["ticks_processed"]  # type: ignore[attr-defined]
+
+
+def test_windows_split_between_timestamps_and_keep_every_row() -> None:
+    from backtest_pipeline.execution.config import FeeOverride
+    from backtest_pipeline.execution.engine import _PreparedDay
+    from backtest_pipeline.execution.instruments import build_instrument
+
+    # 5 trades share one timestamp right where a 4-tick window would cut.
+    rows = [(t(DAY1, s), 40_000.0, 1.0, "buy") for s in (1, 2, 3)]
+    rows += [(t(DAY1, 4), 40_000.0 + i, 1.0, "sell") for i in range(5)]
+    rows += [(t(DAY1, s), 40_001.0, 1.0, "buy") for s in (5, 6, 7, 8, 9)]
+    a = trades(rows, prefix="A")
+    b = trades([(t(DAY1, 4), 39_999.0, 2.0, "buy"), (t(DAY1, 8.5), 39_998.0, 2.0, "sell")], "B")
+    day_start = t(DAY1, 0)
+    instr = {k: build_instrument(instrument_row(k), FeeOverride()) for k in (BTC, BTC_BYBIT)}
+    prepared = _PreparedDay({BTC: a, BTC_BYBIT: b}, instr, day_start, day_start + 86_400 * S)
+    windows = list(prepared.windows(4))
+    assert len(windows) > 2
+    seen: dict[str, list[str]] = {BTC: [], BTC_BYBIT: []}
+    for i, (lo, hi, ticks) in enumerate(windows):
+        assert lo < hi and (i == 0 or lo == windows[i - 1][1])
+        for key, ts in ticks.items():
+            assert all(lo <= x.ts_event < hi for x in ts)
+            seen[key] += [x.trade_id.value for x in ts]
+    assert windows[0][0] == day_start and windows[-1][1] == day_start + 86_400 * S
+    assert seen[BTC] == a.column("trade_id").to_pylist()
+    assert seen[BTC_BYBIT] == b.column("trade_id").to_pylist()
+    # the five equal timestamps land in one window
+    assert sum(1 for _, _, tk in windows for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)) == 5
+    assert len({i for i, (_, _, tk) in enumerate(windows)
+                for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)}) == 1  # fmt: skip
