@@ -507,10 +507,23 @@ def _windowed_vs_whole_day(monkeypatch: pytest.MonkeyPatch, chunk: int) -> tuple
         return [day_input(DAY1, inst, s1, {BTC: a1, BTC_BYBIT: b1}, funding=fund),
                 day_input(DAY2, inst, s2, {BTC: a2})]  # fmt: skip
 
+    counted: list[int] = []
+    windows = engine_mod._PreparedDay.windows
+
+    def counting(self: object, max_ticks: int | None) -> object:
+        for w in windows(self, max_ticks):  # type: ignore[arg-type]
+            counted.append(max_ticks or 0)
+            yield w
+
+    monkeypatch.setattr(engine_mod._PreparedDay, "windows", counting)
     monkeypatch.setattr(engine_mod, "CHUNK_TICKS", chunk)
     windowed = run_engine(cfg, days())
+    n_windowed = len(counted)
+    counted.clear()
     monkeypatch.setattr(engine_mod, "CHUNK_TICKS", None)
     whole = run_engine(cfg, days())
+    # The windowed run really ran in more pieces than one per day; the other in one per day.
+    assert len(counted) == 2 and n_windowed > 2
     return windowed, whole
 
 

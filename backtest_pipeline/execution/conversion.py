@@ -149,6 +149,23 @@ def _ns_array(col: pa.ChunkedArray) -> np.ndarray:
     return arr.view(np.uint64) if arr.dtype == np.int64 else arr.astype(np.uint64)
 
 
+def sorted_ts_event_ns(table: pa.Table | pl.DataFrame) -> np.ndarray | None:
+    """``ts_event`` as int64 ns for an Arrow table whose times are in order, else None.
+
+    Lets the engine cut a day into time windows by binary search; anything else (polars frames,
+    nulls, other units, unsorted rows) is left whole for :func:`trades_to_ticks` to judge.
+    """
+    if not isinstance(table, pa.Table) or "ts_event" not in table.column_names:
+        return None
+    col = table.column("ts_event")
+    if col.null_count or not (
+        pa.types.is_int64(col.type) or (pa.types.is_timestamp(col.type) and col.type.unit == "ns")
+    ):
+        return None
+    ts = _ns_array(col).view(np.int64)
+    return ts if bool(np.all(ts[1:] >= ts[:-1])) else None
+
+
 def _fast_columns(
     table: pa.Table | pl.DataFrame, size_precision: int, use_ts_init: bool
 ) -> _Columns | None:

