@@ -39,7 +39,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def _ucs(root: str | None):  # type: ignore[no-untyped-def]
-    from backtest_pipeline.ucs import UnifiedCloudService
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     return UnifiedCloudService(root)
 
@@ -199,8 +199,8 @@ def _run(
     as_json: bool,
     shards: int = 1,
 ) -> None:
-    from backtest_pipeline.execution.config import BacktestConfig
-    from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
+    from backtest_pipeline.config import BacktestConfig
+    from backtest_pipeline.run.runner import BacktestFailed, run_backtest
 
     try:
         config = BacktestConfig.from_yaml(config_path)

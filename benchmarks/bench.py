@@ -133,9 +133,9 @@ def _child_run(
 ) -> None:
     os.environ.update(env)
     from backtest_pipeline import layout
-    from backtest_pipeline.execution.config import BacktestConfig
-    from backtest_pipeline.execution.runner import run_backtest
-    from backtest_pipeline.ucs import UnifiedCloudService
+    from backtest_pipeline.config import BacktestConfig
+    from backtest_pipeline.run.runner import run_backtest
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     cfg = BacktestConfig.from_yaml(CONFIG)
     if full_day:
@@ -158,10 +158,10 @@ def _child_run(
 
 def _child_bare(root: str, start: str, end: str, full_day: bool, q: Any) -> None:
     from backtest_pipeline import layout
-    from backtest_pipeline.execution.config import BacktestConfig
-    from backtest_pipeline.execution.engine import bare_engine_run
-    from backtest_pipeline.execution.runner import load_day
-    from backtest_pipeline.ucs import UnifiedCloudService
+    from backtest_pipeline.config import BacktestConfig
+    from backtest_pipeline.engine.driver import bare_engine_run
+    from backtest_pipeline.run.runner import load_day
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     cfg = BacktestConfig.from_yaml(CONFIG)
     if full_day:
@@ -173,11 +173,11 @@ def _child_bare(root: str, start: str, end: str, full_day: bool, q: Any) -> None
 
 def _child_conversion(root: str, q: Any) -> None:
     from backtest_pipeline import layout
+    from backtest_pipeline.config import FeeOverride
     from backtest_pipeline.data.readers import read_instruments
-    from backtest_pipeline.execution.config import FeeOverride
-    from backtest_pipeline.execution.conversion import trades_to_ticks
-    from backtest_pipeline.execution.instruments import build_instrument
-    from backtest_pipeline.ucs import UnifiedCloudService
+    from backtest_pipeline.engine.conversion import trades_to_ticks
+    from backtest_pipeline.engine.instruments import build_instrument
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     ucs = UnifiedCloudService(root)
     row = (
@@ -263,7 +263,7 @@ def _dagster_vs_cli(root: Path, w: Workload, reps: int) -> tuple[float, float, f
         "asset",
         "materialize",
         "-m",
-        "backtest_pipeline.definitions",
+        "definitions",
         "--select",
         "*",
         "--partition-range",

@@ -74,13 +74,13 @@ class NaiveSignalStrategy(Strategy):
 
 def run_naive(root: str, start: str, end: str, config_path: Path) -> dict[str, Any]:
     from backtest_pipeline import layout
-    from backtest_pipeline.execution.config import BacktestConfig, FeeOverride
-    from backtest_pipeline.execution.instruments import (
+    from backtest_pipeline.config import BacktestConfig, FeeOverride
+    from backtest_pipeline.engine.instruments import (
         build_instrument,
         instrument_id_for,
         to_nautilus_venue,
     )
-    from backtest_pipeline.ucs import UnifiedCloudService
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     cfg = BacktestConfig.from_yaml(config_path)
     key = cfg.instruments[0]

@@ -12,7 +12,7 @@ can run in CI. What is checked instead, each with Dagster's own config schemas w
   validated by the same schemas; pod resources parsed as Kubernetes quantities and sized against
   the benchmark's measured peaks; values and ``deploy/dagster.yaml`` must agree.
 * ``deploy/k8s_job_executor.yaml`` — run config for step pods, validated against the executor.
-* the ``dagster-k8s/config`` tag that ``backtest_pipeline.launch`` puts on runs.
+* the ``dagster-k8s/config`` tag that ``launch`` puts on runs.
 * ``--image`` — the Dockerfile's install steps executed in a fresh temp copy of the files it
   COPYs (``uv sync --locked --no-dev`` from the lock file, then importing the code location).
 
@@ -302,7 +302,7 @@ def check_run_tags() -> None:
     from dagster_k8s.job import get_user_defined_k8s_config
 
     sys.path.insert(0, str(REPO))
-    from backtest_pipeline.launch import k8s_config_tag
+    from launch import k8s_config_tag
 
     for full_day, peak in ((False, PEAK_SIGNAL_DRIVEN_GB), (True, PEAK_FULL_DAY_GB)):
         user = get_user_defined_k8s_config(k8s_config_tag(full_day))

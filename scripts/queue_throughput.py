@@ -2,7 +2,7 @@
 
 Why: per-run overhead (process start, code location import, the backtest's own process), not the
 queue, bounds how many runs a machine completes; this measures it the way users launch runs
-(``backtest_pipeline.launch`` → ``QueuedRunCoordinator`` → ``dagster-daemon`` →
+(``launch`` → ``QueuedRunCoordinator`` → ``dagster-daemon`` →
 ``DefaultRunLauncher``) in a temp ``DAGSTER_HOME`` and storage root, with tiny sample data.
 
     uv run python scripts/queue_throughput.py --runs 8 --concurrency 2
@@ -38,9 +38,10 @@ def main() -> int:
     )
     from dagster import DagsterInstance
 
-    from backtest_pipeline import launch, local_queue
+    import launch
+    import local_queue
     from backtest_pipeline.data.sample import generate_sample_data
-    from backtest_pipeline.ucs import UnifiedCloudService
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     # no per-strategy limit: measure the machine, not the tag limit
     local_queue.write_instance_yaml(home, max_concurrent_runs=args.concurrency, tag_limits=[])

@@ -5,13 +5,13 @@ from typing import Any
 
 from dagster import DagsterInstance, ExecuteInProcessResult, load_assets_from_modules, materialize
 
-from backtest_pipeline.assets import backtest, catalog, inputs
-from backtest_pipeline.assets.checks import ALL_CHECKS
+from assets import backtest, catalog, inputs
+from assets.checks import ALL_CHECKS
 from backtest_pipeline.data.sample import generate_sample_data
-from backtest_pipeline.resources.io_manager import UCSIOManager
-from backtest_pipeline.resources.settings import BacktestSettings
-from backtest_pipeline.resources.ucs_resource import UCSResource
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.io_manager import UCSIOManager
+from resources.settings import BacktestSettings
+from resources.ucs_resource import UCSResource
 
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
 

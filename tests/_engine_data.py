@@ -9,8 +9,8 @@ import polars as pl
 import pyarrow as pa
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.engine import DayInput
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.engine.driver import DayInput
 
 DAY1 = date(2024, 1, 1)
 DAY2 = date(2024, 1, 2)

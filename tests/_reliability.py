@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.sample import generate_sample_data
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 ROOT_DIR: Final = Path(__file__).resolve().parents[1]
 DEMO_YAML: Final = ROOT_DIR / "configs" / "demo.yaml"

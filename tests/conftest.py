@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backtest_pipeline.storage.emulator import GCSEmulator
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUCKET_VARS = (

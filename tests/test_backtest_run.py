@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.sample import generate_sample_data
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.run.runner import BacktestFailed, run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 START, END = date(2024, 1, 1), date(2024, 1, 3)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from backtest_pipeline import layout
 from backtest_pipeline.cli import app
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

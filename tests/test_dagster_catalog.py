@@ -12,12 +12,12 @@ from nautilus_trader.model.data import TradeTick
 from nautilus_trader.persistence.catalog import ParquetDataCatalog
 from nautilus_trader.persistence.catalog.parquet import _timestamps_to_filename
 
+from backtest_pipeline.config import FeeOverride
 from backtest_pipeline.data.sample import generate_trades, instruments_for_day
-from backtest_pipeline.execution import catalog as c
-from backtest_pipeline.execution.config import FeeOverride
-from backtest_pipeline.execution.conversion import trades_to_ticks
-from backtest_pipeline.execution.instruments import build_instrument
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.engine import catalog as c
+from backtest_pipeline.engine.conversion import trades_to_ticks
+from backtest_pipeline.engine.instruments import build_instrument
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
 DAY = date(2024, 1, 1)

@@ -5,7 +5,7 @@ import base64
 import polars as pl
 import pyarrow as pa
 
-from backtest_pipeline.execution import checks, report
+from backtest_pipeline.results import checks, report
 
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
 PEER = "BYBIT:PERPETUAL:BTC-USDT"

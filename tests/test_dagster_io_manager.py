@@ -13,10 +13,10 @@ from dagster import (
 )
 
 from backtest_pipeline import layout
-from backtest_pipeline.resources.io_manager import RunArtifact, UCSIOManager
-from backtest_pipeline.resources.settings import BacktestSettings
-from backtest_pipeline.resources.ucs_resource import UCSResource
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.io_manager import RunArtifact, UCSIOManager
+from resources.settings import BacktestSettings
+from resources.ucs_resource import UCSResource
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 PARTS = DailyPartitionsDefinition(start_date="2024-01-01")

@@ -6,9 +6,9 @@ import pytest
 from _dagster_helpers import resources, write_sample
 from dagster import DagsterInstance, load_assets_from_modules, materialize
 
-from backtest_pipeline import launch
-from backtest_pipeline.assets import inputs
-from backtest_pipeline.ucs import UnifiedCloudService
+import launch
+from assets import inputs
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 
 @pytest.mark.parametrize("chunk", ["none", "year", "quarter", "month", "day"])

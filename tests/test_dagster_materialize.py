@@ -12,10 +12,10 @@ from _dagster_helpers import check_results, materialize_graph, write_sample
 from dagster import AssetKey, ExecuteInProcessResult
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.runner import run_backtest
-from backtest_pipeline.resources.settings import load_config
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.run.runner import run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     assert direct.run_id == rid
     assert direct.summary["pnl"] == summary["pnl"]
     assert direct.summary["metrics"] == summary["metrics"]
-    from backtest_pipeline.execution.runner import result_tables
+    from backtest_pipeline.run.runner import result_tables
 
     tables = result_tables(direct)
     assert pl.from_arrow(tables["fills.parquet"]).equals(fills)

@@ -24,10 +24,12 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from backtest_pipeline import launch, layout, local_queue
+import launch
+import local_queue
+from backtest_pipeline import layout
 from backtest_pipeline.data.sample import generate_sample_data
-from backtest_pipeline.resources.settings import load_config
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import pytest
 from _dagster_helpers import write_sample
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution import stages
-from backtest_pipeline.execution.runner import run_backtest
-from backtest_pipeline.resources.settings import load_config
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.run import stages
+from backtest_pipeline.run.runner import run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.settings import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     }
     cmd = [
         str(Path(sys.executable).with_name("dagster")),
-        *("asset", "materialize", "-m", "backtest_pipeline.definitions", "--select", "*"),
+        *("asset", "materialize", "-m", "definitions", "--select", "*"),
         *("--partition-range", "2024-01-01...2024-01-03"),
     ]
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

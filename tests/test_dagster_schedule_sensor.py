@@ -14,12 +14,12 @@ from dagster import (
     build_sensor_context,
 )
 
-from backtest_pipeline.definitions import defs
-from backtest_pipeline.resources.settings import load_config
-from backtest_pipeline.resources.ucs_resource import UCSResource
-from backtest_pipeline.schedules import backtest_job, t_plus_1_schedule
-from backtest_pipeline.sensors import inputs_ready_sensor, missing_inputs, ready_requests
-from backtest_pipeline.ucs import UnifiedCloudService
+from assets.schedules import backtest_job, t_plus_1_schedule
+from assets.sensors import inputs_ready_sensor, missing_inputs, ready_requests
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from definitions import defs
+from resources.settings import load_config
+from resources.ucs_resource import UCSResource
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -22,8 +22,8 @@ import _dagster_helpers as h
 import pytest
 from dagster import DagsterInstance
 
-from backtest_pipeline.resources.settings import load_config
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def dagster_dev(tmp_path: Path, local_ucs: UnifiedCloudService) -> Iterator[int]
     with DagsterInstance.from_config(str(home)) as instance:
         from dagster import load_assets_from_modules, materialize
 
-        from backtest_pipeline.assets import backtest, catalog, inputs
+        from assets import backtest, catalog, inputs
 
         res = materialize(
             load_assets_from_modules([inputs, catalog, backtest]),

@@ -14,7 +14,7 @@ import pytest
 from backtest_pipeline import layout
 from backtest_pipeline.data import importers, readers
 from backtest_pipeline.data.schemas import DataValidationError
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TARDIS = SHARED_DATA / "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv"

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
 from backtest_pipeline.data import parquet_io, sample, schemas
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
 DAY = date(2024, 1, 2)

@@ -12,7 +12,7 @@ import pytest
 
 from backtest_pipeline import layout
 from backtest_pipeline.data import parquet_io, readers, sample, schemas
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 BTC_PERP = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
 KEYS = [BTC_PERP, "BINANCE:SPOT:ETH-USDT"]

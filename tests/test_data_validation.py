@@ -11,7 +11,7 @@ import pytest
 from backtest_pipeline import layout
 from backtest_pipeline.data import parquet_io, readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError, MissingDataError
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 OBJ = "gs://bucket/some/object.parquet"
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"

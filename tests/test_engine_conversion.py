@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from _engine_data import BTC, instrument_row
 
-from backtest_pipeline.execution import conversion as cv
-from backtest_pipeline.execution import instruments as names
-from backtest_pipeline.execution.config import FeeOverride
+from backtest_pipeline.config import FeeOverride
+from backtest_pipeline.engine import conversion as cv
+from backtest_pipeline.engine import instruments as names
 
 
 def _instrument(pp: int = 1, sp: int = 3):  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from _engine_data import (
     trades,
 )  # fmt: skip
 
-from backtest_pipeline.execution.engine import EngineInputError, run_engine
+from backtest_pipeline.engine.driver import EngineInputError, run_engine
 
 INST = instruments_df(instrument_row(BTC))
 
@@ -270,7 +270,7 @@ import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from pathlib import Path
 from _engine_data import *
-from backtest_pipeline.execution.engine import run_engine
+from backtest_pipeline.engine.driver import run_engine
 import pyarrow as pa
 tr = steady_trades(DAY1, 100, 120, 0.5, 40_000.0)
 # the second signal's sell limit triggers a Nautilus ERROR line ("Cannot fill order")
@@ -488,7 +488,7 @@ def test_allow_spot_short_from_config() -> None:
 
 def _windowed_vs_whole_day(monkeypatch: pytest.MonkeyPatch, chunk: int) -> tuple[object, object]:
     """The same two days through the engine in windows of ``chunk`` ticks and in whole days."""
-    from backtest_pipeline.execution import engine as engine_mod
+    from backtest_pipeline.engine import driver as engine_mod
 
     cfg = config([BTC, BTC_BYBIT], venues={"BINANCE-FUTURES": {"starting_balance": 100_000}})
     inst = instruments_df(instrument_row(BTC, taker_fee=0.0005),
@@ -541,9 +541,9 @@ def test_day_run_in_tick_windows_equals_whole_day(
 
 
 def test_windows_split_between_timestamps_and_keep_every_row() -> None:
-    from backtest_pipeline.execution.config import FeeOverride
-    from backtest_pipeline.execution.engine import _PreparedDay
-    from backtest_pipeline.execution.instruments import build_instrument
+    from backtest_pipeline.config import FeeOverride
+    from backtest_pipeline.engine.driver import _PreparedDay
+    from backtest_pipeline.engine.instruments import build_instrument
 
     # 5 trades share one timestamp right where a 4-tick window would cut.
     rows = [(t(DAY1, s), 40_000.0, 1.0, "buy") for s in (1, 2, 3)]

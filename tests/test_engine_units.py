@@ -9,14 +9,14 @@ import pytest
 from _engine_data import BTC, BTC_BYBIT, DAY1, S, instrument_row, signals, t, trades
 from nautilus_trader.model.identifiers import InstrumentId
 
-from backtest_pipeline.execution import instruments as names
-from backtest_pipeline.execution.config import FeeOverride, RiskLimits
-from backtest_pipeline.execution.conversion import marks_per_second, trades_to_ticks
-from backtest_pipeline.execution.intervals import filter_to_intervals, signal_intervals
-from backtest_pipeline.execution.oms import OMS
-from backtest_pipeline.execution.orchestrator import Operation, Orchestrator, Signal
-from backtest_pipeline.execution.risk import OrderIntent, PreTradeRisk, RiskSnapshot
-from backtest_pipeline.execution.router import SmartRouter, VenueQuote, group_of
+from backtest_pipeline.config import FeeOverride, RiskLimits
+from backtest_pipeline.engine import instruments as names
+from backtest_pipeline.engine.conversion import marks_per_second, trades_to_ticks
+from backtest_pipeline.signals.intervals import filter_to_intervals, signal_intervals
+from backtest_pipeline.trading.oms import OMS
+from backtest_pipeline.trading.orchestrator import Operation, Orchestrator, Signal
+from backtest_pipeline.trading.risk import OrderIntent, PreTradeRisk, RiskSnapshot
+from backtest_pipeline.trading.router import SmartRouter, VenueQuote, group_of
 
 
 def test_names_round_trip() -> None:

@@ -15,8 +15,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from backtest_pipeline.execution.metrics import compute_metrics
-from backtest_pipeline.execution.results import (
+from backtest_pipeline.results.metrics import compute_metrics
+from backtest_pipeline.results.tables import (
     build_equity_curve,
     build_pnl,
     build_positions,

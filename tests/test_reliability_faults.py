@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
+from backtest_pipeline.run.runner import BacktestFailed, run_backtest
 from backtest_pipeline.storage.base import ObjectNotFoundError, RetryPolicy, TransientStorageError
 from backtest_pipeline.storage.emulator import GCSEmulator
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 from tests._reliability import (
     DAY1,
     DAY2,

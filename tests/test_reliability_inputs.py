@@ -29,9 +29,9 @@ from typer.testing import CliRunner
 
 from backtest_pipeline import layout
 from backtest_pipeline.cli import app
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.run.runner import BacktestFailed, run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 from tests._reliability import (
     DAY1,
     DAY2,

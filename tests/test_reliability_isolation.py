@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.runner import run_backtest
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.run.runner import run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 from tests._reliability import (
     DAY1,
     DAY2,

@@ -18,11 +18,11 @@ import polars as pl
 import pytest
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.sample import generate_sample_data
-from backtest_pipeline.execution import shards
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.runner import BacktestFailed, BacktestResult, run_backtest
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.run import shards
+from backtest_pipeline.run.runner import BacktestFailed, BacktestResult, run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 START = date(2024, 3, 1)

@@ -17,7 +17,7 @@ import pytest
 from backtest_pipeline import layout
 from backtest_pipeline.storage.base import ObjectNotFoundError, RetryPolicy, TransientStorageError
 from backtest_pipeline.storage.parquet_ranges import ParquetRangeError
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 DAY_NS = 86_400_000_000_000
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"

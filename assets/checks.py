@@ -19,9 +19,9 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetIn, asset_check
 
-from backtest_pipeline.assets.partitions import daily_partitions
-from backtest_pipeline.execution import checks
-from backtest_pipeline.resources.io_manager import DayTables, RunArtifact
+from assets.partitions import daily_partitions
+from backtest_pipeline.results import checks
+from resources.io_manager import DayTables, RunArtifact
 
 
 def check_spec(name: str, asset: str, description: str) -> AssetCheckSpec:

@@ -15,14 +15,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue, Output, asset
 
+from assets import runtime
+from assets.checks import check_result, check_spec
+from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline import layout
-from backtest_pipeline.assets import runtime
-from backtest_pipeline.assets.checks import check_result, check_spec
-from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
-from backtest_pipeline.execution import checks, stages
-from backtest_pipeline.resources.io_manager import DayTables, LazyDays
-from backtest_pipeline.resources.settings import BacktestSettings, tag_run
-from backtest_pipeline.resources.ucs_resource import UCSResource
+from backtest_pipeline.results import checks
+from backtest_pipeline.run import stages
+from resources.io_manager import DayTables, LazyDays
+from resources.settings import BacktestSettings, tag_run
+from resources.ucs_resource import UCSResource
 
 GROUP = "inputs"
 COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "group_name": GROUP}

@@ -49,12 +49,12 @@ from nautilus_trader.model.objects import Currency, Money, Price, Quantity
 from nautilus_trader.trading.strategy import Strategy
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution import instruments as names
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.oms import OMS
-from backtest_pipeline.execution.orchestrator import Operation, Orchestrator, Signal
-from backtest_pipeline.execution.risk import OrderIntent, PreTradeRisk, RiskSnapshot
-from backtest_pipeline.execution.router import SmartRouter, VenueQuote, group_of, groups
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.engine import instruments as names
+from backtest_pipeline.trading.oms import OMS
+from backtest_pipeline.trading.orchestrator import Operation, Orchestrator, Signal
+from backtest_pipeline.trading.risk import OrderIntent, PreTradeRisk, RiskSnapshot
+from backtest_pipeline.trading.router import SmartRouter, VenueQuote, group_of, groups
 
 
 class VenueHandle(SimulationModule):

@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from backtest_pipeline import layout
-from backtest_pipeline.resources.settings import BacktestSettings
-from backtest_pipeline.resources.ucs_resource import UCSResource
 from backtest_pipeline.storage.base import ObjectNotFoundError
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.settings import BacktestSettings
+from resources.ucs_resource import UCSResource
 
 POINTER_KEY = b"backtest.pointer"
 INPUTS_KEY = b"backtest.inputs"  # read records a stage attaches to its table (execution.stages)

@@ -2,11 +2,11 @@
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
-from backtest_pipeline.execution import stages
-from backtest_pipeline.resources.io_manager import DayTables, LazyDays
-from backtest_pipeline.resources.settings import BacktestSettings
-from backtest_pipeline.resources.ucs_resource import UCSResource
+from assets.partitions import daily_partitions, days_of, single_run
+from backtest_pipeline.run import stages
+from resources.io_manager import DayTables, LazyDays
+from resources.settings import BacktestSettings
+from resources.ucs_resource import UCSResource
 
 
 @asset(

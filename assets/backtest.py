@@ -23,16 +23,17 @@ from dagster import (
     multi_asset,
 )
 
+from assets import runtime
+from assets.checks import check_result, check_spec
+from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline import layout
-from backtest_pipeline.assets import runtime
-from backtest_pipeline.assets.checks import check_result, check_spec
-from backtest_pipeline.assets.partitions import daily_partitions, days_of, single_run
-from backtest_pipeline.execution import checks as asset_checks
-from backtest_pipeline.execution import report, stages
-from backtest_pipeline.resources.io_manager import DayTables, RunArtifact
-from backtest_pipeline.resources.settings import BacktestSettings, tag_run
-from backtest_pipeline.resources.ucs_resource import UCSResource
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.results import checks as asset_checks
+from backtest_pipeline.results import report
+from backtest_pipeline.run import stages
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.io_manager import DayTables, RunArtifact
+from resources.settings import BacktestSettings, tag_run
+from resources.ucs_resource import UCSResource
 
 GROUP = "backtest"
 COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "group_name": GROUP}

@@ -26,7 +26,7 @@ from nautilus_trader.model.instruments import (
 from nautilus_trader.model.objects import Currency, Money, Price, Quantity
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.config import FeeOverride
+from backtest_pipeline.config import FeeOverride
 
 _SUFFIX = {"PERPETUAL": "-PERP", "SPOT": "", "FUTURE": "-FUT"}
 _KEY_BY_ID: dict[str, str] = {}

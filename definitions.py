@@ -27,13 +27,13 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 gc.freeze()
 atexit.register(gc.freeze)
 
-from backtest_pipeline.assets import backtest, catalog, inputs, runtime  # noqa: E402
-from backtest_pipeline.assets.checks import ALL_CHECKS  # noqa: E402
-from backtest_pipeline.resources.io_manager import UCSIOManager  # noqa: E402
-from backtest_pipeline.resources.settings import BacktestSettings  # noqa: E402
-from backtest_pipeline.resources.ucs_resource import UCSResource  # noqa: E402
-from backtest_pipeline.schedules import backtest_job, t_plus_1_schedule  # noqa: E402
-from backtest_pipeline.sensors import inputs_ready_sensor  # noqa: E402
+from assets import backtest, catalog, inputs, runtime
+from assets.checks import ALL_CHECKS
+from assets.schedules import backtest_job, t_plus_1_schedule
+from assets.sensors import inputs_ready_sensor
+from resources.io_manager import UCSIOManager
+from resources.settings import BacktestSettings
+from resources.ucs_resource import UCSResource
 
 ucs = UCSResource.configure_at_launch()
 settings = BacktestSettings.configure_at_launch()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backtest_pipeline.execution.config import RiskLimits
+from backtest_pipeline.config import RiskLimits
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from backtest_pipeline.data import schemas
-from backtest_pipeline.execution import results as results_mod
+from backtest_pipeline.results import tables as results_mod
 
 CheckOutcome = tuple[bool, dict[str, Any]]
 

@@ -37,11 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data import readers, schemas
-from backtest_pipeline.execution import catalog as catalog_mod
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.intervals import signal_intervals
-from backtest_pipeline.execution.runner import (
+from backtest_pipeline.engine import catalog as catalog_mod
+from backtest_pipeline.run.runner import (
     TRADE_COLUMNS,
     InputRecord,
     _record,
@@ -52,14 +51,15 @@ from backtest_pipeline.execution.runner import (
     record_failure,
     trade_keys_for_day,
 )
-from backtest_pipeline.execution.runner import (
+from backtest_pipeline.run.runner import (
     load_funding as runner_load_funding,
 )
+from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.storage.base import ObjectNotFoundError
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
-    from backtest_pipeline.execution.engine import DayInput
+    from backtest_pipeline.engine.driver import DayInput
 
 log = logging.getLogger("backtest_pipeline.stages")
 
@@ -408,7 +408,7 @@ class CatalogDayLoader:
             )
             for k in trades
         }
-        from backtest_pipeline.execution.engine import DayInput
+        from backtest_pipeline.engine.driver import DayInput
 
         day_input = DayInput(
             day=day,
@@ -427,7 +427,7 @@ class CatalogDayLoader:
 def _child(
     root: str, config_json: str, start: str, end: str, run_id: str, bundles: list[DayBundle]
 ) -> dict[str, Any]:
-    from backtest_pipeline.execution.runner import BacktestFailed, run_backtest
+    from backtest_pipeline.run.runner import BacktestFailed, run_backtest
 
     config = BacktestConfig.model_validate_json(config_json)
     ucs = UnifiedCloudService(root)
@@ -462,8 +462,8 @@ class IsolatedBacktestError(RuntimeError):
 
 def _warm_imports() -> None:
     """What a backtest imports before its first tick (NautilusTrader, the engine): seconds of work."""
-    import backtest_pipeline.execution.engine  # noqa: F401
-    import backtest_pipeline.execution.runner  # noqa: F401
+    import backtest_pipeline.engine.driver  # noqa: F401
+    import backtest_pipeline.run.runner  # noqa: F401
 
 
 def _worker_main(conn: Connection) -> None:

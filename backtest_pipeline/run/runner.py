@@ -27,18 +27,18 @@ import psutil
 import pyarrow as pa
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
-from backtest_pipeline.execution import metrics as metrics_mod
-from backtest_pipeline.execution import results as results_mod
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.intervals import signal_intervals
+from backtest_pipeline.results import metrics as metrics_mod
+from backtest_pipeline.results import tables as results_mod
+from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.storage.base import ObjectNotFoundError
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
     # NautilusTrader costs seconds to import; Dagster steps that only read inputs never need it.
-    from backtest_pipeline.execution.engine import DayInput, EngineOutput
+    from backtest_pipeline.engine.driver import DayInput, EngineOutput
 
 log = logging.getLogger("backtest_pipeline.run")
 
@@ -160,7 +160,7 @@ def load_day(
     funding, funding_inputs = load_funding(ucs, config, day, available)
     bars, bar_inputs = load_bars(ucs, config, day)
     inputs += funding_inputs + bar_inputs
-    from backtest_pipeline.execution.engine import DayInput
+    from backtest_pipeline.engine.driver import DayInput
 
     day_input = DayInput(
         day=day,
@@ -435,7 +435,7 @@ def run_backtest(
     root_logger.setLevel(logging.INFO)
     # Loading NautilusTrader (~1 s) is process start-up, not backtest work: the clock starts once
     # it is imported, as the bare-engine floor's does (`cli_s` of the benchmark times it all).
-    from backtest_pipeline.execution.engine import run_engine
+    from backtest_pipeline.engine.driver import run_engine
 
     wall0 = time.perf_counter()
     prefetch = _Prefetcher(ucs, config, days, progress, day_loader or load_day)
@@ -447,7 +447,7 @@ def run_backtest(
             ucs.upload_to_gcs_sync(
                 t_res, layout.config_path(run_id), config.model_dump(mode="json")
             )
-        from backtest_pipeline.execution import shards as shards_mod
+        from backtest_pipeline.run import shards as shards_mod
 
         plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
         refusal = shards_mod.refusal(config) if len(plan) > 1 else None

@@ -21,10 +21,10 @@ from dagster import (
 )
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.resources.settings import active_config_names, load_config
-from backtest_pipeline.resources.ucs_resource import UCSResource
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.settings import active_config_names, load_config
+from resources.ucs_resource import UCSResource
 
 LOOKBACK_DAYS = int(os.environ.get("BACKTEST_SENSOR_LOOKBACK_DAYS", "3"))
 
@@ -62,7 +62,7 @@ def _already_run(context: SensorEvaluationContext, config_name: str, day: date) 
 def ready_requests(
     context: SensorEvaluationContext, ucs: UCSResource, today: date
 ) -> SensorResult | SkipReason:
-    from backtest_pipeline.schedules import run_request
+    from assets.schedules import run_request
 
     client = ucs.client()
     requests, waiting = [], []

@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

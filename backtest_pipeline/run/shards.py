@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.risk import PreTradeRisk
-from backtest_pipeline.ucs import RetryPolicy, UnifiedCloudService
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.storage.ucs import RetryPolicy, UnifiedCloudService
+from backtest_pipeline.trading.risk import PreTradeRisk
 
 if TYPE_CHECKING:
-    from backtest_pipeline.execution.engine import EngineOutput
-    from backtest_pipeline.execution.runner import ProgressFn, ReadSummary
+    from backtest_pipeline.engine.driver import EngineOutput
+    from backtest_pipeline.run.runner import ProgressFn, ReadSummary
 
 log = logging.getLogger("backtest_pipeline.shards")
 
@@ -115,8 +115,8 @@ def _run_shard(
     config_json: str, root: str, retry: RetryPolicy, plan: ShardPlan, log_dir: str
 ) -> ShardResult:
     """One shard in its own (spawned) process: its own engine, its own log, its own reads."""
-    from backtest_pipeline.execution.engine import run_engine
-    from backtest_pipeline.execution.runner import _Prefetcher, load_day
+    from backtest_pipeline.engine.driver import run_engine
+    from backtest_pipeline.run.runner import _Prefetcher, load_day
 
     t0 = time.perf_counter()
     config = BacktestConfig.model_validate_json(config_json)
@@ -155,7 +155,7 @@ def _launch(
     req.write_bytes(pickle.dumps((config.model_dump_json(), ucs.root, ucs.retry, plan, str(d))))
     with err.open("wb") as f:
         proc = subprocess.run(
-            [sys.executable, "-m", "backtest_pipeline.execution.shards", str(req)],
+            [sys.executable, "-m", "backtest_pipeline.run.shards", str(req)],
             stdout=subprocess.DEVNULL,
             stderr=f,
             check=False,
@@ -250,9 +250,9 @@ def _stitch(
     offsets: dict[str, Decimal],
     merges: list[str],
 ) -> tuple[EngineOutput, ReadSummary]:
-    from backtest_pipeline.execution.engine import EngineOutput
-    from backtest_pipeline.execution.runner import ReadSummary
-    from backtest_pipeline.execution.strategy import avg_slippage_bps
+    from backtest_pipeline.engine.driver import EngineOutput
+    from backtest_pipeline.engine.strategy import avg_slippage_bps
+    from backtest_pipeline.run.runner import ReadSummary
 
     outs = [r.out for r in shards]
     last = outs[-1]
@@ -318,6 +318,6 @@ def _main(request: str) -> int:
 
 if __name__ == "__main__":
     # Through the importable module, so what is pickled names its classes, not ``__main__``'s.
-    from backtest_pipeline.execution import shards as _shards
+    from backtest_pipeline.run import shards as _shards
 
     raise SystemExit(_shards._main(sys.argv[1]))

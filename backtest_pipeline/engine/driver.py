@@ -40,21 +40,21 @@ from nautilus_trader.model.instruments import Instrument
 from nautilus_trader.model.objects import Currency, Money
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution import instruments as names
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.execution.conversion import (
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.engine import instruments as names
+from backtest_pipeline.engine.conversion import (
     marks_per_second,
     sorted_ts_event_ns,
     trades_to_ticks,
 )
-from backtest_pipeline.execution.intervals import signal_intervals
-from backtest_pipeline.execution.orchestrator import Signal
-from backtest_pipeline.execution.strategy import (
+from backtest_pipeline.engine.strategy import (
     ExecutionStrategy,
     FundingEvent,
     VenueHandle,
     avg_slippage_bps,
 )
+from backtest_pipeline.signals.intervals import signal_intervals
+from backtest_pipeline.trading.orchestrator import Signal
 
 _MS = 1_000_000
 _DAY_NS = 86_400_000_000_000

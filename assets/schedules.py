@@ -18,12 +18,12 @@ from dagster import (
     schedule,
 )
 
-from backtest_pipeline.assets.partitions import daily_partitions
-from backtest_pipeline.execution.config import BacktestConfig
-from backtest_pipeline.launch import backtest_tags, k8s_config_tag
-from backtest_pipeline.resources.settings import active_config_names, load_config
-from backtest_pipeline.resources.ucs_resource import UCSResource
-from backtest_pipeline.sensors import missing_inputs
+from assets.partitions import daily_partitions
+from assets.sensors import missing_inputs
+from backtest_pipeline.config import BacktestConfig
+from launch import backtest_tags, k8s_config_tag
+from resources.settings import active_config_names, load_config
+from resources.ucs_resource import UCSResource
 
 SCHEDULE_HOUR_UTC = int(os.environ.get("BACKTEST_SCHEDULE_HOUR_UTC", "2"))
 
@@ -41,7 +41,7 @@ def run_request(config_name: str, config: BacktestConfig, day: date, source: str
         run_key=f"{config_name}:{day.isoformat()}",
         partition_key=day.isoformat(),
         run_config={"resources": {"backtest": {"config": {"config_name": config_name}}}},
-        # the same tags as runs of backtest_pipeline.launch (pod size on Kubernetes included)
+        # the same tags as runs of launch (pod size on Kubernetes included)
         tags={
             **backtest_tags(config_name, config.strategy_id, source),
             **k8s_config_tag(config.full_day),

@@ -14,7 +14,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from backtest_pipeline import layout
-from backtest_pipeline.execution.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -79,7 +79,7 @@ class BacktestSettings(ConfigurableResource):
         The first input steps start it ahead of ``backtest_run`` (``assets.runtime``); a run
         that fails earlier must not leave it idling in a long-lived process.
         """
-        from backtest_pipeline.execution import stages
+        from backtest_pipeline.run import stages
 
         if context.run_id:
             stages.discard_worker(context.run_id)
@@ -88,7 +88,7 @@ class BacktestSettings(ConfigurableResource):
 def tag_run(context: Any, settings: BacktestSettings, strategy_id: str) -> None:
     """Put ``backtest/config`` and ``backtest/strategy`` on the run if it lacks them.
 
-    Why: runs launched by the schedule, the sensor and ``backtest_pipeline.launch`` carry these
+    Why: runs launched by the schedule, the sensor and ``launch`` carry these
     tags from the start (the queue's per-strategy limit needs them before launch), but a run
     launched from the UI's launchpad or ``dagster asset materialize`` picks its configuration by
     run config only. Tagging it here still lets the Runs page filter every run by configuration

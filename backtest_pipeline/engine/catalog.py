@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
-from backtest_pipeline.ucs import UnifiedCloudService
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 FIXED_PRECISION = 16
 MANIFEST = "_manifest.json"
@@ -255,8 +255,8 @@ def write_day_catalog(
     instruments frame (precisions come from there). The manifest maps keys to Nautilus ids and
     row counts, and is written last.
     """
-    from backtest_pipeline.execution.config import FeeOverride
-    from backtest_pipeline.execution.instruments import build_instrument, instrument_id_for
+    from backtest_pipeline.config import FeeOverride
+    from backtest_pipeline.engine.instruments import build_instrument, instrument_id_for
 
     catalog_dir = Path(catalog_dir)
     catalog_dir.mkdir(parents=True, exist_ok=True)

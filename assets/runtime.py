@@ -27,7 +27,7 @@ from dagster import (
     in_process_executor,
 )
 
-from backtest_pipeline.execution import stages
+from backtest_pipeline.run import stages
 
 #: ``in_process_executor`` (and ours, which keeps its name) and the one of ``materialize()``.
 IN_PROCESS_EXECUTORS = frozenset({"in_process", "execute_in_process_executor"})

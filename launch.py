@@ -19,8 +19,8 @@ backfill over more machines. ``--chunk none`` is the spec's single run over the 
 
 CLI (``DAGSTER_HOME`` names the instance; the daemon of ``scripts/dagster-dev.sh`` launches)::
 
-    uv run python -m backtest_pipeline.launch --configs demo --start 2020-01-01 --end 2024-12-31 --chunk year
-    uv run python -m backtest_pipeline.launch --configs all --start 2024-01-01 --end 2024-01-01
+    uv run python -m launch --configs demo --start 2020-01-01 --end 2024-12-31 --chunk year
+    uv run python -m launch --configs all --start 2024-01-01 --end 2024-01-01
 """
 
 import argparse
@@ -36,7 +36,7 @@ from typing import Any, Literal
 from dagster import DagsterInstance
 
 from backtest_pipeline import layout
-from backtest_pipeline.resources.settings import config_names, load_config
+from resources.settings import config_names, load_config
 
 Chunk = Literal["none", "year", "quarter", "month", "day"]
 JOB_NAME = "backtest_job"
@@ -233,7 +233,7 @@ def submit(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m backtest_pipeline.launch",
+        prog="python -m launch",
         description="Queue backtest_job runs (configurations × chunks of days) on $DAGSTER_HOME.",
     )
     parser.add_argument(

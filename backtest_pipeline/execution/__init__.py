@@ -1,1 +1,0 @@
-"""Signal-driven execution backtests on NautilusTrader."""
