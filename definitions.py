@@ -29,7 +29,8 @@ atexit.register(gc.freeze)
 
 from assets import backtest, catalog, inputs, runtime
 from assets.checks import ALL_CHECKS
-from assets.schedules import backtest_job, t_plus_1_schedule
+from assets.jobs import backtest_job
+from assets.schedules import t_plus_1_schedule
 from assets.sensors import inputs_ready_sensor
 from resources.io_manager import UCSIOManager
 from resources.settings import BacktestSettings

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from dagster import DagsterInstance
 
 from backtest_pipeline import layout
-from resources.settings import config_names, load_config
+from backtest_pipeline.config import config_names, load_config
 
 Chunk = Literal["none", "year", "quarter", "month", "day"]
 JOB_NAME = "backtest_job"

@@ -29,7 +29,9 @@ from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline import layout
 from backtest_pipeline.results import checks as asset_checks
 from backtest_pipeline.results import report
+from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.run import stages
+from backtest_pipeline.run import worker as workers
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 from resources.io_manager import DayTables, RunArtifact
 from resources.settings import BacktestSettings, tag_run
@@ -87,8 +89,8 @@ def backtest_run(
     # The step only waits while the engine runs in its process: import what backtest_summary's
     # equity plot needs meanwhile (matplotlib, ~1 s) instead of after the backtest.
     runtime.import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
-    out = stages.run_backtest_isolated(
-        client, config, bundles, run_id=run_id, worker=stages.take_worker(context.run.run_id)
+    out = workers.run_backtest_isolated(
+        client, config, bundles, run_id=run_id, worker=workers.take_worker(context.run.run_id)
     )
     summary = out["summary"]
     flat = report.flat_metrics(summary)
@@ -210,7 +212,7 @@ def backtest_results(
 
     def table(key: str) -> pa.Table:
         if key not in tables:
-            tables[key] = stages.read_result_table(client, run_id, RESULT_ASSETS[key][0])
+            tables[key] = ResultWriter(client, run_id).read_table(RESULT_ASSETS[key][0])
         return tables[key]
 
     for key, (name, _doc) in RESULT_ASSETS.items():

@@ -4,6 +4,7 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 
 from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.run import stages
+from backtest_pipeline.run import worker as workers
 from resources.io_manager import DayTables, LazyDays
 from resources.settings import BacktestSettings
 from resources.ucs_resource import UCSResource
@@ -31,7 +32,7 @@ def nautilus_catalog(
     # The run's backtest process, once warm, writes the catalogs: it has NautilusTrader loaded
     # (this process then never loads it) and reads each day's stored slices itself. While it is
     # still starting, this step does the work itself rather than wait for it.
-    worker = stages.ready_worker(context.run.run_id)
+    worker = workers.ready_worker(context.run.run_id)
     out, uris, rows, size = {}, [], 0, 0
     for d in days_of(context.partition_keys):
         k = d.isoformat()

@@ -1,7 +1,7 @@
 """Where and how a run's steps execute, for the speed-ups that depend on it.
 
 A run on the in-process executor executes all its steps in one process, one after the other.
-Its backtest runs in a process of its own (``stages.BacktestWorker``), and starting that process
+Its backtest runs in a process of its own (``workers.BacktestWorker``), and starting that process
 — an interpreter, NautilusTrader, the engine — takes seconds. So the run starts it at once, and
 it gets ready on the second core while the input steps execute; ``backtest_run`` (and the
 catalog, which needs NautilusTrader too) then hand it their work. Modules a later step needs are
@@ -27,7 +27,7 @@ from dagster import (
     in_process_executor,
 )
 
-from backtest_pipeline.run import stages
+from backtest_pipeline.run import worker as workers
 
 #: ``in_process_executor`` (and ours, which keeps its name) and the one of ``materialize()``.
 IN_PROCESS_EXECUTORS = frozenset({"in_process", "execute_in_process_executor"})
@@ -56,14 +56,14 @@ class _WarmBacktestExecutor(Executor):
         run_id = plan_context.run_id
         gc.freeze()  # the run's job, plan and instance: long-lived (see definitions.py)
         if BACKTEST_STEP in execution_plan.step_keys_to_execute:
-            stages.prewarm_worker(run_id)
+            workers.prewarm_worker(run_id)
             plan_context.log.debug(
-                f"backtest process started with the run (pid {stages.worker_pid(run_id)})"
+                f"backtest process started with the run (pid {workers.worker_pid(run_id)})"
             )
         try:
             yield from self._inner.execute(plan_context, execution_plan)
         finally:
-            stages.discard_worker(run_id)
+            workers.discard_worker(run_id)
 
 
 def _create_executor(init_context: InitExecutorContext) -> Executor:
@@ -100,7 +100,7 @@ def prewarm_backtest(context: AssetExecutionContext) -> None:
     For runs whose executor is not ours (``materialize()`` in tests); a no-op otherwise.
     """
     if backtest_runs_in_this_process(context):
-        stages.prewarm_worker(context.run.run_id)
+        workers.prewarm_worker(context.run.run_id)
 
 
 def import_in_background(*modules: str) -> threading.Thread:

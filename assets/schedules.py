@@ -7,46 +7,22 @@ A configuration whose inputs are not there yet is skipped here and picked up by 
 """
 
 import os
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import (
     DefaultScheduleStatus,
     RunRequest,
     ScheduleEvaluationContext,
     SkipReason,
-    define_asset_job,
     schedule,
 )
 
-from assets.partitions import daily_partitions
-from assets.sensors import missing_inputs
-from backtest_pipeline.config import BacktestConfig
-from launch import backtest_tags, k8s_config_tag
-from resources.settings import active_config_names, load_config
+from assets.jobs import backtest_job, run_request
+from backtest_pipeline.config import active_config_names, load_config
+from backtest_pipeline.run.inputs import missing_inputs
 from resources.ucs_resource import UCSResource
 
 SCHEDULE_HOUR_UTC = int(os.environ.get("BACKTEST_SCHEDULE_HOUR_UTC", "2"))
-
-backtest_job = define_asset_job(
-    "backtest_job",
-    selection="*",
-    partitions_def=daily_partitions,
-    description="Inputs → catalog → one backtest over the run's days (run config picks the configuration).",
-)
-
-
-def run_request(config_name: str, config: BacktestConfig, day: date, source: str) -> RunRequest:
-    """The run of one configuration over one day (T+1 and catch-up runs share the run key)."""
-    return RunRequest(
-        run_key=f"{config_name}:{day.isoformat()}",
-        partition_key=day.isoformat(),
-        run_config={"resources": {"backtest": {"config": {"config_name": config_name}}}},
-        # the same tags as runs of launch (pod size on Kubernetes included)
-        tags={
-            **backtest_tags(config_name, config.strategy_id, source),
-            **k8s_config_tag(config.full_day),
-        },
-    )
 
 
 def t_plus_1_requests(ucs: UCSResource, now: datetime) -> list[RunRequest] | SkipReason:

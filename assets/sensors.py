@@ -20,28 +20,12 @@ from dagster import (
     sensor,
 )
 
-from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
-from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.settings import active_config_names, load_config
+from assets.jobs import run_request
+from backtest_pipeline.config import active_config_names, load_config
+from backtest_pipeline.run.inputs import missing_inputs
 from resources.ucs_resource import UCSResource
 
 LOOKBACK_DAYS = int(os.environ.get("BACKTEST_SENSOR_LOOKBACK_DAYS", "3"))
-
-
-def missing_inputs(ucs: UnifiedCloudService, config: BacktestConfig, day: date) -> list[str]:
-    """URIs of the day's input objects the configuration needs that do not exist yet."""
-    wanted = [
-        ("instruments", layout.instruments_path(day)),
-        ("signals", layout.signals_path(day, config.strategy_id)),
-    ]
-    wanted += [("ticks", layout.trades_path(day, k)) for k in config.instruments]
-    missing = []
-    for role, path in wanted:
-        target = layout.target(role)  # type: ignore[arg-type]
-        if not ucs.exists_sync(target, path):
-            missing.append(ucs.uri(target, path))
-    return missing
 
 
 def _already_run(context: SensorEvaluationContext, config_name: str, day: date) -> bool:
@@ -62,8 +46,6 @@ def _already_run(context: SensorEvaluationContext, config_name: str, day: date) 
 def ready_requests(
     context: SensorEvaluationContext, ucs: UCSResource, today: date
 ) -> SensorResult | SkipReason:
-    from assets.schedules import run_request
-
     client = ucs.client()
     requests, waiting = [], []
     days = [today - timedelta(days=i) for i in range(LOOKBACK_DAYS, 0, -1)]

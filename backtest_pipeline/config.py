@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -154,3 +155,46 @@ class BacktestConfig(_Strict):
 
 
 RunStatus = Literal["COMPLETED", "FAILED"]
+
+
+# ---- named configurations: the files of configs/ -----------------------------------------------
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def default_configs_dir() -> str:
+    """The directory of named configurations: ``$BACKTEST_CONFIGS_DIR`` or the repository's."""
+    return os.environ.get("BACKTEST_CONFIGS_DIR") or str(CONFIGS_DIR)
+
+
+def config_names(configs_dir: str | Path | None = None) -> list[str]:
+    """Names (file stems) of every configuration file, sorted."""
+    d = Path(configs_dir or default_configs_dir())
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def active_config_names(configs_dir: str | Path | None = None) -> list[str]:
+    """Configurations the schedule runs: ``$BACKTEST_ACTIVE_CONFIGS`` (comma list) or all files."""
+    names = config_names(configs_dir)
+    wanted = [
+        n.strip() for n in os.environ.get("BACKTEST_ACTIVE_CONFIGS", "").split(",") if n.strip()
+    ]
+    if not wanted:
+        return names
+    missing = sorted(set(wanted) - set(names))
+    if missing:
+        raise ValueError(
+            f"BACKTEST_ACTIVE_CONFIGS names unknown configurations {missing}; have {names}"
+        )
+    return [n for n in names if n in wanted]
+
+
+def load_config(name: str, configs_dir: str | Path | None = None) -> BacktestConfig:
+    """``configs/{name}.yaml`` parsed and validated; the name cannot leave the directory."""
+    layout.validate_component(name, "config name")
+    path = Path(configs_dir or default_configs_dir()) / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"configuration {name!r}: {path} does not exist; known: {config_names(configs_dir)}"
+        )
+    return BacktestConfig.from_yaml(path)

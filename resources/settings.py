@@ -7,53 +7,13 @@ reads the same value, so the configuration is chosen in one place:
 """
 
 import os
-from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
-
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def default_configs_dir() -> str:
-    return os.environ.get("BACKTEST_CONFIGS_DIR") or str(CONFIGS_DIR)
-
-
-def config_names(configs_dir: str | Path | None = None) -> list[str]:
-    """Names (file stems) of every configuration file, sorted."""
-    d = Path(configs_dir or default_configs_dir())
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
-
-
-def active_config_names(configs_dir: str | Path | None = None) -> list[str]:
-    """Configurations the schedule runs: ``$BACKTEST_ACTIVE_CONFIGS`` (comma list) or all files."""
-    names = config_names(configs_dir)
-    wanted = [
-        n.strip() for n in os.environ.get("BACKTEST_ACTIVE_CONFIGS", "").split(",") if n.strip()
-    ]
-    if not wanted:
-        return names
-    missing = sorted(set(wanted) - set(names))
-    if missing:
-        raise ValueError(
-            f"BACKTEST_ACTIVE_CONFIGS names unknown configurations {missing}; have {names}"
-        )
-    return [n for n in names if n in wanted]
-
-
-def load_config(name: str, configs_dir: str | Path | None = None) -> BacktestConfig:
-    """``configs/{name}.yaml`` parsed and validated; the name cannot leave the directory."""
-    layout.validate_component(name, "config name")
-    path = Path(configs_dir or default_configs_dir()) / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"configuration {name!r}: {path} does not exist; known: {config_names(configs_dir)}"
-        )
-    return BacktestConfig.from_yaml(path)
+from backtest_pipeline.config import BacktestConfig, default_configs_dir, load_config
 
 
 class BacktestSettings(ConfigurableResource):
@@ -79,10 +39,10 @@ class BacktestSettings(ConfigurableResource):
         The first input steps start it ahead of ``backtest_run`` (``assets.runtime``); a run
         that fails earlier must not leave it idling in a long-lived process.
         """
-        from backtest_pipeline.run import stages
+        from backtest_pipeline.run import worker as workers
 
         if context.run_id:
-            stages.discard_worker(context.run_id)
+            workers.discard_worker(context.run_id)
 
 
 def tag_run(context: Any, settings: BacktestSettings, strategy_id: str) -> None:

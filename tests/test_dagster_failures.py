@@ -12,8 +12,8 @@ import pytest
 from _dagster_helpers import materialize_graph, write_sample
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import load_config
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 

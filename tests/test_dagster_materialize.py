@@ -12,10 +12,9 @@ from _dagster_helpers import check_results, materialize_graph, write_sample
 from dagster import AssetKey, ExecuteInProcessResult
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, load_config
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 

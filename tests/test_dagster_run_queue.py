@@ -27,9 +27,9 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 import launch
 import local_queue
 from backtest_pipeline import layout
+from backtest_pipeline.config import load_config
 from backtest_pipeline.data.sample import generate_sample_data
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 

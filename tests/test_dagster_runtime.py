@@ -16,10 +16,10 @@ import pytest
 from _dagster_helpers import write_sample
 
 from backtest_pipeline import layout
-from backtest_pipeline.run import stages
+from backtest_pipeline.config import load_config
+from backtest_pipeline.run import worker as workers
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.settings import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _die() -> None:
 
 
 def test_worker_serves_tasks_then_exits_after_the_last() -> None:
-    w = stages.BacktestWorker()
+    w = workers.BacktestWorker()
     assert w.call(os.getpid) == w.pid != os.getpid()
     assert w.call(sorted, [3, 1, 2]) == [1, 2, 3]
     assert w.ready() and w.alive()
@@ -44,11 +44,11 @@ def test_worker_serves_tasks_then_exits_after_the_last() -> None:
 
 
 def test_worker_errors_and_death_are_reported() -> None:
-    w = stages.BacktestWorker()
-    with pytest.raises(stages.IsolatedBacktestError, match="ValueError: no such thing"):
+    w = workers.BacktestWorker()
+    with pytest.raises(workers.IsolatedBacktestError, match="ValueError: no such thing"):
         w.call(_boom)
     assert w.alive()  # a failed helper task does not cost the backtest its process
-    with pytest.raises(stages.IsolatedBacktestError, match="died"):
+    with pytest.raises(workers.IsolatedBacktestError, match="died"):
         w.run(_die)
     assert not w.alive()
 
@@ -56,23 +56,23 @@ def test_worker_errors_and_death_are_reported() -> None:
 def test_spawning_keeps_the_main_module() -> None:
     main = sys.modules["__main__"]
     before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
-    stages.BacktestWorker().close()
+    workers.BacktestWorker().close()
     assert (main.__dict__.get("__file__"), main.__dict__.get("__spec__")) == before
 
 
 def test_pool_keeps_one_idle_worker_per_process() -> None:
-    stages.prewarm_worker("run-a")
-    first = stages._WORKERS["run-a"]
-    stages.prewarm_worker("run-a")  # idempotent
-    assert stages._WORKERS["run-a"] is first
-    stages.prewarm_worker("run-b")  # another run's idle worker is stopped
-    assert "run-a" not in stages._WORKERS and not first.alive()
-    taken = stages.take_worker("run-b")
-    assert taken is not None and stages.take_worker("run-b") is None
+    workers.prewarm_worker("run-a")
+    first = workers.pooled_worker("run-a")
+    workers.prewarm_worker("run-a")  # idempotent
+    assert workers.pooled_worker("run-a") is first
+    workers.prewarm_worker("run-b")  # another run's idle worker is stopped
+    assert workers.pooled_worker("run-a") is None and first is not None and not first.alive()
+    taken = workers.take_worker("run-b")
+    assert taken is not None and workers.take_worker("run-b") is None
     taken.close()
-    stages.prewarm_worker("run-c")
-    stages.discard_worker("run-c")
-    assert "run-c" not in stages._WORKERS
+    workers.prewarm_worker("run-c")
+    workers.discard_worker("run-c")
+    assert workers.pooled_worker("run-c") is None
 
 
 @pytest.mark.slow

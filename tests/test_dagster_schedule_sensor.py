@@ -14,11 +14,13 @@ from dagster import (
     build_sensor_context,
 )
 
-from assets.schedules import backtest_job, t_plus_1_schedule
-from assets.sensors import inputs_ready_sensor, missing_inputs, ready_requests
+from assets.jobs import backtest_job
+from assets.schedules import t_plus_1_schedule
+from assets.sensors import inputs_ready_sensor, ready_requests
+from backtest_pipeline.config import load_config
+from backtest_pipeline.run.inputs import missing_inputs
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 from definitions import defs
-from resources.settings import load_config
 from resources.ucs_resource import UCSResource
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -22,8 +22,8 @@ import _dagster_helpers as h
 import pytest
 from dagster import DagsterInstance
 
+from backtest_pipeline.config import load_config
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.settings import load_config
 
 pytestmark = pytest.mark.slow
 

@@ -70,11 +70,11 @@ def test_unique_ids_shortcut_keeps_every_verdict() -> None:
     ok = [["1", "2", "10"], ["b", "a", "c"], ["3", "2", "1"], ["01", "1", "2"]]
     for ids in ok:  # increasing numbers, strings, decreasing, equal numbers but distinct strings
         df = pl.DataFrame({"trade_id": ids})
-        schemas._check_unique(df, "trade_id", "obj", "trade ids")
+        schemas.check_unique(df, "trade_id", "obj", "trade ids")
     for ids in (["1", "2", "2", "3"], ["7", "x", "7"]):
         df = pl.DataFrame({"trade_id": ids})
         with pytest.raises(DataValidationError, match="found '.*' more than once") as ei:
-            schemas._check_unique(df, "trade_id", "obj", "trade ids")
+            schemas.check_unique(df, "trade_id", "obj", "trade ids")
         assert ei.value.column == "trade_id" and ei.value.row == ids.index(ei.value.value)
 
 

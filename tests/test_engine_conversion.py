@@ -51,24 +51,24 @@ def _table(n: int, pp: int, sp: int, seed: int = 0) -> pa.Table:
 
 
 def _meaningful(ticks: list) -> np.ndarray:  # type: ignore[type-arg]
-    return cv._struct_bytes(ticks)[:, cv._MEANINGFUL]
+    return cv.struct_bytes(ticks)[:, cv.MEANINGFUL]
 
 
 def _reference(table: pa.Table, inst, use_ts_init: bool = False) -> list:  # type: ignore[no-untyped-def,type-arg]
-    cols = cv._fast_columns(table, inst.size_precision, use_ts_init)
+    cols = cv.fast_columns(table, inst.size_precision, use_ts_init)
     assert cols is not None
-    return cv._nautilus_ticks(inst, cols)
+    return cv.nautilus_ticks(inst, cols)
 
 
 @pytest.mark.parametrize(("pp", "sp"), [(0, 0), (1, 3), (2, 8), (5, 2), (8, 6), (9, 1)])
 def test_struct_path_equals_nautilus_constructor(pp: int, sp: int) -> None:
     inst = _instrument(pp, sp)
     table = _table(3000, pp, sp, seed=pp * 10 + sp)
-    cols = cv._fast_columns(table, sp, False)
+    cols = cv.fast_columns(table, sp, False)
     assert cols is not None
-    fast = cv._struct_ticks(inst, cols)
+    fast = cv.struct_ticks(inst, cols)
     assert fast is not None, "the struct path was not taken"
-    ref = cv._nautilus_ticks(inst, cols)
+    ref = cv.nautilus_ticks(inst, cols)
     assert np.array_equal(_meaningful(fast), _meaningful(ref))
     for a, b in zip(fast[::97], ref[::97], strict=True):  # and through Nautilus's accessors
         assert (a.instrument_id, a.price, a.size, a.aggressor_side, a.trade_id) == (
@@ -79,10 +79,10 @@ def test_struct_path_equals_nautilus_constructor(pp: int, sp: int) -> None:
 
 def test_chunks_slices_and_column_types() -> None:
     inst = _instrument()
-    table = _table(cv._CHUNK * 2 + 123, 1, 3, seed=11)
+    table = _table(cv.CHUNK * 2 + 123, 1, 3, seed=11)
     variants = {
         "whole": table,
-        "slice": table.slice(1001, cv._CHUNK + 5),
+        "slice": table.slice(1001, cv.CHUNK + 5),
         "chunked": pa.concat_tables([table.slice(0, 777), table.slice(777)]),
         "large_string": table.set_column(2, "trade_id", table["trade_id"].cast(pa.large_string())),
         "float32_size": table.set_column(4, "size", table["size"].cast(pa.float32())),
@@ -150,11 +150,11 @@ def test_a_disagreeing_sample_disables_the_struct_path(
 ) -> None:
     inst = _instrument()
     table = _table(500, 1, 3)
-    monkeypatch.setattr(cv, "_disabled", [])
+    monkeypatch.setattr(cv, "fast_path_disabled", [])
     monkeypatch.setattr(cv, "_agrees", lambda *a: False)
     with caplog.at_level(logging.WARNING, logger=cv.__name__):
         ticks = cv.trades_to_ticks(table, inst)
-    assert cv._disabled and "disabled" in caplog.text
+    assert cv.fast_path_disabled and "disabled" in caplog.text
     assert np.array_equal(_meaningful(ticks), _meaningful(_reference(table, inst)))
 
 
@@ -167,6 +167,6 @@ def test_marks_shortcut_equals_group_by() -> None:
     general = cv.marks_per_second(pl.from_arrow(table), BTC)  # frames take the group-by
     assert fast.equals(general) and fast.schema == general.schema
     unsorted = table.take(pa.array(rng.permutation(5000)))
-    assert cv._sorted_marks(unsorted, BTC) is None
+    assert cv.sorted_marks(unsorted, BTC) is None
     one = table.slice(0, 1)
     assert cv.marks_per_second(one, BTC).equals(cv.marks_per_second(pl.from_arrow(one), BTC))

@@ -508,14 +508,14 @@ def _windowed_vs_whole_day(monkeypatch: pytest.MonkeyPatch, chunk: int) -> tuple
                 day_input(DAY2, inst, s2, {BTC: a2})]  # fmt: skip
 
     counted: list[int] = []
-    windows = engine_mod._PreparedDay.windows
+    windows = engine_mod.PreparedDay.windows
 
     def counting(self: object, max_ticks: int | None) -> object:
         for w in windows(self, max_ticks):  # type: ignore[arg-type]
             counted.append(max_ticks or 0)
             yield w
 
-    monkeypatch.setattr(engine_mod._PreparedDay, "windows", counting)
+    monkeypatch.setattr(engine_mod.PreparedDay, "windows", counting)
     monkeypatch.setattr(engine_mod, "CHUNK_TICKS", chunk)
     windowed = run_engine(cfg, days())
     n_windowed = len(counted)
@@ -542,7 +542,7 @@ def test_day_run_in_tick_windows_equals_whole_day(
 
 def test_windows_split_between_timestamps_and_keep_every_row() -> None:
     from backtest_pipeline.config import FeeOverride
-    from backtest_pipeline.engine.driver import _PreparedDay
+    from backtest_pipeline.engine.driver import PreparedDay
     from backtest_pipeline.engine.instruments import build_instrument
 
     # 5 trades share one timestamp right where a 4-tick window would cut.
@@ -553,7 +553,7 @@ def test_windows_split_between_timestamps_and_keep_every_row() -> None:
     b = trades([(t(DAY1, 4), 39_999.0, 2.0, "buy"), (t(DAY1, 8.5), 39_998.0, 2.0, "sell")], "B")
     day_start = t(DAY1, 0)
     instr = {k: build_instrument(instrument_row(k), FeeOverride()) for k in (BTC, BTC_BYBIT)}
-    prepared = _PreparedDay({BTC: a, BTC_BYBIT: b}, instr, day_start, day_start + 86_400 * S)
+    prepared = PreparedDay({BTC: a, BTC_BYBIT: b}, instr, day_start, day_start + 86_400 * S)
     windows = list(prepared.windows(4))
     assert len(windows) > 2
     seen: dict[str, list[str]] = {BTC: [], BTC_BYBIT: []}

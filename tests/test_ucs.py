@@ -344,10 +344,10 @@ def test_streaming_read_same_rows_and_bytes_either_way(
 
 
 def test_range_mask_whole_range_shortcut_matches_general_rule() -> None:
-    from backtest_pipeline.storage.parquet_ranges import _range_mask
+    from backtest_pipeline.storage.parquet_ranges import range_mask
 
     ts = pa.array(np.array([5, 5, 7, 9, 12], dtype=np.int64))
-    assert _range_mask(ts, [(5, 13)], include_prior=True).all()
-    assert _range_mask(ts, [(0, 100), (3, 4)], include_prior=True).all()
-    assert _range_mask(ts, [(6, 13)], include_prior=True).tolist() == [False, True] + [True] * 3
-    assert _range_mask(ts, [(5, 12)], include_prior=False).tolist() == [True] * 4 + [False]
+    assert range_mask(ts, [(5, 13)], include_prior=True).all()
+    assert range_mask(ts, [(0, 100), (3, 4)], include_prior=True).all()
+    assert range_mask(ts, [(6, 13)], include_prior=True).tolist() == [False, True] + [True] * 3
+    assert range_mask(ts, [(5, 12)], include_prior=False).tolist() == [True] * 4 + [False]

@@ -371,7 +371,7 @@ def _strictly_increasing_ints(s: pl.Series) -> bool:
     return bool((s.diff().slice(1) > 0).all())
 
 
-def _check_unique(df: pl.DataFrame, name: str, object_name: str, what: str) -> None:
+def check_unique(df: pl.DataFrame, name: str, object_name: str, what: str) -> None:
     if _strictly_increasing_ints(df[name]):  # the common case of sequential ids: no hashing
         return
     if df.select(pl.col(name).n_unique()).item() == df.height:  # fast path (hash count only)
@@ -512,7 +512,7 @@ def validate_trades_frame(
     _check_positive_finite(df, "size", object_name)
     _check(df, ~pl.col("side").is_in(SIDES), object_name, "side", "aggressor side 'buy' or 'sell'")
     _check(df, pl.col("trade_id").str.len_bytes() == 0, object_name, "trade_id", "a non-empty id")
-    _check_unique(df, "trade_id", object_name, "trade ids")
+    check_unique(df, "trade_id", object_name, "trade ids")
     return df
 
 
@@ -524,7 +524,7 @@ def validate_instruments(
         table, INSTRUMENT_COLUMNS, object_name, what="instruments", allow_empty=allow_empty
     )
     _check_keys(df, "instrument_key", object_name)
-    _check_unique(df, "instrument_key", object_name, "instrument keys")
+    check_unique(df, "instrument_key", object_name, "instrument keys")
     parts = pl.col("instrument_key").str.split(":")
     pair = parts.list.get(2).str.split("-")
     for name, expr in (
@@ -613,7 +613,7 @@ def validate_signals(
     df = conform(table, SIGNAL_COLUMNS, object_name, what="signals", allow_empty=allow_empty)
     df = df.with_columns(pl.col("algo").str.to_uppercase())
     _check(df, pl.col("signal_id").str.len_bytes() == 0, object_name, "signal_id", "a non-empty id")
-    _check_unique(df, "signal_id", object_name, "signal ids")
+    check_unique(df, "signal_id", object_name, "signal ids")
     _check_sorted(df, object_name, "signals")
     _check_day(df, day, object_name)
     _check_keys(df, "instrument_key", object_name)

@@ -1,7 +1,7 @@
 """Columnar trades → Nautilus ``TradeTick`` objects, and the per-second marks derived from them.
 
 The engine only accepts Cython ``TradeTick`` objects; building them one Python row at a time
-costs more than the backtest itself. The fast path (:func:`_struct_ticks`) writes the engine's
+costs more than the backtest itself. The fast path (:func:`struct_ticks`) writes the engine's
 own C structs (``TradeTick_t``) with numpy and has Nautilus wrap them
 (``TradeTick.list_from_capsule``): one Python object per row instead of four (``Price``,
 ``Quantity``, ``TradeId``, ``TradeTick``) plus a ``str`` per trade id, about 3x faster than
@@ -77,20 +77,20 @@ def trades_to_ticks(
     machine-dependent delay. ``use_ts_init=True`` uses the file's ``ts_init`` when present.
 
     Speed (2 M-row day, development machine): Nautilus's own constructor
-    (``from_raw_arrays_to_list``) takes ~0.9 s, the struct path (:func:`_struct_ticks`) ~0.3 s.
+    (``from_raw_arrays_to_list``) takes ~0.9 s, the struct path (:func:`struct_ticks`) ~0.3 s.
     Arrow tables with plain ``buy``/``sell`` sides and tradable sizes take the vectorised route
-    (:func:`_fast_columns`); anything else (mixed-case sides, dust sizes, polars frames) goes
+    (:func:`fast_columns`); anything else (mixed-case sides, dust sizes, polars frames) goes
     through :func:`normalise_trades` and Nautilus's constructor, as do values the struct path
     does not cover (non-finite or out-of-range prices, unusual trade ids), so Nautilus raises its
     own errors for them exactly as before.
     """
-    cols = _fast_columns(table, instrument.size_precision, use_ts_init)
+    cols = fast_columns(table, instrument.size_precision, use_ts_init)
     if cols is None:
         df = normalise_trades(table, instrument.size_precision)
         if df.height == 0:
             return []
         src = df["ts_init"] if use_ts_init else df["ts_event"]
-        return _nautilus_ticks(
+        return nautilus_ticks(
             instrument,
             _Columns(
                 prices=df["price"].to_numpy(),
@@ -103,8 +103,8 @@ def trades_to_ticks(
         )
     if len(cols.prices) == 0:
         return []
-    ticks = _struct_ticks(instrument, cols)
-    return ticks if ticks is not None else _nautilus_ticks(instrument, cols)
+    ticks = struct_ticks(instrument, cols)
+    return ticks if ticks is not None else nautilus_ticks(instrument, cols)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _writable(a: np.ndarray, dtype: type) -> np.ndarray:
     return np.require(a, dtype=dtype, requirements=["C", "W"])
 
 
-def _nautilus_ticks(instrument: Instrument, c: _Columns) -> list[TradeTick]:
+def nautilus_ticks(instrument: Instrument, c: _Columns) -> list[TradeTick]:
     """Nautilus's own bulk constructor (the reference the struct path is checked against)."""
     return TradeTick.from_raw_arrays_to_list(
         instrument.id,
@@ -166,7 +166,7 @@ def sorted_ts_event_ns(table: pa.Table | pl.DataFrame) -> np.ndarray | None:
     return ts if bool(np.all(ts[1:] >= ts[:-1])) else None
 
 
-def _fast_columns(
+def fast_columns(
     table: pa.Table | pl.DataFrame, size_precision: int, use_ts_init: bool
 ) -> _Columns | None:
     """The engine's input arrays straight from Arrow, or None when the polars path is needed.
@@ -230,10 +230,10 @@ _ITEM = 144
 _OFF_PRICE, _OFF_PPREC, _OFF_SIZE, _OFF_SPREC = 16, 32, 48, 64
 _OFF_SIDE, _OFF_TID, _TID_CAP, _OFF_TID_LEN = 80, 84, 36, 121
 _OFF_TS_EVENT, _OFF_TS_INIT = 128, 136
-_MEANINGFUL = np.zeros(_ITEM, dtype=bool)
+MEANINGFUL = np.zeros(_ITEM, dtype=bool)
 for _a, _b in ((0, 33), (48, 65), (80, 81), (84, 122), (128, 144)):
-    _MEANINGFUL[_a:_b] = True
-_CHUNK = 16_384  # structs per batch: 2.4 MB, stays in cache, bounds the extra memory
+    MEANINGFUL[_a:_b] = True
+CHUNK = 16_384  # structs per batch: 2.4 MB, stays in cache, bounds the extra memory
 _SAMPLE = 64  # rows re-built by Nautilus's constructor on every call, compared byte for byte
 _MAX_ROUNDED = float(2**62)  # round(value * 10^p) must fit an int64 (then * 10^(16-p) in 128 bits)
 _FIXED_PRECISION = int(_objects.FIXED_PRECISION)
@@ -255,12 +255,12 @@ _capsule_ptr.restype = ctypes.c_void_p
 _capsule_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 _state_lock = threading.Lock()
-_disabled: list[str] = []  # the reason, once a check failed: Nautilus's constructor from then on
+fast_path_disabled: list[str] = []  # the reason, once a check failed: Nautilus's constructor from then on
 _probed: set[tuple[int, int]] = set()  # (price, size) precisions whose rounding was verified
 _refused: set[tuple[int, int]] = set()  # ... and those where it was not (Nautilus's constructor)
 
 
-def _struct_bytes(ticks: list[TradeTick]) -> np.ndarray:
+def struct_bytes(ticks: list[TradeTick]) -> np.ndarray:
     """The ``TradeTick_t`` bytes of ``ticks`` (n × 144), copied out of Nautilus's own capsule."""
     cap = TradeTick.capsule_from_list(ticks)
     vec = _CVec.from_address(_capsule_ptr(cap, None))
@@ -365,8 +365,8 @@ def _wrap(buf: np.ndarray, n: int) -> list[TradeTick]:
 
 def _disable(reason: str) -> None:
     with _state_lock:
-        if not _disabled:
-            _disabled.append(reason)
+        if not fast_path_disabled:
+            fast_path_disabled.append(reason)
             log.warning("TradeTick struct path disabled, using Nautilus's constructor: %s", reason)
 
 
@@ -374,10 +374,10 @@ def _agrees(
     instrument: Instrument, c: _Columns, ids: tuple[np.ndarray, ...], rows: np.ndarray
 ) -> bool:
     """Nautilus's constructor and :func:`_encode` give the same bytes for ``rows``."""
-    want = _struct_bytes(_nautilus_ticks(instrument, _take(c, rows)))
+    want = struct_bytes(nautilus_ticks(instrument, _take(c, rows)))
     got = _aligned(len(rows))
     _encode(got, want[0, 0:16], instrument.price_precision, instrument.size_precision, c, ids, rows)  # type: ignore[arg-type]
-    return bool(np.array_equal(want[:, _MEANINGFUL], got[:, _MEANINGFUL]))
+    return bool(np.array_equal(want[:, MEANINGFUL], got[:, MEANINGFUL]))
 
 
 def _probe_rounding(instrument: Instrument) -> bool:
@@ -415,9 +415,9 @@ def _in_range(values: np.ndarray, precision: int, maximum: float) -> np.ndarray:
         )
 
 
-def _struct_ticks(instrument: Instrument, c: _Columns) -> list[TradeTick] | None:
+def struct_ticks(instrument: Instrument, c: _Columns) -> list[TradeTick] | None:
     """The ticks built from C structs, or None where Nautilus's constructor must do it."""
-    if _disabled:
+    if fast_path_disabled:
         return None
     pp, sp = instrument.price_precision, instrument.size_precision
     if pp > _FIXED_PRECISION or sp > _FIXED_PRECISION:
@@ -448,11 +448,11 @@ def _struct_ticks(instrument: Instrument, c: _Columns) -> list[TradeTick] | None
     if not _agrees(instrument, c, ids, sample):
         _disable("a sample of the rows disagrees with TradeTick.from_raw_arrays_to_list")
         return None
-    instrument_id = _struct_bytes(_nautilus_ticks(instrument, _take(c, sample[:1])))[0, 0:16]
-    buf = _aligned(min(n, _CHUNK))
+    instrument_id = struct_bytes(nautilus_ticks(instrument, _take(c, sample[:1])))[0, 0:16]
+    buf = _aligned(min(n, CHUNK))
     ticks: list[TradeTick] = []
-    for start in range(0, n, _CHUNK):
-        stop = min(n, start + _CHUNK)
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
         part = buf[: stop - start]
         _encode(part, instrument_id, pp, sp, c, ids, slice(start, stop))
         ticks.extend(_wrap(part, stop - start))
@@ -475,7 +475,7 @@ def marks_per_second(table: pa.Table | pl.DataFrame, instrument_key: str) -> pl.
 
     Stamping with the trade's time (not the second's start) keeps the marks free of look-ahead.
     """
-    fast = _sorted_marks(table, instrument_key)
+    fast = sorted_marks(table, instrument_key)
     if fast is not None:
         return fast
     df = _frame(table)
@@ -497,7 +497,7 @@ def marks_per_second(table: pa.Table | pl.DataFrame, instrument_key: str) -> pl.
     )
 
 
-def _sorted_marks(table: pa.Table | pl.DataFrame, instrument_key: str) -> pl.DataFrame | None:
+def sorted_marks(table: pa.Table | pl.DataFrame, instrument_key: str) -> pl.DataFrame | None:
     """:func:`marks_per_second` for time-sorted Arrow trades (validated ones), or None.
 
     Sorted, each second's trades are contiguous, so its last trade is where the second changes:

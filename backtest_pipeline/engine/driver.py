@@ -326,7 +326,7 @@ CHUNK_TICKS = 100_000
 
 
 @dataclass
-class _PreparedDay:
+class PreparedDay:
     """A day's trades, still columnar: they become engine objects one time window at a time."""
 
     trades: dict[str, pa.Table | pl.DataFrame]  # per instrument key, each in time order
@@ -394,7 +394,7 @@ class _DayFeeder:
         self.last_day: date | None = None
         self.n_days = 0
 
-    def prepare(self, day: DayInput, *, with_marks: bool = True) -> _PreparedDay:
+    def prepare(self, day: DayInput, *, with_marks: bool = True) -> PreparedDay:
         config, strategy, run_keys = self.config, self.strategy, self.run_keys
         if self.last_day is not None and day.day <= self.last_day:
             raise EngineInputError(
@@ -443,11 +443,11 @@ class _DayFeeder:
             day.day.isoformat(), sigs, _funding_of(day.funding, day_keys), day_end_ns=day_end
         )
         instruments = {k: strategy.info[k].instrument for k in trades}
-        return _PreparedDay(trades, instruments, day_start, day_end)
+        return PreparedDay(trades, instruments, day_start, day_end)
 
 
 def _run_day(
-    engine: BacktestEngine, prepared: _PreparedDay, max_ticks: int | None
+    engine: BacktestEngine, prepared: PreparedDay, max_ticks: int | None
 ) -> tuple[int, float]:
     """One streamed day, window by window: ``(ticks fed, seconds inside the engine)``.
 

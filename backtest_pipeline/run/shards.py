@@ -45,7 +45,7 @@ from backtest_pipeline.trading.risk import PreTradeRisk
 
 if TYPE_CHECKING:
     from backtest_pipeline.engine.driver import EngineOutput
-    from backtest_pipeline.run.runner import ProgressFn, ReadSummary
+    from backtest_pipeline.run.inputs import ProgressFn, ReadSummary
 
 log = logging.getLogger("backtest_pipeline.shards")
 
@@ -116,12 +116,12 @@ def _run_shard(
 ) -> ShardResult:
     """One shard in its own (spawned) process: its own engine, its own log, its own reads."""
     from backtest_pipeline.engine.driver import run_engine
-    from backtest_pipeline.run.runner import _Prefetcher, load_day
+    from backtest_pipeline.run.inputs import Prefetcher, load_day
 
     t0 = time.perf_counter()
     config = BacktestConfig.model_validate_json(config_json)
     ucs = UnifiedCloudService(root, retry=retry)
-    prefetch = _Prefetcher(ucs, config, list(plan.days), None, load_day)
+    prefetch = Prefetcher(ucs, config, list(plan.days), None, load_day)
     out = run_engine(
         config,
         iter(prefetch),
@@ -252,7 +252,7 @@ def _stitch(
 ) -> tuple[EngineOutput, ReadSummary]:
     from backtest_pipeline.engine.driver import EngineOutput
     from backtest_pipeline.engine.strategy import avg_slippage_bps
-    from backtest_pipeline.run.runner import ReadSummary
+    from backtest_pipeline.run.inputs import ReadSummary
 
     outs = [r.out for r in shards]
     last = outs[-1]

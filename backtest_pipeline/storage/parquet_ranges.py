@@ -247,7 +247,7 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _range_mask(
+def range_mask(
     ts: pa.ChunkedArray | pa.Array, ranges: Sequence[tuple[int, int]], include_prior: bool
 ) -> np.ndarray:
     """Rows inside any [start, end); with `include_prior`, also the last row before each start.
@@ -406,7 +406,7 @@ def read_ranges(
         if pa.types.is_timestamp(ts.type):
             # Any unit: as ns first, else a timestamp[us] column compares µs with ns bounds.
             ts = pc.cast(pc.cast(ts, pa.timestamp("ns", ts.type.tz)), pa.int64())
-        mask = _range_mask(ts, ranges, include_prior)
+        mask = range_mask(ts, ranges, include_prior)
         if not mask.all():  # a whole-day range keeps every row: no copy
             table = table.filter(pa.array(mask))
     if read_cols != wanted:

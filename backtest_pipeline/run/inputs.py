@@ -1,0 +1,383 @@
+"""Reading a run's days: what each day needs, read through UCS, validated, and prefetched.
+
+A day's inputs are the instruments, the strategy's signals, the trades inside the signal intervals
+(byte ranges of Parquet row groups unless the run is `full_day`), funding and 1-minute bars. Every
+object read is recorded with its generation and the bytes it cost, so a run's summary says
+exactly what it was computed from. Shared by the one-engine runner, the time shards and the
+Dagster stages, which is why it is its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+
+from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.data import readers, schemas
+from backtest_pipeline.data.schemas import DataValidationError
+from backtest_pipeline.signals.intervals import signal_intervals
+from backtest_pipeline.storage.base import ObjectNotFoundError
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+
+if TYPE_CHECKING:
+    # NautilusTrader costs seconds to import; Dagster steps that only read inputs never need it.
+    from backtest_pipeline.engine.driver import DayInput
+
+log = logging.getLogger("backtest_pipeline.run")
+
+TRADE_COLUMNS = ["ts_event", "trade_id", "price", "size", "side"]
+
+
+@dataclass
+class InputRecord:
+    bucket: str
+    path: str
+    generation: str
+    bytes_total: int
+    bytes_read: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "path": self.path,
+            "generation": self.generation,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+        }
+
+
+ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
+DayLoader = Callable[
+    [UnifiedCloudService, BacktestConfig, date],
+    "tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]",
+]
+
+
+def trade_keys_for_day(
+    config: BacktestConfig, instruments: pl.DataFrame, signals: pl.DataFrame
+) -> list[str]:
+    """Instruments whose ticks the day needs: those signalled, plus their router peers."""
+    available = set(instruments.get_column("instrument_key").to_list())
+    configured = [k for k in config.instruments if k in available]
+    if config.full_day:
+        return configured
+    signalled = set(signals.get_column("instrument_key").to_list()) if signals.height else set()
+
+    def asset(k: str) -> tuple[str, str]:
+        _v, t, pair = k.split(":")
+        return ("SPOT" if t == "SPOT" else "DERIV", pair)
+
+    wanted_assets = {asset(k) for k in signalled}
+    return [k for k in configured if asset(k) in wanted_assets]
+
+
+def load_day(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
+    """Everything one day of the run needs, read and validated."""
+    inputs: list[InputRecord] = []
+    t_instr, t_sig = layout.target("instruments"), layout.target("signals")
+
+    ipath = layout.instruments_path(day)
+    inputs.append(record(ucs, "instruments", ipath))
+    instruments = readers.read_instruments(ucs, day)
+
+    spath = layout.signals_path(day, config.strategy_id)
+    try:
+        sinfo = ucs.stat_sync(t_sig, spath)
+    except ObjectNotFoundError:
+        log.warning(
+            "no signals for strategy %s on %s (%s): the day is skipped for trading",
+            config.strategy_id,
+            day,
+            ucs.uri(t_sig, spath),
+        )
+        signals = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
+    else:
+        signals = readers.read_signals(ucs, day, config.strategy_id)
+        inputs.append(
+            InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size)
+        )
+
+    check_signal_instruments(
+        signals, instruments, config, ucs.uri(t_sig, spath), ucs.uri(t_instr, ipath)
+    )
+    keys = trade_keys_for_day(config, instruments, signals)
+    intervals = signal_intervals(signals, day, config.lookback_s, config.grace_s)
+    by_key: dict[str, pl.DataFrame] = {}
+    trades = {}
+    for key in keys:
+        ranges = ranges_for_key(config, intervals, key, day)
+        if not ranges:
+            continue
+        by_key[key] = pl.DataFrame(ranges, schema=["start_ns", "end_ns"], orient="row")
+        table, fetched = fetch_trades(ucs, day, key, ranges, needed_by=signals.height)
+        trades[key] = table
+        inputs.append(fetched)
+
+    available = set(instruments.get_column("instrument_key").to_list())
+    funding, funding_inputs = load_funding(ucs, config, day, available)
+    bars, bar_inputs = load_bars(ucs, config, day)
+    inputs += funding_inputs + bar_inputs
+    from backtest_pipeline.engine.driver import DayInput
+
+    day_input = DayInput(
+        day=day,
+        instruments=instruments,
+        signals=signals,
+        trades=trades,
+        funding=funding,
+        bars=bars or None,
+    )
+    return day_input, inputs, by_key
+
+
+def record(ucs: UnifiedCloudService, role: layout.Role, path: str) -> InputRecord:
+    """Stat an object (missing → ObjectNotFoundError) and record it as read whole."""
+    target = layout.target(role)
+    info = ucs.stat_sync(target, path)
+    return InputRecord(target.gcs_bucket, path, info.generation, info.size, info.size)
+
+
+def load_funding(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date, available: set[str]
+) -> tuple[dict[str, pl.DataFrame], list[InputRecord]]:
+    """Funding events of the run's perpetuals available that day.
+
+    A missing funding object is a documented, logged skip (no funding applied that day): the
+    executions themselves are complete without it, unlike a missing tick file.
+    """
+    funding: dict[str, pl.DataFrame] = {}
+    records: list[InputRecord] = []
+    for key in config.instruments:
+        if key.split(":")[1] != "PERPETUAL" or key not in available:
+            continue
+        path = layout.funding_path(day, key)
+        try:
+            records.append(record(ucs, "ticks", path))
+        except ObjectNotFoundError:
+            log.warning(
+                "no funding rates for %s on %s (%s): no funding applied that day",
+                key,
+                day,
+                ucs.uri(layout.target("ticks"), path),
+            )
+            continue
+        funding[key] = readers.read_funding(ucs, day, key)
+    return funding, records
+
+
+def load_bars(
+    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+) -> tuple[dict[str, pl.DataFrame], list[InputRecord]]:
+    """Derived 1-minute closes that mark positions between signal intervals, where they exist."""
+    bars: dict[str, pl.DataFrame] = {}
+    records: list[InputRecord] = []
+    if not config.use_bars_for_marks or config.full_day:
+        return bars, records
+    t_ticks = layout.target("ticks")
+    for key in config.instruments:
+        path = layout.bars_path(day, key)
+        try:
+            records.append(record(ucs, "ticks", path))
+        except ObjectNotFoundError:
+            continue
+        bars[key] = ucs.download_from_gcs_sync(t_ticks, path).select("ts_event", "close")
+    return bars, records
+
+
+def check_signal_instruments(
+    signals: pl.DataFrame,
+    instruments: pl.DataFrame,
+    config: BacktestConfig,
+    signals_uri: str,
+    instruments_uri: str,
+) -> None:
+    """A signal for an instrument the run cannot trade that day is an error, never a skip.
+
+    Skipping would silently omit executions from results that look complete.
+    """
+    if signals.height == 0:
+        return
+    available = set(instruments.get_column("instrument_key").to_list())
+    configured = set(config.instruments)
+    keys = signals.get_column("instrument_key")
+    for i, key in enumerate(keys.to_list()):
+        if key not in configured:
+            raise DataValidationError(
+                signals_uri,
+                f"signal {signals['signal_id'][i]!r} (row {i}) is for instrument {key!r}, which is "
+                f"not in the run's instruments {sorted(configured)}",
+                column="instrument_key",
+                row=i,
+                value=key,
+            )
+        if key not in available:
+            raise DataValidationError(
+                signals_uri,
+                f"signal {signals['signal_id'][i]!r} (row {i}) is for instrument {key!r}, which is "
+                f"not available that day: absent from {instruments_uri}",
+                column="instrument_key",
+                row=i,
+                value=key,
+            )
+
+
+def ranges_for_key(
+    config: BacktestConfig, intervals: pl.DataFrame, key: str, day: date
+) -> list[tuple[int, int]]:
+    """Half-open [start, end) ns ranges of `key`'s trades that the day needs.
+
+    Router peers (the same asset on other venues) share the intervals of the signalled
+    instrument, so the router can price them. Intervals are inclusive; ranges are half-open.
+    """
+    if config.full_day:
+        return [layout.day_bounds_ns(day)]
+    pair = key.split(":")[2]
+    rows = intervals.filter(pl.col("instrument_key").str.ends_with(":" + pair))
+    if rows.height == 0:
+        return []
+    return merge_ranges([(int(s), int(e) + 1) for s, e in rows.select("start_ns", "end_ns").rows()])
+
+
+def fetch_trades(
+    ucs: UnifiedCloudService, day: date, key: str, ranges: list[tuple[int, int]], needed_by: int
+) -> tuple[pa.Table, InputRecord]:
+    """The validated trades of `key` in `ranges` by byte-range reads, and what they cost.
+
+    The last trade before each range is included (when it lies in a fetched row group) so the
+    engine's book holds the price in force when a signal window opens, not one left over from
+    an earlier window. A tick object with no rows at all is an error when signals need it.
+    """
+    t_ticks = layout.target("ticks")
+    tpath = layout.trades_path(day, key)
+    uri = ucs.uri(t_ticks, tpath)
+    res = ucs.download_from_gcs_streaming_sync(
+        t_ticks,
+        tpath,
+        timestamp_range=ranges,
+        columns=TRADE_COLUMNS,
+        use_byte_range=True,
+        include_prior=True,
+    )
+    if res.object_rows == 0:
+        raise DataValidationError(
+            uri,
+            f"the trades object holds no trades (0 rows) but {needed_by} signal(s) of {day} need it",
+        )
+    table = schemas.validate_trades(res.table, uri, day=day)
+    return table, InputRecord(
+        t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read
+    )
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching ranges as one: each row group is then fetched once."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+@dataclass
+class ReadSummary:
+    """What a run read: every input object, the signal intervals, and the time it took."""
+
+    inputs: list[InputRecord] = field(default_factory=list)
+    intervals: dict[str, pl.DataFrame] = field(default_factory=dict)
+    read_time_s: float = 0.0
+    margin_init: dict[str, float] = field(default_factory=dict)
+
+
+class Prefetcher:
+    """Reads day d+1 in a thread while the engine runs day d (I/O overlapped with the engine)."""
+
+    def __init__(
+        self,
+        ucs: UnifiedCloudService,
+        config: BacktestConfig,
+        days: list[date],
+        progress: ProgressFn | None,
+        loader: DayLoader,
+    ) -> None:
+        self.ucs, self.config, self.days, self.progress = ucs, config, days, progress
+        self.loader = loader
+        self.inputs_by_day: dict[date, list[InputRecord]] = {}
+        self.read_time_by_day: dict[date, float] = {}
+        self.intervals: dict[str, pl.DataFrame] = {}
+        self.ticks = 0
+        self.margin_init: dict[str, float] = {}
+
+    @property
+    def inputs(self) -> list[InputRecord]:
+        return [r for day in self.inputs_by_day.values() for r in day]
+
+    def summary(self, since: date | None = None) -> ReadSummary:
+        """What was read for the days from ``since`` on (a time shard's own days) or all."""
+        first = since or date.min
+        return ReadSummary(
+            inputs=[r for d, day in self.inputs_by_day.items() if d >= first for r in day],
+            intervals={
+                k: v for k, v in self.intervals.items() if date.fromisoformat(k[:10]) >= first
+            },
+            read_time_s=sum(t for d, t in self.read_time_by_day.items() if d >= first),
+            margin_init=dict(self.margin_init),
+        )
+
+    def _load(
+        self, day: date
+    ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame], float]:
+        t0 = time.perf_counter()
+        d, inp, iv = self.loader(self.ucs, self.config, day)
+        return d, inp, iv, time.perf_counter() - t0
+
+    def __iter__(self) -> Iterator[DayInput]:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+            nxt: Future[Any] | None = pool.submit(self._load, self.days[0]) if self.days else None
+            for i, day in enumerate(self.days):
+                assert nxt is not None
+                day_input, inputs, intervals, dt = nxt.result()
+                nxt = pool.submit(self._load, self.days[i + 1]) if i + 1 < len(self.days) else None
+                self.inputs_by_day[day] = inputs
+                for row in day_input.instruments.select(
+                    "instrument_key", "instrument_type", "margin_init"
+                ).iter_rows():
+                    # Spot is a cash account: holding it uses no margin.
+                    self.margin_init.setdefault(row[0], 0.0 if row[1] == "SPOT" else float(row[2]))
+                for k, v in intervals.items():
+                    self.intervals[f"{day.isoformat()}|{k}"] = v
+                self.read_time_by_day[day] = dt
+                n = sum(t.num_rows for t in day_input.trades.values())
+                self.ticks += n
+                if self.progress:
+                    self.progress(
+                        "day", i + 1, len(self.days), {"day": day.isoformat(), "ticks": n}
+                    )
+                yield day_input
+
+
+def missing_inputs(ucs: UnifiedCloudService, config: BacktestConfig, day: date) -> list[str]:
+    """URIs of the day's input objects the configuration needs that do not exist yet."""
+    wanted = [
+        ("instruments", layout.instruments_path(day)),
+        ("signals", layout.signals_path(day, config.strategy_id)),
+    ]
+    wanted += [("ticks", layout.trades_path(day, k)) for k in config.instruments]
+    missing = []
+    for role, path in wanted:
+        target = layout.target(role)  # type: ignore[arg-type]
+        if not ucs.exists_sync(target, path):
+            missing.append(ucs.uri(target, path))
+    return missing

@@ -1,0 +1,308 @@
+"""One backtest, one freshly *spawned* process, started ahead of the step that needs it.
+
+NautilusTrader initialises its logging once per process, so a second engine in a long-lived
+Dagster worker would write into the first run's log; and its import costs seconds. So each
+backtest of the Dagster path runs in its own spawned process, which the run starts as soon as
+it begins (its imports warm while the input steps read), and takes when the backtest step comes.
+"""
+
+import atexit
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.run.stages import CatalogDayLoader, DayBundle
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+
+log = logging.getLogger("backtest_pipeline.stages")
+
+
+def _child(
+    root: str, config_json: str, start: str, end: str, run_id: str, bundles: list[DayBundle]
+) -> dict[str, Any]:
+    from backtest_pipeline.run.runner import BacktestFailed, run_backtest
+
+    config = BacktestConfig.model_validate_json(config_json)
+    ucs = UnifiedCloudService(root)
+    try:
+        result = run_backtest(
+            config,
+            start,
+            end,
+            ucs=ucs,
+            run_id=run_id,
+            write_results=True,
+            day_loader=CatalogDayLoader(bundles),
+        )
+    except BacktestFailed as exc:  # its custom __init__ does not survive pickling: send data
+        return {
+            "status": "FAILED",
+            "error": str(exc),
+            "run_id": exc.run_id,
+            "summary_uri": exc.summary_uri,
+        }
+    return {
+        "status": result.status,
+        "summary": result.summary,
+        "locations": result.locations,
+        "run_id": result.run_id,
+    }
+
+
+class IsolatedBacktestError(RuntimeError):
+    """The backtest failed in its process; its FAILED summary and log were written."""
+
+
+def _warm_imports() -> None:
+    """What a backtest imports before its first tick (NautilusTrader, the engine): seconds of work."""
+    import backtest_pipeline.engine.driver  # noqa: F401
+    import backtest_pipeline.run.runner  # noqa: F401
+
+
+def _worker_main(conn: Connection) -> None:
+    """Body of a :class:`BacktestWorker` process: warm up, serve tasks, exit after the last.
+
+    It says ``("ready", None)`` once warm. Tasks are ``(fn, args, last)``; the outcome of each
+    goes back as ``("ok", value)`` or ``("error", text)``. After the ``last`` task (the backtest) the process leaves with
+    ``os._exit``: the task wrote everything it writes (results, log) before returning, and
+    tearing down a heap full of engine objects costs ~1 s that the waiting step would pay.
+    """
+    try:
+        _warm_imports()
+    except Exception:  # pragma: no cover - the task itself reports the import error
+        log.debug("warm-up imports failed", exc_info=True)
+    gc.freeze()  # the imported modules: never garbage, no need to walk them in every collection
+    code = 0
+    try:
+        conn.send(("ready", None))
+        while True:
+            try:
+                fn, args, last = conn.recv()
+            except (EOFError, OSError):  # the owner closed the worker (or died)
+                break
+            try:
+                outcome: tuple[str, Any] = ("ok", fn(*args))
+            except BaseException as exc:  # sent as text: an exception may not survive pickling
+                outcome = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            try:
+                conn.send(outcome)
+            except Exception:  # pragma: no cover - the owner sees EOF and reports it
+                code = 1
+                break
+            if last:
+                break
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While a process is spawned, hide ``__main__``'s file so the child does not re-run it.
+
+    ``multiprocessing``'s spawn re-imports the parent's main script in the child (for functions
+    defined there). Under ``dagster asset materialize`` that is the ``dagster`` CLI (~1.2 s of
+    imports per backtest); a worker only runs functions of this module, so it needs none of it.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+class BacktestWorker:
+    """A spawned process that imports the engine ahead of time, then runs ONE backtest.
+
+    Why: a backtest runs in its own process (NautilusTrader initialises logging once per
+    process), and starting that process — interpreter, NautilusTrader, the engine — costs
+    several seconds. Started when a run begins, the worker does that on the second core while
+    the run's input steps execute, so ``backtest_run`` only waits for the engine itself. Before
+    the backtest it may serve other NautilusTrader work of the same run (:meth:`call`: the
+    catalog's instruments), which then never loads NautilusTrader into the Dagster process.
+    One backtest per worker (:meth:`run`, the last task): two engines never share a process.
+    """
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_worker_main, args=(child_conn,), name="backtest-worker", daemon=True
+        )
+        with _main_module_hidden():
+            self._proc.start()
+        child_conn.close()
+        self._done = False
+        self._ready = False
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return not self._done and self._proc.is_alive()
+
+    def ready(self) -> bool:
+        """True once the warm-up is over (never blocks): a task would start at once."""
+        with self._lock:
+            if not self._ready and not self._done:
+                try:
+                    if self._conn.poll():
+                        self._ready = self._conn.recv()[0] == "ready"
+                except (EOFError, OSError):
+                    return False
+            return self._ready and self.alive()
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], last: bool) -> Any:
+        with self._lock:
+            if self._done:
+                raise RuntimeError("this BacktestWorker has run its backtest and exited")
+            self._done = last
+            try:
+                if not self._ready:  # wait for the warm-up to end
+                    self._ready = self._conn.recv()[0] == "ready"
+                self._conn.send((fn, args, last))
+                status, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                self._done = True
+                self.close()
+                raise IsolatedBacktestError(
+                    f"the backtest process {self._proc.pid} died (exit code {self._proc.exitcode})"
+                ) from exc
+        if last:
+            self.close()
+        if status != "ok":
+            raise IsolatedBacktestError(f"the backtest process failed: {value}")
+        return value
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the worker (module-level ``fn``, picklable args); it stays alive."""
+        return self._submit(fn, args, last=False)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The worker's last task (the backtest): ``fn(*args)``, then the process exits."""
+        return self._submit(fn, args, last=True)
+
+    def close(self) -> None:
+        """Stop the worker and reap it: an idle one is killed (it holds only imports and
+        stateless helper results); after its last task it has exited or is about to."""
+        atexit.unregister(self.close)
+        self._conn.close()
+        if not self._done and self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():  # pragma: no cover - a stuck worker
+            self._proc.kill()
+            self._proc.join()
+        self._done = True
+
+
+_WORKERS: dict[str, BacktestWorker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def prewarm_worker(key: str) -> None:
+    """Start the backtest process of ``key`` (a Dagster run id) now, if not started yet.
+
+    At most one idle worker per process: one left by another run (whose backtest step never
+    ran) is stopped.
+    """
+    with _WORKERS_LOCK:
+        if key in _WORKERS and _WORKERS[key].alive():
+            return
+        for other in [k for k in _WORKERS if k != key]:
+            _WORKERS.pop(other).close()
+        _WORKERS[key] = BacktestWorker()
+
+
+def take_worker(key: str) -> BacktestWorker | None:
+    """The warm worker of ``key`` (removed from the pool), or None if there is none alive."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.pop(key, None)
+    if worker is not None and not worker.alive():
+        worker.close()
+        return None
+    return worker
+
+
+def pooled_worker(key: str) -> BacktestWorker | None:
+    """The idle worker the pool holds for ``key``, warm or still starting (None if none)."""
+    with _WORKERS_LOCK:
+        return _WORKERS.get(key)
+
+
+def ready_worker(key: str) -> BacktestWorker | None:
+    """``key``'s worker if it is warm already, left in the pool (for tasks before the backtest).
+
+    None while it is still starting: a step that can do its work itself does not wait for it.
+    """
+    with _WORKERS_LOCK:
+        worker = _WORKERS.get(key)
+    return worker if worker is not None and worker.ready() else None
+
+
+def worker_pid(key: str) -> int | None:
+    """Process id of ``key``'s worker (for logs), None if it has none."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.get(key)
+    return worker.pid if worker is not None else None
+
+
+def discard_worker(key: str) -> None:
+    """Stop ``key``'s worker if it was never used (the run ends without a backtest)."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.pop(key, None)
+    if worker is not None:
+        worker.close()
+
+
+def run_backtest_isolated(
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    bundles: Sequence[DayBundle],
+    run_id: str | None = None,
+    worker: BacktestWorker | None = None,
+) -> dict[str, Any]:
+    """Run ``run_backtest`` over the bundles' days in its own process; returns summary + locations.
+
+    ``worker``: a process started earlier by :func:`prewarm_worker` (warm imports); without
+    one, a new process is spawned here.
+    """
+    days = sorted(b.day for b in bundles)
+    if not days:
+        raise ValueError("no day to backtest")
+    rid = run_id or config.run_id(days[0], days[-1])
+    out = (worker or BacktestWorker()).run(
+        _child,
+        ucs.root,
+        config.model_dump_json(),
+        days[0].isoformat(),
+        days[-1].isoformat(),
+        rid,
+        list(bundles),
+    )
+    if out["status"] != "COMPLETED":
+        raise IsolatedBacktestError(
+            f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})"
+        )
+    return out
