@@ -26,7 +26,6 @@ from dagster import (
 from assets import runtime
 from assets.checks import check_result, check_spec
 from assets.partitions import daily_partitions, days_of, single_run
-from backtest_pipeline import layout
 from backtest_pipeline.results import checks as asset_checks
 from backtest_pipeline.results import report
 from backtest_pipeline.results.writer import ResultWriter
@@ -235,9 +234,7 @@ def backtest_results(
             asset="orders",
         )
     if "backtest_summary" in selected or "net_pnl_equals_equity_change" in checks_wanted:
-        summary = client.download_from_gcs_sync(
-            layout.target("results"), layout.result_path(run_id, "summary.json")
-        )
+        summary = ResultWriter(client, run_id).read_summary()
         if "backtest_summary" in selected:
             yield Output(
                 RunArtifact(run_id, "summary.json", summary, days, stored=True),
@@ -270,8 +267,6 @@ def _summary_metadata(
         "metrics": MetadataValue.md(md_table),
         "equity_curve": MetadataValue.md(report.equity_markdown(equity, backtest_run.run_id)),
         "summary": MetadataValue.text(
-            client.uri(
-                layout.target("results"), layout.result_path(backtest_run.run_id, "summary.json")
-            )
+            ResultWriter(client, backtest_run.run_id).uri("summary.json")
         ),
     }

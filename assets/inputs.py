@@ -9,7 +9,9 @@ tables it stores (``check_specs``): as steps of their own they cost ~40 ms of Da
 and read every day back from storage — the tick slices, the largest input, twice.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import date
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,8 +21,10 @@ from assets import runtime
 from assets.checks import check_result, check_spec
 from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.results import checks
 from backtest_pipeline.run import stages
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 from resources.io_manager import DayTables, LazyDays
 from resources.settings import BacktestSettings, tag_run
 from resources.ucs_resource import UCSResource
@@ -29,39 +33,51 @@ GROUP = "inputs"
 COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "group_name": GROUP}
 
 
+def validated_day_asset(check: str, asset_name: str, description: str) -> dict[str, Any]:
+    """An input asset's decorator arguments: daily, one run per range, and its schema check."""
+    return {
+        **COMMON,
+        "kinds": {"parquet"},
+        "check_specs": [check_spec(check, asset_name, description)],
+    }
+
+
+def load_days(
+    context: AssetExecutionContext,
+    client: UnifiedCloudService,
+    config: BacktestConfig,
+    load: Callable[[date], pa.Table],
+) -> DayTables:
+    """Each day of the run's partitions loaded; a failure marks the run FAILED in storage first."""
+    days = days_of(context.partition_keys)
+    with stages.failing_run(client, config, days):
+        return {d.isoformat(): load(d) for d in days}
+
+
 @asset(
-    **COMMON,
-    kinds={"parquet"},
-    check_specs=[
-        check_spec(
-            "instruments_schema",
-            "instruments",
-            "The day's instruments match the input schema (types, keys, fees, margins).",
-        )
-    ],
+    **validated_day_asset(
+        "instruments_schema",
+        "instruments",
+        "The day's instruments match the input schema (types, keys, fees, margins).",
+    )
 )
 def instruments(
     context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
 ) -> Iterator[Output[DayTables] | AssetCheckResult]:
     """The day's instrument definitions, validated (missing or malformed → the run fails here)."""
     runtime.prewarm_backtest(context)
-    client, days = ucs.client(), days_of(context.partition_keys)
-    with stages.failing_run(client, backtest.load(), days):
-        out = {d.isoformat(): stages.load_instruments(client, d) for d in days}
+    client = ucs.client()
+    out = load_days(context, client, backtest.load(), lambda d: stages.load_instruments(client, d))
     yield Output(out, metadata={"instruments": sum(t.num_rows for t in out.values())})
     yield check_result("instruments_schema", checks.validates("instruments", out))
 
 
 @asset(
-    **COMMON,
-    kinds={"parquet"},
-    check_specs=[
-        check_spec(
-            "signals_schema",
-            "signals",
-            "Signals match the schema: unique ids, known algos, valid keys, sorted by ts_event.",
-        )
-    ],
+    **validated_day_asset(
+        "signals_schema",
+        "signals",
+        "Signals match the schema: unique ids, known algos, valid keys, sorted by ts_event.",
+    )
 )
 def signals(
     context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
@@ -70,9 +86,7 @@ def signals(
     runtime.prewarm_backtest(context)
     client, config = ucs.client(), backtest.load()
     tag_run(context, backtest, config.strategy_id)
-    days = days_of(context.partition_keys)
-    with stages.failing_run(client, config, days):
-        out = {d.isoformat(): stages.load_signals(client, config, d) for d in days}
+    out = load_days(context, client, config, lambda d: stages.load_signals(client, config, d))
     yield Output(
         out,
         metadata={
@@ -161,15 +175,11 @@ def tick_slices(
 
 
 @asset(
-    **COMMON,
-    kinds={"parquet"},
-    check_specs=[
-        check_spec(
-            "funding_rates_schema",
-            "funding_rates",
-            "Funding events validate per instrument (sorted, one per time, finite rate).",
-        )
-    ],
+    **validated_day_asset(
+        "funding_rates_schema",
+        "funding_rates",
+        "Funding events validate per instrument (sorted, one per time, finite rate).",
+    )
 )
 def funding_rates(
     context: AssetExecutionContext,
@@ -179,12 +189,12 @@ def funding_rates(
 ) -> Iterator[Output[DayTables] | AssetCheckResult]:
     """The day's funding events of the perpetuals the configuration trades."""
     client, config = ucs.client(), backtest.load()
-    days = days_of(context.partition_keys)
-    with stages.failing_run(client, config, days):
-        out = {
-            d.isoformat(): stages.load_funding(client, config, d, instruments[d.isoformat()])
-            for d in days
-        }
+    out = load_days(
+        context,
+        client,
+        config,
+        lambda d: stages.load_funding(client, config, d, instruments[d.isoformat()]),
+    )
     yield Output(
         out,
         metadata={

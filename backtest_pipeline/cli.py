@@ -27,6 +27,9 @@ app.add_typer(import_app, name="import")
 console = Console()
 err = Console(stderr=True)
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object (the summary, the figures) instead")
+]
 RootOpt = Annotated[
     str | None,
     typer.Option(
@@ -152,30 +155,18 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
             return f"{v:,}"
         return str(v)
 
-    for k in ("net_pnl", "gross_pnl", "total_fees", "funding_paid"):
-        t.add_row(k, fmt(pnl[k]))
-    for k in (
-        "sharpe_ratio",
-        "sortino_ratio",
-        "max_drawdown_pct",
-        "win_rate",
-        "profit_factor",
-        "total_trades",
-    ):
-        t.add_row(k, fmt(mets[k]))
-    for k in (
-        "signals",
-        "operations",
-        "orders_submitted",
-        "orders_filled",
-        "orders_canceled",
-        "orders_rejected",
-        "fills",
-        "avg_slippage_bps",
-        "ticks_processed",
-        "days",
-    ):
-        t.add_row(k, fmt(st.get(k)))
+    sections = (
+        (pnl, "net_pnl gross_pnl total_fees funding_paid"),
+        (mets, "sharpe_ratio sortino_ratio max_drawdown_pct win_rate profit_factor total_trades"),
+        (
+            st,
+            "signals operations orders_submitted orders_filled orders_canceled orders_rejected "
+            "fills avg_slippage_bps ticks_processed days",
+        ),
+    )
+    for values, keys in sections:
+        for k in keys.split():
+            t.add_row(k, fmt(values.get(k)))
     t.add_row("bytes read / available", f"{st['bytes_read']:,} / {st['bytes_available']:,}")
     t.add_row(
         "wall time",
@@ -264,9 +255,7 @@ def run_cmd(
     full_day: Annotated[
         bool, typer.Option("--full-day", help="Read whole days, not only signal intervals")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print summary.json instead of the table")
-    ] = False,
+    as_json: JsonOpt = False,
     shards: Annotated[
         int,
         typer.Option(
@@ -311,9 +300,7 @@ def bench_cmd(
     quick: Annotated[
         bool, typer.Option("--quick", help="Small workload (minutes, not the reference)")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object with the benchmark's figures")
-    ] = False,
+    as_json: JsonOpt = False,
     reps: Annotated[
         int | None, typer.Option(min=1, help="Repetitions per figure (median; default 3, quick 1)")
     ] = None,

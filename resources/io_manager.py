@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from backtest_pipeline import layout
+from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 from resources.settings import BacktestSettings
@@ -36,7 +37,7 @@ from resources.ucs_resource import UCSResource
 
 POINTER_KEY = b"backtest.pointer"
 INPUTS_KEY = b"backtest.inputs"  # read records a stage attaches to its table (execution.stages)
-RUN_OBJECTS = (*layout.RESULT_OBJECTS, "backtest_config.json", "execution.log")
+RUN_OBJECTS = ResultWriter.OBJECTS
 
 
 @dataclass
@@ -61,11 +62,8 @@ class RunArtifact:
 
 
 def artifact_path(run_id: str, name: str) -> str:
-    if name == "backtest_config.json":
-        return layout.config_path(run_id)
-    if name == "execution.log":
-        return layout.log_path(run_id)
-    return layout.result_path(run_id, name)
+    """Where a run's object lives: the library's writer decides, so both agree by construction."""
+    return ResultWriter.path_of(run_id, name)
 
 
 def _format(name: str) -> str:

@@ -163,10 +163,12 @@ class FakeCtx:
     def last_prices(self, group: str) -> dict[str, float]:
         return {BTC: 100.0}
 
-    def send(self, op: Operation, side: str, qty: float, ot: str, lp: float | None) -> str:
-        oid = f"O{len(self.sent)}"
+    def send(self, op: Operation, qty: float, ot: str, lp: float | None) -> str:
+        oid, side = f"O{len(self.sent)}", op.side
         self.sent.append((self.now, op.operation_id, side, qty, ot, lp))
-        self.oms.record_submitted(oid, op.operation_id, BTC, side, ot, qty, lp, self.now)
+        self.oms.record_submitted(
+            oid, op.operation_id, OrderIntent(BTC, side, qty, ot, lp), self.now
+        )
         return oid
 
     def cancel(self, oid: str) -> None:
@@ -216,8 +218,12 @@ def test_orchestrator_twap_rounding_and_supersede() -> None:
 
 def test_oms_rejected_ids_are_deterministic() -> None:
     oms = OMS()
-    a = oms.record_risk_rejected("OP-x", BTC, "BUY", "MARKET", 1, None, 5, "max_order_quantity")
-    b = oms.record_risk_rejected("OP-x", BTC, "BUY", "MARKET", 1, None, 6, "max_order_quantity")
+    a = oms.record_risk_rejected(
+        "OP-x", OrderIntent(BTC, "BUY", 1, "MARKET"), 5, "max_order_quantity"
+    )
+    b = oms.record_risk_rejected(
+        "OP-x", OrderIntent(BTC, "BUY", 1, "MARKET"), 6, "max_order_quantity"
+    )
     assert (a.order_id, b.order_id) == ("R-OP-x-1", "R-OP-x-2")
     assert oms.orders_frame()["status"].to_list() == ["REJECTED", "REJECTED"]
 
@@ -225,9 +231,9 @@ def test_oms_rejected_ids_are_deterministic() -> None:
 def test_oms_final_status_rule() -> None:
     """Partly filled then cancelled → PARTIALLY_FILLED; nothing filled → CANCELED (oms.py)."""
     oms = OMS()
-    oms.record_submitted("A", "OP-1", BTC, "BUY", "LIMIT", 1.0, 100.0, 1)
-    oms.record_submitted("B", "OP-1", BTC, "BUY", "LIMIT", 1.0, 100.0, 1)
-    oms.record_submitted("C", "OP-1", BTC, "BUY", "MARKET", 1.0, None, 1)
+    oms.record_submitted("A", "OP-1", OrderIntent(BTC, "BUY", 1.0, "LIMIT", 100.0), 1)
+    oms.record_submitted("B", "OP-1", OrderIntent(BTC, "BUY", 1.0, "LIMIT", 100.0), 1)
+    oms.record_submitted("C", "OP-1", OrderIntent(BTC, "BUY", 1.0, "MARKET", None), 1)
     for oid in "ABC":
         oms.on_status(oid, "ACCEPTED", 2)
     oms.on_status("A", "FILLED_PART", 3, fill_qty=0.4)

@@ -255,7 +255,9 @@ _capsule_ptr.restype = ctypes.c_void_p
 _capsule_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 _state_lock = threading.Lock()
-fast_path_disabled: list[str] = []  # the reason, once a check failed: Nautilus's constructor from then on
+fast_path_disabled: list[
+    str
+] = []  # the reason, once a check failed: Nautilus's constructor from then on
 _probed: set[tuple[int, int]] = set()  # (price, size) precisions whose rounding was verified
 _refused: set[tuple[int, int]] = set()  # ... and those where it was not (Nautilus's constructor)
 

@@ -475,6 +475,21 @@ def _run_day(
     return n, seconds
 
 
+def _end(engine: BacktestEngine, strategy: ExecutionStrategy) -> float:
+    """End the run in the engine; the seconds it took. A strategy error surfaces here.
+
+    ``ending`` arms the last day's SWEEP alert: ``end()`` flushes the timers up to the run's end,
+    so the sweep's cancels and their settle alerts are processed inside the run's range.
+    """
+    t0 = time.perf_counter()
+    strategy.ending = True
+    engine.end()
+    seconds = time.perf_counter() - t0
+    if strategy.errors:
+        raise strategy.errors[0]
+    return seconds
+
+
 def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
     """Drop what the engine's cache keeps of finished business, so memory is bounded by a day.
 
@@ -613,14 +628,7 @@ def _run_engine(
         end_state: BoundaryState | None = None
         unresolved: list[str] = []
         if final:
-            t0 = time.perf_counter()
-            # Arms the last day's SWEEP alert: end() flushes the timers up to the run's end, so
-            # the sweep's cancels and their settle alerts are processed inside the run's range.
-            strategy.ending = True
-            engine.end()
-            engine_time += time.perf_counter() - t0
-            if strategy.errors:
-                raise strategy.errors[0]
+            engine_time += _end(engine, strategy)
             end_ns = engine.kernel.clock.timestamp_ns()
             # Last resort (should stay empty): orders the venue never resolved, e.g. a market
             # order that Nautilus neither filled nor rejected, or one sent after the sweep.
@@ -692,12 +700,7 @@ def bare_engine_run(config: BacktestConfig, days: list[DayInput]) -> dict[str, A
             ticks += n
             seconds += dt
             del prepared
-        t0 = time.perf_counter()
-        strategy.ending = True
-        engine.end()
-        seconds += time.perf_counter() - t0
-        if strategy.errors:
-            raise strategy.errors[0]
+        seconds += _end(engine, strategy)
         return {"ticks": ticks, "seconds": seconds}
     finally:
         engine.dispose()

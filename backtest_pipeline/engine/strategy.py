@@ -296,14 +296,8 @@ class ExecutionStrategy(Strategy):
                 gross += abs(pos) * last
         return equity, gross
 
-    def send(
-        self,
-        op: Operation,
-        side: str,
-        quantity: float,
-        order_type: str,
-        limit_price: float | None,
-    ) -> str | None:
+    def send(self, op: Operation, qty: float, order_type: str, limit: float | None) -> str | None:
+        side, quantity, limit_price = op.side, qty, limit
         candidates = [
             VenueQuote(k, self.last_price(k), i.maker_fee, i.taker_fee, i.latency_s)
             for k in self.group_members.get(op.group, [])
@@ -353,9 +347,11 @@ class ExecutionStrategy(Strategy):
                 self.risk_log.append((intent, snap, reason))
         if reason is not None or info is None:
             self.oms.record_risk_rejected(
-                op.operation_id, key, side, order_type, quantity, price, now,
+                op.operation_id,
+                OrderIntent(key, side, quantity, order_type, price),
+                now,
                 reason or f"instrument_unavailable: {key}",
-            )  # fmt: skip
+            )
             return None
         inst = info.instrument
         qty = Quantity(quantity, inst.size_precision)
@@ -384,7 +380,9 @@ class ExecutionStrategy(Strategy):
                 client_order_id=cid,
             )
         oid = order.client_order_id.value
-        self.oms.record_submitted(oid, op.operation_id, key, side, order_type, quantity, price, now)
+        self.oms.record_submitted(
+            oid, op.operation_id, OrderIntent(key, side, quantity, order_type, price), now
+        )
         self.submit_order(order)
         self._arrives[oid] = now + info.insert_ns
         if self._book_is_current(key, op.signal.ts_event):

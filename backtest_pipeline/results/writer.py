@@ -56,26 +56,31 @@ def failed_summary(
 class ResultWriter:
     """The result objects of one run in the results bucket."""
 
+    OBJECTS: tuple[str, ...] = (*layout.RESULT_OBJECTS, CONFIG, LOG)
+
+    @staticmethod
+    def path_of(run_id: str, name: str) -> str:
+        """The object path of a run's ``name`` (a result object, the config or the log)."""
+        if name == CONFIG:
+            return layout.config_path(run_id)
+        if name == LOG:
+            return layout.log_path(run_id)
+        return layout.result_path(run_id, name)
+
     def __init__(self, ucs: UnifiedCloudService, run_id: str) -> None:
         self.ucs = ucs
         self.run_id = layout.validate_run_id(run_id)
         self.target = layout.target("results")
 
     def path(self, name: str) -> str:
-        """The object path of ``name`` (a result object, the config or the log)."""
-        if name == CONFIG:
-            return layout.config_path(self.run_id)
-        if name == LOG:
-            return layout.log_path(self.run_id)
-        return layout.result_path(self.run_id, name)
+        return self.path_of(self.run_id, name)
 
     def uri(self, name: str) -> str:
         return self.ucs.uri(self.target, self.path(name))
 
     def locations(self) -> dict[str, str]:
         """Every object of the run by name, as the summary and the CLI report them."""
-        names = (*layout.RESULT_OBJECTS, CONFIG, LOG)
-        return {name: self.uri(name) for name in names}
+        return {name: self.uri(name) for name in self.OBJECTS}
 
     def remove(self) -> None:
         """Delete the run's summary and Parquet objects, summary first.
@@ -137,6 +142,9 @@ class ResultWriter:
         )
         self.write_failed(failed_summary(self.run_id, config, days, exc), log_text)
         return self.uri(SUMMARY)
+
+    def read_summary(self) -> dict[str, Any]:
+        return self.ucs.download_from_gcs_sync(self.target, self.path(SUMMARY))
 
     def read_table(self, name: str) -> pa.Table:
         """A written Parquet result object."""

@@ -26,6 +26,7 @@ from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.storage.base import ObjectNotFoundError
+from backtest_pipeline.storage.parquet_ranges import merge_ranges
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
@@ -278,17 +279,6 @@ def fetch_trades(
     return table, InputRecord(
         t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read
     )
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping or touching ranges as one: each row group is then fetched once."""
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
 
 
 @dataclass

@@ -247,6 +247,17 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching ranges as one: each row group is then fetched once."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def range_mask(
     ts: pa.ChunkedArray | pa.Array, ranges: Sequence[tuple[int, int]], include_prior: bool
 ) -> np.ndarray:
@@ -259,12 +270,7 @@ def range_mask(
     values = np.asarray(
         ts.to_numpy() if isinstance(ts, pa.Array) else ts.to_numpy(), dtype=np.int64
     )
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
+    merged = merge_ranges(ranges)
     if (
         len(merged) == 1
         and values.size

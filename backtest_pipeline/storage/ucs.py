@@ -11,12 +11,13 @@ the blocking client in a worker thread, which is what google-cloud-storage needs
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -153,6 +154,16 @@ def _encode(data: Any, fmt: Format, write_options: dict[str, Any]) -> bytes:
     if fmt == "bytes":
         return bytes(data)
     raise ValueError(f"unknown format {fmt!r}; expected json, parquet, text or bytes")
+
+
+def _in_thread[**P, R](fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """The async form of a blocking method, with its signature and docstring."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    return run
 
 
 class UnifiedCloudService:
@@ -381,67 +392,17 @@ class UnifiedCloudService:
         self.retry.call(lambda: self.backend.delete(b, gcs_path), self.uri(target, gcs_path))
 
     # ---- async API --------------------------------------------------------------------------
+    # Each is its sync twin run in a worker thread: the storage clients block, and one
+    # implementation per operation keeps the two APIs from drifting apart.
 
-    async def download_from_gcs(
-        self, target: CloudTarget, gcs_path: str, format: Format | None = None
-    ) -> Any:
-        return await asyncio.to_thread(self.download_from_gcs_sync, target, gcs_path, format)
-
-    async def download_from_gcs_streaming(
-        self,
-        target: CloudTarget,
-        gcs_path: str,
-        timestamp_range: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
-        timestamp_column: str = "ts_event",
-        columns: Sequence[str] | None = None,
-        use_byte_range: bool = True,
-        include_prior: bool = False,
-    ) -> StreamingResult:
-        return await asyncio.to_thread(
-            self.download_from_gcs_streaming_sync,
-            target,
-            gcs_path,
-            timestamp_range,
-            timestamp_column,
-            columns,
-            use_byte_range,
-            include_prior,
-        )
-
-    async def upload_to_gcs(
-        self,
-        target: CloudTarget,
-        gcs_path: str,
-        data: Any,
-        format: Format | None = None,
-        **write_options: Any,
-    ) -> ObjectInfo:
-        return await asyncio.to_thread(
-            self.upload_to_gcs_sync, target, gcs_path, data, format, **write_options
-        )
-
-    async def list_files(self, target: CloudTarget, prefix: str = "") -> list[str]:
-        return await asyncio.to_thread(self.list_files_sync, target, prefix)
-
-    async def read_parquet(
-        self,
-        target: CloudTarget,
-        gcs_path: str,
-        row_groups: Sequence[int] | None = None,
-        columns: Sequence[str] | None = None,
-    ) -> StreamingResult:
-        return await asyncio.to_thread(
-            self.read_parquet_sync, target, gcs_path, row_groups, columns
-        )
-
-    async def stat(self, target: CloudTarget, gcs_path: str) -> ObjectInfo:
-        return await asyncio.to_thread(self.stat_sync, target, gcs_path)
-
-    async def exists(self, target: CloudTarget, gcs_path: str) -> bool:
-        return await asyncio.to_thread(self.exists_sync, target, gcs_path)
-
-    async def delete(self, target: CloudTarget, gcs_path: str) -> None:
-        await asyncio.to_thread(self.delete_sync, target, gcs_path)
+    download_from_gcs = _in_thread(download_from_gcs_sync)
+    download_from_gcs_streaming = _in_thread(download_from_gcs_streaming_sync)
+    upload_to_gcs = _in_thread(upload_to_gcs_sync)
+    list_files = _in_thread(list_files_sync)
+    read_parquet = _in_thread(read_parquet_sync)
+    stat = _in_thread(stat_sync)
+    exists = _in_thread(exists_sync)
+    delete = _in_thread(delete_sync)
 
 
 def _costed(

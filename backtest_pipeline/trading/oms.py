@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from backtest_pipeline.trading.risk import OrderIntent
+
 FINAL_STATUSES = ("FILLED", "PARTIALLY_FILLED", "CANCELED", "REJECTED", "EXPIRED")
 _CLOSING = {"FILLED", "CANCELED", "REJECTED", "EXPIRED"}  # engine events that end an order
 
@@ -88,42 +90,27 @@ class OMS:
         return rec
 
     def record_submitted(
-        self,
-        order_id: str,
-        operation_id: str,
-        instrument_key: str,
-        side: str,
-        order_type: str,
-        quantity: float,
-        price: float | None,
-        ts_ns: int,
+        self, order_id: str, operation_id: str, order: OrderIntent, ts_ns: int
     ) -> OrderRecord:
         """An order handed to Nautilus (status SUBMITTED until the engine says otherwise)."""
         return self._add(
             OrderRecord(
-                order_id, operation_id, instrument_key, side, order_type, quantity, price,
-                "SUBMITTED", ts_ns, ts_ns,
+                order_id, operation_id, order.instrument_key, order.side, order.order_type,
+                order.quantity, order.limit_price, "SUBMITTED", ts_ns, ts_ns,
             )
         )  # fmt: skip
 
     def record_risk_rejected(
-        self,
-        operation_id: str,
-        instrument_key: str,
-        side: str,
-        order_type: str,
-        quantity: float,
-        price: float | None,
-        ts_ns: int,
-        reason: str,
+        self, operation_id: str, order: OrderIntent, ts_ns: int, reason: str
     ) -> OrderRecord:
         """An order stopped by pre-trade risk; id ``R-<operation>-<n>`` (deterministic)."""
         n = self._rejects.get(operation_id, 0) + 1
         self._rejects[operation_id] = n
         return self._add(
             OrderRecord(
-                f"R-{operation_id}-{n}", operation_id, instrument_key, side, order_type, quantity,
-                price, "REJECTED", ts_ns, ts_ns, reason, final=True,
+                f"R-{operation_id}-{n}", operation_id, order.instrument_key, order.side,
+                order.order_type, order.quantity, order.limit_price, "REJECTED", ts_ns, ts_ns,
+                reason, final=True,
             )
         )  # fmt: skip
 

@@ -111,15 +111,8 @@ class ExecutionContext(Protocol):
 
     def last_prices(self, group: str) -> dict[str, float]: ...
 
-    def send(
-        self,
-        op: Operation,
-        side: str,
-        quantity: float,
-        order_type: str,
-        limit_price: float | None,
-    ) -> str | None:
-        """Route, risk-check, record and submit; the order id, or None if rejected."""
+    def send(self, op: Operation, qty: float, order_type: str, limit: float | None) -> str | None:
+        """Route, risk-check, record and submit a child of ``op`` (its side); the order id or None."""
         ...
 
     def cancel(self, order_id: str) -> None: ...
@@ -205,7 +198,7 @@ class Orchestrator:
 
     def _child(self, op: Operation, qty: float, order_type: str, limit: float | None) -> None:
         op.children_sent += 1
-        oid = self.ctx.send(op, op.side, qty, order_type, limit)
+        oid = self.ctx.send(op, qty, order_type, limit)
         if oid is None:
             op.children_rejected += 1
         else:
