@@ -142,7 +142,7 @@ RESULT_CHECKS = [
     check_spec(
         "orders_schema",
         "orders",
-        "orders.parquet has exactly the columns and types of spec/outputs.md.",
+        "orders.parquet has exactly the columns and types of docs/outputs.md.",
     ),
     check_spec(
         "orders_belong_to_operations",
@@ -152,17 +152,17 @@ RESULT_CHECKS = [
     check_spec(
         "fills_schema",
         "fills",
-        "fills.parquet has exactly the columns and types of spec/outputs.md.",
+        "fills.parquet has exactly the columns and types of docs/outputs.md.",
     ),
     check_spec(
         "positions_schema",
         "positions",
-        "positions.parquet has exactly the columns and types of spec/outputs.md.",
+        "positions.parquet has exactly the columns and types of docs/outputs.md.",
     ),
     check_spec(
         "equity_curve_schema",
         "equity_curve",
-        "equity_curve.parquet has exactly the columns and types of spec/outputs.md.",
+        "equity_curve.parquet has exactly the columns and types of docs/outputs.md.",
     ),
     check_spec(
         "net_pnl_equals_equity_change",

@@ -308,7 +308,7 @@ def bench_cmd(
         list[str] | None, typer.Option("--skip", help="Parts to skip: gcs, full, dagster, naive")
     ] = None,
 ) -> None:
-    """Measure the targets of spec/targets.md side by side (see benchmarks/README.md)."""
+    """Measure the targets of docs/targets.md side by side (see benchmarks/README.md)."""
     from benchmarks.bench import figures, format_table, run_bench
 
     out = run_bench(

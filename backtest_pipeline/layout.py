@@ -1,7 +1,7 @@
 """Every object path of the storage layout, and the validation of what goes into them.
 
 The layout is the contract between the data producers, the backtests and the results readers
-(see ``spec/storage.md``). Keeping every path string in this one module means a change of layout
+(see ``docs/storage.md``). Keeping every path string in this one module means a change of layout
 is one edit, and means no user-supplied identifier can reach storage without passing
 :func:`validate_component` first.
 """

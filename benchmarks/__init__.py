@@ -1,1 +1,1 @@
-"""The benchmark of spec/targets.md (`backtest bench`)."""
+"""The benchmark of docs/targets.md (`backtest bench`)."""

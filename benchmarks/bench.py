@@ -1,4 +1,4 @@
-"""`backtest bench`: the figures of spec/targets.md, measured side by side in one invocation.
+"""`backtest bench`: the figures of docs/targets.md, measured side by side in one invocation.
 
 Each timed measurement runs in a fresh spawned process (NautilusTrader initialises logging once
 per process, and a fresh process is the only honest peak-RSS measurement); each figure is the

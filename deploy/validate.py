@@ -38,7 +38,7 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
 
-#: Measured peaks (benchmark; notes/nautilus-1.231.md): the backtest process of a signal-driven
+#: Measured peaks (benchmark; benchmarks/RESULTS.md): the backtest process of a signal-driven
 #: 3-day run of 2 M trades/day, of a full-day run, and the run worker around it (dagster + code
 #: location + one day of slices, measured ~0.5-0.6 GB).
 PEAK_SIGNAL_DRIVEN_GB = 0.95

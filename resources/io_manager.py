@@ -7,7 +7,7 @@ partitions, and a range of days materialized in one run is exactly that. This ma
   ``layout.asset_path(asset, f"{scope}.{day}")`` — a range output is split per partition key, and a
   range input is the dict of the days asked for;
 * stores a :class:`RunArtifact` (a backtest result object that belongs to a run, not to a day) at
-  its exact results path of spec/storage.md (``backtest_results/{run_id}/orders.parquet`` …), then
+  its exact results path of docs/storage.md (``backtest_results/{run_id}/orders.parquet`` …), then
   writes one small pointer object per day of the run, so that any day of the range leads back to
   the run that covered it;
 * writes through UCS only, so every object is atomic (absent or whole), and a pointer is written

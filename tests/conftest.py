@@ -50,9 +50,13 @@ def local_ucs(tmp_path: Path) -> UnifiedCloudService:
     return UnifiedCloudService(str(tmp_path / "root"))
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", pytest.param("gcs", marks=pytest.mark.slow)])
 def ucs(request: pytest.FixtureRequest, tmp_path: Path) -> UnifiedCloudService:
-    """The UCS contract holds on both backends: every test using this runs twice."""
+    """The UCS contract holds on both backends: every test using this runs twice.
+
+    The emulator twin is in the full suite (``slow``): the quick loop keeps the local one, and
+    the emulator itself is still exercised there by the tests that use ``gcs_ucs`` directly.
+    """
     if request.param == "local":
         return UnifiedCloudService(str(tmp_path / "root"))
     return request.getfixturevalue("gcs_ucs")

@@ -93,6 +93,7 @@ def test_refuses_runs_whose_course_depends_on_hidden_state(config: BacktestConfi
     assert "liquidity" in (shards.refusal(config.model_copy(update={"fill_model": fm})) or "")
 
 
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
 def test_sharded_run_equals_the_one_engine_run(
     root: Path, config: BacktestConfig, tmp_path: Path
 ) -> None:
@@ -118,6 +119,7 @@ def test_sharded_run_equals_the_one_engine_run(
     assert log.count("===== shard ") == info["count"]
 
 
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
 def test_a_boundary_with_another_position_is_re_run(
     root: Path, config: BacktestConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,6 +143,7 @@ def test_a_boundary_with_another_position_is_re_run(
     _assert_same(seq, cold)
 
 
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
 def test_a_leverage_check_the_true_balance_would_turn_is_re_run(
     root: Path, config: BacktestConfig, tmp_path: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""Input schemas (spec/storage.md) and their validation.
+"""Input schemas (docs/storage.md) and their validation.
 
 Every table that enters a backtest passes through one of the ``validate_*`` functions here, so a
 bad file fails *before* a run with a message that names the object, the column and what was

@@ -2,7 +2,7 @@
 
 Why not ``ParquetDataCatalog.write_data``: it needs one Python ``TradeTick`` object per row and
 costs ~6 s per million ticks; the catalog's trade schema is simple enough to produce directly
-with pyarrow (7–14x faster, same file — see notes/nautilus-1.231.md):
+with pyarrow (7–14x faster, same file — see benchmarks/RESULTS.md):
 
 * ``price``/``size``: ``fixed_size_binary[16]``, the little-endian signed 128-bit raw value
   ``value × 10^16`` (Nautilus' high-precision fixed point),

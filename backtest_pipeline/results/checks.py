@@ -143,7 +143,7 @@ def tick_slices_checks(
 
 
 def result_schema(table: pa.Table, name: str) -> CheckOutcome:
-    """Column names, order and types are exactly those of spec/outputs.md."""
+    """Column names, order and types are exactly those of docs/outputs.md."""
     expected = results_mod.result_schema(name)
     got = [(f.name, str(f.type)) for f in table.schema]
     want = [(f.name, str(f.type)) for f in expected]
@@ -202,7 +202,7 @@ def orders_have_operation(orders: pa.Table) -> CheckOutcome:
 def net_pnl_matches_equity(
     summary: dict[str, Any], equity: pa.Table, tol: float = 1e-6
 ) -> CheckOutcome:
-    """``net_pnl`` equals the last portfolio_value minus the starting balance (spec/outputs.md)."""
+    """``net_pnl`` equals the last portfolio_value minus the starting balance (docs/outputs.md)."""
     e = _frame(equity)
     start = float(summary["starting_balance"])
     last = float(e["portfolio_value"][-1]) if e.height else start

@@ -1,4 +1,4 @@
-"""Performance metrics of ``summary.json``, exactly as ``spec/outputs.md`` defines them.
+"""Performance metrics of ``summary.json``, exactly as ``docs/outputs.md`` defines them.
 
 They are computed only from the equity curve and the round trips, i.e. from what is in the
 result files, so anyone can re-derive them.

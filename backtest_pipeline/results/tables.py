@@ -4,7 +4,7 @@ The engine hands over raw fills, funding payments and price observations; everyt
 reads afterwards (``positions.parquet``, ``equity_curve.parquet``, the ``pnl`` block of
 ``summary.json`` and the round trips behind the trade metrics) is derived here, from those three
 tables only, so that an independent re-computation from the Parquet files can agree with it
-(``spec/outputs.md``).
+(``docs/outputs.md``).
 
 Conventions (they are part of the contract, keep them in sync with the docs):
 

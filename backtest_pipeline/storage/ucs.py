@@ -1,4 +1,4 @@
-"""UCS — Unified Cloud Services: the one storage interface of the product (spec/storage.md).
+"""UCS — Unified Cloud Services: the one storage interface of the product (docs/storage.md).
 
 Everything that touches storage goes through :class:`UnifiedCloudService`: readers, the backtest,
 the CLI and the Dagster IO manager. The root decides the backend (`gs://` → GCS or its emulator;
