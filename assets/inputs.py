@@ -1,7 +1,7 @@
 """Group ``inputs``: the day's instruments, signals, signal intervals, tick slices and funding.
 
 Thin by design: each asset loops over the run's days and calls a plain function of
-``execution.stages``; values are ``{partition_key: table}`` so that a range run stores one
+``backtest_pipeline.run.stages``; values are ``{partition_key: table}`` so that a range run stores one
 object per day through the UCS IO manager.
 
 The checks of an input asset (schemas, sorted timestamps) run in the asset's own step, on the

@@ -346,7 +346,7 @@ def run_bench(
     out["projected_5y_min_one_engine"] = out["per_day_s_one_engine"] * 1826 / 60
 
     n_shards = os.cpu_count() or 1
-    log(f"{w.long_days}-day run in {n_shards} time shards (execution/shards.py)…")
+    log(f"{w.long_days}-day run in {n_shards} time shards (run/shards.py)…")
     sharded = _in_child(_child_run, str(long_root), s, e_long, False, {}, shards=n_shards)
     info = sharded.get("shards") or {"count": 1, "merged_boundaries": []}
     out["shards"] = f"{info['count']} run, {len(info['merged_boundaries'])} merged"

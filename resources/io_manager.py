@@ -36,7 +36,7 @@ from resources.settings import BacktestSettings
 from resources.ucs_resource import UCSResource
 
 POINTER_KEY = b"backtest.pointer"
-INPUTS_KEY = b"backtest.inputs"  # read records a stage attaches to its table (execution.stages)
+INPUTS_KEY = b"backtest.inputs"  # read records a stage attaches to its table (run/stages.py)
 RUN_OBJECTS = ResultWriter.OBJECTS
 
 

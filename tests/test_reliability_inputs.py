@@ -61,7 +61,20 @@ SIGNALS = layout.signals_path(DAY2, STRATEGY)
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
-    return make_snapshot(tmp_path_factory.mktemp("snapshot"))
+    """The good sample, with the complete results of one undamaged run (``good-run``) in it.
+
+    The undamaged data runs once here rather than in every case; its results travel with the
+    snapshot so that each case still checks that a failure leaves another run's results alone.
+    """
+    d = tmp_path_factory.mktemp("snapshot")
+    snap = make_snapshot(d)
+    ucs = UnifiedCloudService(str(d))
+    good = run_backtest(demo_config(), DAY1, DAY2, ucs=ucs, run_id="good-run")
+    assert good.status == "COMPLETED" and good.fills.height > 0  # the undamaged data runs
+    results = layout.target("results")
+    for path in ucs.list_files_sync(results, ""):
+        snap[("results", path)] = ucs.download_bytes_sync(results, path)
+    return snap
 
 
 @pytest.fixture
@@ -377,8 +390,8 @@ def _case_params() -> list[object]:
 def test_bad_input_fails_the_run_with_a_clear_error(loaded: UnifiedCloudService, case: str) -> None:
     ucs = loaded
     cfg = demo_config()
-    good = run_backtest(cfg, DAY1, DAY2, ucs=ucs, run_id="good-run")
-    assert good.status == "COMPLETED" and good.fills.height > 0  # the undamaged data runs
+    assert summary_of(ucs, "good-run")["status"] == "COMPLETED"  # complete before the damage
+    assert all(result_objects(ucs, "good-run").values())
 
     obj, problem = CASES[case].damage(ucs)
     run_id = f"bad-{case}"

@@ -109,7 +109,7 @@ class BoundaryState:
     from there on, given the same inputs: orders come from ``target − position``, fills from the
     venue's book, which both rebuild from the same ticks. Account balances may differ by a
     constant offset; the only decisions they feed (the gross-leverage limit) are replayed with
-    the true balance before a shard is accepted (see ``execution/shards.py``).
+    the true balance before a shard is accepted (see ``run/shards.py``).
     """
 
     day: date  # the first day after the boundary
@@ -538,7 +538,7 @@ def run_engine(
     ``config``. After the last day the end-of-run sweep cancels whatever is still working, so
     every order of the output has a final status.
 
-    For a time shard (``execution/shards.py``) that continues another, ``warmup_days`` (≥ 0)
+    For a time shard (``run/shards.py``) that continues another, ``warmup_days`` (≥ 0)
     leading days only bring the engine to a state; the output covers the days after them, with
     the state at that boundary in ``start_state``. A shard that is not ``final`` stops at its last day's end without the
     end-of-run sweep, as the one-engine run would be at that instant, and reports ``end_state``.

@@ -80,7 +80,7 @@ def run_backtest(
     `day_loader` replaces how a day's inputs are obtained (the Dagster path reads the day from
     the NautilusTrader catalog its assets materialized); the default reads through UCS.
     `shards` > 1 splits a long run into time shards run in parallel processes and stitched
-    exactly (`execution/shards.py`); the results are the same as with one engine.
+    exactly (`run/shards.py`); the results are the same as with one engine.
     """
     ucs = ucs or UnifiedCloudService()
     days = layout.days_between(start, end)
