@@ -208,27 +208,34 @@ def submit(
             ).execution_plan_snapshot
         run = instance.create_run(
             job_name=JOB_NAME,
-            run_id=None,
             run_config=run_config,
-            resolved_op_selection=None,
             step_keys_to_execute=plan_snapshot.step_keys_to_execute,
-            op_selection=None,
-            status=None,
-            root_run_id=None,
-            parent_run_id=None,
             tags=tags,
             job_snapshot=remote_job.job_snapshot,
             execution_plan_snapshot=plan_snapshot,
             parent_job_snapshot=remote_job.parent_job_snapshot,
             remote_job_origin=remote_job.get_remote_origin(),
             job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None,
-            asset_check_selection=None,
             asset_graph=repo.asset_graph,
+            # A new run of the whole job: no id chosen, no lineage, no sub-selection.
+            **dict.fromkeys(UNSET_RUN_FIELDS),
         )
         instance.submit_run(run.run_id, workspace)
         run_ids.append(run.run_id)
     return run_ids
+
+
+#: ``create_run`` takes every field by keyword; these stay None for a fresh full-job run.
+UNSET_RUN_FIELDS = (
+    "run_id",
+    "status",
+    "root_run_id",
+    "parent_run_id",
+    "resolved_op_selection",
+    "op_selection",
+    "asset_selection",
+    "asset_check_selection",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

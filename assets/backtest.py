@@ -54,11 +54,11 @@ def backtest_run(
     context: AssetExecutionContext,
     ucs: UCSResource,
     backtest: BacktestSettings,
+    nautilus_catalog: DayTables,
     instruments: DayTables,
     signals: DayTables,
     signal_intervals: DayTables,
     funding_rates: DayTables,
-    nautilus_catalog: DayTables,
 ) -> RunArtifact:
     """One backtest of the run configuration over all the run's days, in its own process."""
     client, config = ucs.client(), backtest.load()

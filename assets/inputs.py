@@ -33,12 +33,20 @@ GROUP = "inputs"
 COMMON = {"partitions_def": daily_partitions, "backfill_policy": single_run, "group_name": GROUP}
 
 
-def validated_day_asset(check: str, asset_name: str, description: str) -> dict[str, Any]:
+#: The schema check of each validated input asset (its name: ``<asset>_schema``).
+SCHEMA_CHECKS = {
+    "instruments": "The day's instruments match the input schema (types, keys, fees, margins).",
+    "signals": "Signals match the schema: unique ids, known algos, valid keys, sorted by ts_event.",
+    "funding_rates": "Funding events validate per instrument (sorted, one per time, finite rate).",
+}
+
+
+def validated_day_asset(asset_name: str) -> dict[str, Any]:
     """An input asset's decorator arguments: daily, one run per range, and its schema check."""
     return {
         **COMMON,
         "kinds": {"parquet"},
-        "check_specs": [check_spec(check, asset_name, description)],
+        "check_specs": [check_spec(f"{asset_name}_schema", asset_name, SCHEMA_CHECKS[asset_name])],
     }
 
 
@@ -54,13 +62,7 @@ def load_days(
         return {d.isoformat(): load(d) for d in days}
 
 
-@asset(
-    **validated_day_asset(
-        "instruments_schema",
-        "instruments",
-        "The day's instruments match the input schema (types, keys, fees, margins).",
-    )
-)
+@asset(**validated_day_asset("instruments"))
 def instruments(
     context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
 ) -> Iterator[Output[DayTables] | AssetCheckResult]:
@@ -72,13 +74,7 @@ def instruments(
     yield check_result("instruments_schema", checks.validates("instruments", out))
 
 
-@asset(
-    **validated_day_asset(
-        "signals_schema",
-        "signals",
-        "Signals match the schema: unique ids, known algos, valid keys, sorted by ts_event.",
-    )
-)
+@asset(**validated_day_asset("signals"))
 def signals(
     context: AssetExecutionContext, ucs: UCSResource, backtest: BacktestSettings
 ) -> Iterator[Output[DayTables] | AssetCheckResult]:
@@ -174,13 +170,7 @@ def tick_slices(
     yield check_result("tick_slices_schema", schema_ok)
 
 
-@asset(
-    **validated_day_asset(
-        "funding_rates_schema",
-        "funding_rates",
-        "Funding events validate per instrument (sorted, one per time, finite rate).",
-    )
-)
+@asset(**validated_day_asset("funding_rates"))
 def funding_rates(
     context: AssetExecutionContext,
     ucs: UCSResource,
