@@ -13,7 +13,7 @@ from pydantic import Field
 
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_root() -> str:
