@@ -71,6 +71,18 @@ TCA_KEYS: Final[tuple[str, ...]] = (
     "opportunity_cost_bps",
 )
 
+#: Short column headings for tables shown to people (CLI, report, Dagster metadata).
+TCA_LABELS: Final[dict[str, str]] = {
+    "operations": "ops",
+    "intended_notional": "notional",
+    "fill_ratio": "filled",
+    "implementation_shortfall_bps_mean": "IS mean",
+    "implementation_shortfall_bps_median": "IS med",
+    "implementation_shortfall_bps_p90": "IS p90",
+    "execution_cost_bps": "exec",
+    "fees_bps": "fees",
+    "opportunity_cost_bps": "opp",
+}
 
 # --------------------------------------------------------------------------------------------
 # Market side: price series, the tape, and the references of each operation
@@ -476,7 +488,7 @@ def tca_by_algo(operations: pa.Table | pl.DataFrame) -> dict[str, dict[str, floa
 
 def tca_markdown(tca: Mapping[str, Mapping[str, Any]]) -> str:
     """The by-algo table as Markdown (Dagster metadata, docs)."""
-    head = "| algo | " + " | ".join(TCA_KEYS) + " |"
+    head = "| algo | " + " | ".join(TCA_LABELS[k] for k in TCA_KEYS) + " |"
     sep = "| --- " * (len(TCA_KEYS) + 1) + "|"
     rows = [
         f"| {algo} | " + " | ".join(format_tca_value(k, v.get(k)) for k in TCA_KEYS) + " |"
@@ -492,7 +504,7 @@ def format_tca_value(key: str, value: Any) -> str:
     if key == "operations":
         return f"{int(value):,}"
     if key == "intended_notional":
-        return f"{value:,.2f}"
+        return f"{value:,.0f}"
     if key == "fill_ratio":
-        return f"{value:.4f}"
+        return f"{value:.3f}"
     return f"{value:,.2f}"
