@@ -319,6 +319,144 @@ def bench_cmd(
         print(json.dumps(figures(out)))
 
 
+@app.command("sweep")
+def sweep_cmd(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Base run configuration YAML (see configs/)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="KEY=V1,V2,… over a dotted key, e.g. risk.max_order_quantity=1,5"
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Sweep YAML: grid, variants, config, start, end")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="First UTC day")] = None,
+    end: Annotated[str | None, typer.Option(help="Last UTC day (inclusive)")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Batch id (default: derived from the sweep)")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Variants run at once in processes (0: one per CPU core)")
+    ] = 0,
+    dagster: Annotated[
+        bool, typer.Option("--dagster", help="Queue the variants on the Dagster instance")
+    ] = False,
+    configs_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--configs-out", help="--dagster: where variant YAMLs go (default .sweeps/BATCH)"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run variants already done")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan")] = False,
+    root: RootOpt = None,
+) -> None:
+    """Run variants of one configuration over the same days, tagged with one batch id."""
+    from backtest_pipeline.config import BacktestConfig
+    from backtest_pipeline.sweep import grid as grid_mod
+    from backtest_pipeline.sweep import runs
+
+    try:
+        spec = grid_mod.read_sweep_file(file) if file else {"grid": {}, "variants": []}
+        base_path = config or (Path(str(spec["config"])) if spec.get("config") else None)
+        if base_path is None:
+            _fail("no base configuration: give --config or `config:` in the sweep file", 2)
+            return
+        if file and not base_path.is_absolute() and not base_path.exists():
+            base_path = file.parent / base_path
+        grid = dict(spec["grid"])
+        for opt in set_ or []:
+            key, values = grid_mod.parse_set(opt)
+            grid[key] = values
+        s, e = start or spec.get("start"), end or spec.get("end")
+        if s is None or e is None:
+            _fail("give --start and --end (or start:/end: in the sweep file)", 2)
+        sweep = grid_mod.build_sweep(
+            BacktestConfig.from_yaml(base_path),
+            _parse_date(str(s), "--start"),
+            _parse_date(str(e), "--end"),
+            grid,
+            spec["variants"],
+            batch or spec.get("batch"),
+        )
+    except (ValueError, FileNotFoundError, layout.LayoutError) as exc:
+        _fail(str(exc), 2)
+        return
+    t = Table(
+        title=f"sweep {sweep.batch}: {len(sweep.variants)} variants, {sweep.start}..{sweep.end}"
+    )
+    for col in ("#", "variant", "run_id"):
+        t.add_column(col)
+    for v in sweep.variants:
+        t.add_row(str(v.index), v.label, v.run_id)
+    console.print(t)
+    for dup, first in sweep.duplicates:
+        console.print(f"[yellow]variant {dup} is the same configuration as {first}: run once[/]")
+    if dry_run:
+        return
+    ucs = _ucs(root)
+    if dagster:
+        _sweep_on_dagster(ucs, sweep, configs_out, force)
+        return
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task("variants", total=len(sweep.variants))
+
+        def note(o: runs.Outcome) -> None:
+            progress.advance(task)
+            style = {"FAILED": "red", "SKIPPED": "dim"}.get(o.status, "green")
+            progress.console.print(f"[{style}]{o.status:9s}[/] {o.run_id}  {o.label}  {o.detail}")
+
+        outcomes = runs.run_local(ucs, sweep, workers=workers, force=force, on_outcome=note)
+    failed = [o for o in outcomes if o.status == "FAILED"]
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("COMPLETED", "SKIPPED", "FAILED")}
+    console.print(
+        f"batch {sweep.batch}: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
+    )
+    console.print(f"compare them: backtest compare --batch {sweep.batch}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _sweep_on_dagster(ucs: Any, sweep: Any, configs_out: Path | None, force: bool) -> None:
+    """Queue the variants through ``launch`` (a subprocess: the library imports no Dagster)."""
+    import subprocess
+
+    from backtest_pipeline.sweep import runs
+
+    if not os.environ.get("DAGSTER_HOME"):
+        _fail("--dagster needs DAGSTER_HOME (the instance whose queue runs the variants)", 2)
+    out_dir = (configs_out or Path(".sweeps") / sweep.batch).resolve()
+    names = runs.write_variant_configs(sweep, out_dir)
+    todo = [v for v in sweep.variants if force or not runs.unchanged(ucs, v, sweep)]
+    for v in sweep.variants:
+        if v not in todo:
+            console.print(f"[dim]SKIPPED   {v.run_id}  {v.label}  results exist unchanged[/]")
+    runs.write_manifest(ucs, sweep, "dagster")
+    if not todo:
+        console.print(f"batch {sweep.batch}: nothing to queue")
+        return
+    cmd = [
+        sys.executable, "-m", "launch", "--configs", ",".join(names[v.run_id] for v in todo),
+        "--configs-dir", str(out_dir), "--start", sweep.start.isoformat(),
+        "--end", sweep.end.isoformat(), "--batch", sweep.batch, "--trigger", "sweep",
+    ]  # fmt: skip
+    env = {**os.environ, "BACKTEST_STORAGE_ROOT": ucs.root}
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode:
+        _fail(f"launch exited with {proc.returncode}; nothing more was queued", 1)
+    console.print(f"queued {len(todo)} run(s) tagged backtest/batch={sweep.batch}")
+    console.print(f"once they finish: backtest compare --batch {sweep.batch}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
