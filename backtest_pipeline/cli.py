@@ -480,6 +480,96 @@ def _sweep_on_dagster(ucs: Any, sweep: Any, configs_out: Path | None, force: boo
     console.print(f"once they finish: backtest compare --batch {sweep.batch}")
 
 
+@app.command("compare")
+def compare_cmd(
+    run_ids: Annotated[list[str] | None, typer.Argument(help="run_ids to compare")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Compare the runs of a sweep's batch")
+    ] = None,
+    comparison_id: Annotated[
+        str | None, typer.Option("--id", help="Comparison id (default: the batch, or cmp-HASH)")
+    ] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank runs side by side and write comparisons/{id}/runs.parquet and comparison.html."""
+    from backtest_pipeline.comparison import table as cmp
+
+    if bool(run_ids) == bool(batch):
+        _fail("give either RUN_ID… or --batch NAME", 2)
+    ucs = _ucs(root)
+    try:
+        if batch:
+            comparison = cmp.batch_comparison(ucs, batch)
+            if comparison_id:
+                comparison = cmp.Comparison(
+                    comparison_id, comparison.runs, comparison.differing_keys, comparison.equity
+                )
+        else:
+            comparison = cmp.build_comparison(ucs, run_ids or [], comparison_id)
+        locations = cmp.write_comparison(ucs, comparison)
+    except (ValueError, layout.LayoutError) as exc:
+        _fail(str(exc), 2)
+        return
+    if as_json:
+        print(json.dumps({"comparison_id": comparison.comparison_id, "results": locations,
+                          "runs": comparison.runs.to_dicts()}, default=str))  # fmt: skip
+        return
+    _print_comparison(comparison)
+    console.print("[bold]comparison:[/]")
+    for name, uri in locations.items():
+        console.print(f"  {name:16s} {uri}")
+
+
+def _short_label(diff_json: str) -> str:
+    """``latency.base_ms=5, max_order_quantity=1``: the last two parts of each differing key."""
+    diff = json.loads(diff_json or "{}")
+    return ", ".join(f"{'.'.join(k.split('.')[-2:])}={v}" for k, v in diff.items()) or "(same)"
+
+
+def _print_comparison(comparison: Any) -> None:
+    from backtest_pipeline.comparison import html as fmt
+    from backtest_pipeline.comparison.table import ALGOS, eq_column
+
+    rows = comparison.runs.to_dicts()
+    ranges = sorted({f"{r['start']}..{r['end']}" for r in rows if r["start"]})
+    one_range = len(ranges) <= 1
+    cols = (("net_pnl", "net PnL", fmt.money), ("sharpe_ratio", "Sharpe", fmt.num2),
+            ("sortino_ratio", "Sortino", fmt.num2), ("max_drawdown_pct", "max DD", fmt.pct),
+            ("total_trades", "trades", fmt.count))  # fmt: skip
+    title = f"comparison {comparison.comparison_id} — ranked by net PnL"
+    t = Table(title=title + (f" — {ranges[0]}" if one_range and ranges else ""))
+    t.add_column("#", justify="right", min_width=2, no_wrap=True)
+    t.add_column("run_id", no_wrap=True)
+    t.add_column("config differences", overflow="fold", min_width=24, ratio=1)
+    if not one_range:
+        t.add_column("range", no_wrap=True)
+    for _, head, _ in cols:
+        t.add_column(head, justify="right", no_wrap=True, min_width=len(head))
+    for r in rows:
+        label = _short_label(r["config_diff"])
+        if r["status"] != "COMPLETED":
+            label = f"[red]{r['status']}[/] {label}"
+        rng = [] if one_range else [f"{r['start']}..{r['end']}"]
+        t.add_row(str(r["rank"]), r["run_id"], label, *rng, *(f(r[c]) for c, _, f in cols))
+    console.print(t)
+    q = Table(title="execution quality by algo: fill ratio · shortfall mean / p90 (bps)")
+    q.add_column("#", justify="right")
+    for a in ALGOS:
+        q.add_column(a, justify="right", no_wrap=True)
+    for r in rows:
+        cells = []
+        for a in ALGOS:
+            fr, mean, p90 = (r[eq_column(a, k)] for k in ("fill_ratio", "shortfall_mean_bps",
+                                                         "shortfall_p90_bps"))  # fmt: skip
+            cells.append(
+                "—" if fr is None and mean is None
+                else f"{fmt.ratio(fr)} · {fmt.num2(mean)} / {fmt.num2(p90)}"
+            )  # fmt: skip
+        q.add_row(str(r["rank"]), *cells)
+    console.print(q)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
