@@ -32,7 +32,7 @@ def run_comparison(
     done = runs.filter(runs["status"] == "COMPLETED")
     best = done.row(0, named=True) if done.height else None
     # the Runs page filters comparisons by batch, as it does the batch's backtest runs
-    context.instance.add_run_tags(context.run_id, {"backtest/batch": config.batch})
+    context.instance.add_run_tags(context.run.run_id, {"backtest/batch": config.batch})
     metadata = {
         "batch": config.batch,
         "runs": runs.height,

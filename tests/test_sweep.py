@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -281,3 +283,117 @@ def test_rerun_skips_unchanged_variants(swept: dict[str, Any]) -> None:
     assert res.exit_code == 0, res.output
     assert "1 completed, 6 skipped, 0 failed" in res.output
     assert _summary(root, first)["status"] == "COMPLETED"
+
+
+# ---- comparison.html as a person sees it; the Dagster asset -----------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "artifacts"
+CELL = re.compile(
+    r'<td class="v[^"]*" data-run="([^"]+)" data-col="([^"]+)" data-value="([^"]*)">([^<]*)</td>'
+)
+
+
+def _browser(args: list[str]) -> str:
+    base = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", "--hide-scrollbars"]  # fmt: skip
+    return subprocess.run(base + args, capture_output=True, text=True, timeout=90).stdout
+
+
+@pytest.mark.slow
+def test_comparison_html_in_headless_chromium(swept: dict[str, Any]) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    root = swept["root"]
+    res = runner.invoke(app, ["compare", "--batch", "knobs", "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    page = results_dir(root) / "comparisons" / "knobs" / "comparison.html"
+    text = page.read_text()
+    # self-contained: no script, stylesheet, image or font fetched from anywhere
+    assert not re.search(r"<(script|link|img|iframe)\b", text)
+    assert not re.search(r"(src|href)\s*=", text) and "url(" not in text
+    assert text.count("<svg") >= 3
+    dom = _browser(["--virtual-time-budget=5000", "--dump-dom", page.as_uri()])
+    cells = {(r, c): (v, shown) for r, c, v, shown in CELL.findall(dom)}
+    run_ids = [r["run_id"] for r in _manifest(root)["runs"]]
+    assert {r for r, _ in cells} == set(run_ids)
+    for rid in run_ids:
+        s = _summary(root, rid)
+        net = s["pnl"]["net_pnl"]
+        assert cells[(rid, "net_pnl")] == (repr(net), f"{net:,.2f}")
+        for k in ("sharpe_ratio", "sortino_ratio"):
+            v = s["metrics"][k]
+            assert cells[(rid, k)] == (repr(v), f"{v:,.2f}"), k
+        dd = s["metrics"]["max_drawdown_pct"]
+        assert cells[(rid, "max_drawdown_pct")] == (repr(dd), f"{dd:,.2f} %")
+        assert cells[(rid, "total_trades")][1] == f"{s['metrics']['total_trades']:,}"
+        _, fr, mean, _ = _tca(_parquet(root, rid, "operations.parquet"), "ALL")
+        assert cells[(rid, "all_fill_ratio")][1] == f"{100 * fr:,.1f} %"
+        assert cells[(rid, "all_shortfall_mean_bps")][1] == f"{mean:,.2f} bps"
+    # the leaderboard order on the page is the net PnL order
+    order = [r for r, c, _, _ in CELL.findall(dom) if c == "net_pnl"]
+    nets = [_summary(root, r)["pnl"]["net_pnl"] for r in order]
+    assert nets == sorted(nets, reverse=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "comparison_html.png"
+    _browser(["--virtual-time-budget=5000", "--window-size=1500,1500", f"--screenshot={shot}",
+              page.as_uri()])  # fmt: skip
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_run_comparison_asset_materializes_the_batch(swept: dict[str, Any]) -> None:
+    from dagster import DagsterInstance, materialize
+
+    from assets.comparison import run_comparison
+    from resources.ucs_resource import UCSResource
+
+    root = swept["root"]
+    table = results_dir(root) / "comparisons" / "knobs" / "runs.parquet"
+    table.unlink(missing_ok=True)
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [run_comparison],
+            resources={"ucs": UCSResource(root=str(root))},
+            run_config={"ops": {"run_comparison": {"config": {"batch": "knobs"}}}},
+            instance=instance,
+        )
+        assert result.success
+        assert instance.get_run_by_id(result.run_id).tags["backtest/batch"] == "knobs"
+    meta = result.asset_materializations_for_node("run_comparison")[0].metadata
+    board = meta["leaderboard"].value
+    runs = pl.from_arrow(pq.read_table(table))
+    assert meta["runs"].value == runs.height == 7
+    for rid in runs["run_id"]:
+        net = _summary(root, rid)["pnl"]["net_pnl"]
+        line = next(x for x in board.splitlines() if rid in x)
+        assert f"| {net:,.2f} |" in line  # money rounded to cents
+        assert " bps |" in line and " % |" in line
+        assert runs.filter(pl.col("run_id") == rid)["net_pnl"].item() == net
+    best = max(runs["net_pnl"])
+    assert meta["best_net_pnl"].value == round(best, 2)
+    assert meta["plot"].value.startswith("![comparison knobs](data:image/png;base64,")
+    assert meta["comparison_html"].value.endswith("comparisons/knobs/comparison.html")
+
+
+def test_comparison_job_is_in_the_definitions() -> None:
+    from definitions import defs
+
+    job = defs.resolve_job_def("comparison_job")
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert keys == {"run_comparison"}
+    backtest = defs.resolve_job_def("backtest_job")
+    assert "run_comparison" not in {
+        k.to_user_string() for k in backtest.asset_layer.selected_asset_keys
+    }
+
+
+def test_compare_needs_runs_that_exist(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    res = runner.invoke(app, ["compare", "BT-20240101-20240101-deadbeef", "--root", str(root)])
+    assert res.exit_code == 2 and "has no results" in res.output
+    res = runner.invoke(app, ["compare", "--batch", "nope", "--root", str(root)])
+    assert res.exit_code == 2 and "batch 'nope' has no membership object" in " ".join(
+        res.output.split()
+    )
