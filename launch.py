@@ -40,7 +40,7 @@ from backtest_pipeline.config import config_names, load_config
 
 Chunk = Literal["none", "year", "quarter", "month", "day"]
 JOB_NAME = "backtest_job"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parent
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
 RANGE_START = "dagster/asset_partition_range_start"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -179,3 +180,21 @@ def test_top_level_names_are_ours_alone(name: str) -> None:
         if p.exists()
     ]
     assert not shadows, f"{name} is also provided by {shadows}"
+
+
+@pytest.mark.parametrize(
+    "module, attribute",
+    [
+        ("launch", "REPO_ROOT"),
+        ("local_queue", "REPO_ROOT"),
+        ("resources.ucs_resource", "REPO_ROOT"),
+        ("backtest_pipeline.config", "CONFIGS_DIR"),
+    ],
+)
+def test_paths_anchored_at_the_repository(module: str, attribute: str) -> None:
+    """Modules that find the repository's files from their own location must land on its root
+    (or its ``configs/``) after any move: a wrong ``parents[n]`` reads files outside the clone."""
+    path = getattr(importlib.import_module(module), attribute)
+    root = path if attribute == "REPO_ROOT" else path.parent
+    assert root == ROOT, f"{module}.{attribute} = {path}, expected under {ROOT}"
+    assert (root / "pyproject.toml").is_file()
