@@ -54,8 +54,6 @@ class RunSpec:
     config_name: str
     start: date
     end: date
-    #: where the configuration file is, when not ``configs/`` (a sweep's variant files)
-    configs_dir: str | None = None
 
     def partition_tags(self) -> dict[str, str]:
         """One day → ``dagster/partition`` (as the schedule does); several → the range tags."""
@@ -64,10 +62,7 @@ class RunSpec:
         return {RANGE_START: self.start.isoformat(), RANGE_END: self.end.isoformat()}
 
     def run_config(self) -> dict[str, Any]:
-        settings: dict[str, str] = {"config_name": self.config_name}
-        if self.configs_dir:
-            settings["configs_dir"] = self.configs_dir
-        return {"resources": {"backtest": {"config": settings}}}
+        return {"resources": {"backtest": {"config": {"config_name": self.config_name}}}}
 
 
 def backtest_tags(config_name: str, strategy_id: str, trigger: str) -> dict[str, str]:
@@ -131,18 +126,10 @@ def chunk_range(start: date | str, end: date | str, chunk: Chunk) -> list[tuple[
 
 
 def plan(
-    configs: Sequence[str],
-    start: date | str,
-    end: date | str,
-    chunk: Chunk = "none",
-    configs_dir: str | None = None,
+    configs: Sequence[str], start: date | str, end: date | str, chunk: Chunk = "none"
 ) -> list[RunSpec]:
     """Every (configuration, chunk) run of a sweep/backfill, configurations outermost."""
-    return [
-        RunSpec(name, s, e, configs_dir)
-        for name in configs
-        for s, e in chunk_range(start, end, chunk)
-    ]
+    return [RunSpec(name, s, e) for name in configs for s, e in chunk_range(start, end, chunk)]
 
 
 @contextmanager
@@ -171,6 +158,7 @@ def submit(
     batch: str | None = None,
     workspace: Any | None = None,
     workspace_file: str | Path = WORKSPACE_FILE,
+    configs_dir: str | None = None,
 ) -> list[str]:
     """Create and submit one run per spec to the instance's run coordinator; returns run ids.
 
@@ -180,7 +168,8 @@ def submit(
     """
     if workspace is None:
         with code_location_workspace(instance, workspace_file) as ws:
-            return submit(instance, specs, trigger=trigger, batch=batch, workspace=ws)
+            return submit(instance, specs, trigger=trigger, batch=batch, workspace=ws,
+                          configs_dir=configs_dir)  # fmt: skip
 
     from dagster._core.definitions.selector import JobSubsetSelector
 
@@ -196,14 +185,14 @@ def submit(
             op_selection=None,
         )
     )
-    configs = {
-        (s.config_name, s.configs_dir): load_config(s.config_name, s.configs_dir) for s in specs
-    }
+    configs = {n: load_config(n, configs_dir) for n in {s.config_name for s in specs}}
     run_ids = []
     plan_snapshot = None
     for spec in specs:
         run_config = spec.run_config()
-        config = configs[(spec.config_name, spec.configs_dir)]
+        if configs_dir:  # a sweep's variant files (``backtest sweep --dagster``)
+            run_config["resources"]["backtest"]["config"]["configs_dir"] = configs_dir
+        config = configs[spec.config_name]
         tags = {
             **remote_job.tags,
             **backtest_tags(spec.config_name, config.strategy_id, trigger),
@@ -270,12 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one run per chunk of days (state carries within a chunk); default: one run",
     )
     parser.add_argument("--trigger", default="cli")
+    parser.add_argument("--batch", default=None, help="backtest/batch tag (default: random)")
     parser.add_argument(
-        "--configs-dir",
-        default=None,
-        help="directory of the configuration files (default configs/)",
+        "--configs-dir", default=None, help="configuration files (default: configs)"
     )
-    parser.add_argument("--batch", default=None, help="backtest/batch tag of every run")
     parser.add_argument("--workspace", default=str(WORKSPACE_FILE))
     parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     args = parser.parse_args(argv)
@@ -285,19 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.configs == "all"
         else [n.strip() for n in args.configs.split(",") if n.strip()]
     )
-    specs = plan(names, args.start, args.end, args.chunk, args.configs_dir)
+    specs = plan(names, args.start, args.end, args.chunk)
     for s in specs:
         print(f"{s.config_name}\t{s.start}\t{s.end}\t{(s.end - s.start).days + 1} days")
     if args.dry_run:
         return 0
     with DagsterInstance.get() as instance:
-        run_ids = submit(
-            instance,
-            specs,
-            trigger=args.trigger,
-            batch=args.batch,
-            workspace_file=args.workspace,
-        )
+        run_ids = submit(instance, specs, trigger=args.trigger, workspace_file=args.workspace,
+                         batch=args.batch, configs_dir=args.configs_dir)  # fmt: skip
     print(f"queued {len(run_ids)} run(s) on {instance.root_directory}")
     for rid in run_ids:
         print(rid)
