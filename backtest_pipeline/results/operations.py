@@ -395,6 +395,7 @@ def build_operations(
                 / arr
                 * BPS
                 * (1.0 - pl.col("fill_ratio"))
+                + 0.0  # all filled: 0, not the −0.0 of a sell
             ).alias("opportunity_cost_bps"),
             (
                 pl.col("_sigma")
