@@ -312,7 +312,10 @@ def test_comparison_html_in_headless_chromium(swept: dict[str, Any]) -> None:
     text = page.read_text()
     # self-contained: no script, stylesheet, image or font fetched from anywhere
     assert not re.search(r"<(script|link|img|iframe)\b", text)
-    assert not re.search(r"(src|href)\s*=", text) and "url(" not in text
+    assert "url(" not in text and "src=" not in text
+    links = re.findall(r"href='([^']*)'", text)
+    assert links and all(x.startswith("../../backtest_results/") for x in links)
+    assert all((page.parent / x).resolve().is_file() for x in links), "a report link is broken"
     assert text.count("<svg") >= 3
     dom = _browser(["--virtual-time-budget=5000", "--dump-dom", page.as_uri()])
     cells = {(r, c): (v, shown) for r, c, v, shown in CELL.findall(dom)}

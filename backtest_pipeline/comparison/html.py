@@ -4,6 +4,7 @@ The charts are hand-written inline SVG: a few bars and polylines need no plottin
 file stays small (tens of kB for dozens of runs) and renders the same in any browser, offline,
 attached to a mail. Every figure cell carries its exact value (``data-value``) beside the
 rounded text people read, so a test, or a colleague's script, can check one against the other.
+Each run_id links to that run's ``report.html`` by a relative path (the same results bucket).
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ def comparison_html(comparison: Comparison) -> str:
         out.append(
             f"<tr data-run='{html.escape(rid)}'><td>{r['rank']}</td>"
             f"<td class='l'><span class='sw' style='background:{colors[rid]}'></span>"
-            f"<code>{html.escape(rid)}</code></td>"
+            # relative: the run's report beside the comparison in the same bucket, no network
+            f"<a href='../../backtest_results/{html.escape(rid)}/report.html'>"
+            f"<code>{html.escape(rid)}</code></a></td>"
             f"<td class='cfg'>{html.escape(r['label'] or '')}</td>"
             f"<td class='l'>{html.escape(str(r['start']))} … {html.escape(str(r['end']))}</td>"
             f"<td class='st'>{html.escape(r['status'])}</td>"

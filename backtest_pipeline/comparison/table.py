@@ -204,7 +204,7 @@ def write_comparison(ucs: UnifiedCloudService, comparison: Comparison) -> dict[s
     paths = {n: layout.comparison_path(cid, n) for n in layout.COMPARISON_OBJECTS}
     ucs.upload_to_gcs_sync(target, paths["runs.parquet"], comparison.runs, format="parquet")
     ucs.upload_to_gcs_sync(
-        target, paths["comparison.html"], comparison_html(comparison), format="text"
+        target, paths["comparison.html"], comparison_html(comparison), format="html"
     )
     return {n: ucs.uri(target, p) for n, p in paths.items()}
 

@@ -5,7 +5,7 @@ What a sweep adds is the batch: ``batches/{batch}/batch.json`` in the results bu
 variants' run_ids, so ``backtest compare --batch`` and the ``run_comparison`` asset find them
 without a Dagster instance. Re-running the sweep re-runs only variants whose results are not
 already there unchanged — a COMPLETED summary of the same run_id, range and configuration, with
-the stored configuration and every result object present.
+the stored configuration and every result object (Parquet, report) present.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def unchanged(ucs: UnifiedCloudService, variant: Variant, sweep: Sweep) -> bool:
         or summary.get("end") != sweep.end.isoformat()
     ):
         return False
-    return all(ucs.exists_sync(writer.target, writer.path(n)) for n in layout.RESULT_PARQUETS)
+    return all(ucs.exists_sync(writer.target, writer.path(n)) for n in layout.RESULT_OBJECTS)
 
 
 def run_one(root: str, config_json: str, start: str, end: str, run_id: str) -> tuple[str, str, str]:
