@@ -9,6 +9,7 @@ so it returns a ``MaterializeResult`` and no IO manager is involved.
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from backtest_pipeline.comparison import store
 from backtest_pipeline.comparison import summary as cmp_summary
 from backtest_pipeline.comparison import table as cmp
 from resources.ucs_resource import UCSResource
@@ -27,7 +28,7 @@ def run_comparison(
     """The leaderboard of a batch: ``comparisons/{batch}/runs.parquet`` and ``comparison.html``."""
     client = ucs.client()
     comparison = cmp.batch_comparison(client, config.batch)
-    locations = cmp.write_comparison(client, comparison)
+    locations = store.write_comparison(client, comparison)
     runs = comparison.runs
     done = runs.filter(runs["status"] == "COMPLETED")
     best = done.row(0, named=True) if done.height else None

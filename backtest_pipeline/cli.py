@@ -495,6 +495,7 @@ def compare_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank runs side by side and write comparisons/{id}/runs.parquet and comparison.html."""
+    from backtest_pipeline.comparison import store
     from backtest_pipeline.comparison import table as cmp
 
     if bool(run_ids) == bool(batch):
@@ -509,7 +510,7 @@ def compare_cmd(
                 )
         else:
             comparison = cmp.build_comparison(ucs, run_ids or [], comparison_id)
-        locations = cmp.write_comparison(ucs, comparison)
+        locations = store.write_comparison(ucs, comparison)
     except (ValueError, layout.LayoutError) as exc:
         _fail(str(exc), 2)
         return

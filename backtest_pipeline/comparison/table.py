@@ -195,20 +195,6 @@ def build_comparison(
     return Comparison(cid, frame, differing, equity)
 
 
-def write_comparison(ucs: UnifiedCloudService, comparison: Comparison) -> dict[str, str]:
-    """``runs.parquet`` then ``comparison.html`` under ``comparisons/{id}/``; name → URI."""
-    from backtest_pipeline.comparison.html import comparison_html
-
-    target = layout.target("results")
-    cid = comparison.comparison_id
-    paths = {n: layout.comparison_path(cid, n) for n in layout.COMPARISON_OBJECTS}
-    ucs.upload_to_gcs_sync(target, paths["runs.parquet"], comparison.runs, format="parquet")
-    ucs.upload_to_gcs_sync(
-        target, paths["comparison.html"], comparison_html(comparison), format="html"
-    )
-    return {n: ucs.uri(target, p) for n, p in paths.items()}
-
-
 def batch_comparison(ucs: UnifiedCloudService, batch: str) -> Comparison:
     """The comparison of a sweep's batch (its id is the batch's), from its membership object."""
     from backtest_pipeline.sweep.runs import read_manifest
