@@ -7,6 +7,7 @@ its execution-quality figures are recomputed here from the spec's definitions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -400,3 +401,62 @@ def test_compare_needs_runs_that_exist(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "batch 'nope' has no membership object" in " ".join(
         res.output.split()
     )
+
+
+@pytest.mark.slow
+def test_compare_by_run_ids_and_a_batch_with_a_member_missing(swept: dict[str, Any]) -> None:
+    root = swept["root"]
+    manifest = _manifest(root)
+    a, b = (r["run_id"] for r in manifest["runs"][:2])
+    res = runner.invoke(app, ["compare", b, a, "--root", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    digest = hashlib.sha256(f"{min(a, b)}|{max(a, b)}".encode()).hexdigest()[:8]
+    assert out["comparison_id"] == f"cmp-{digest}"
+    assert (results_dir(root) / "comparisons" / f"cmp-{digest}" / "runs.parquet").is_file()
+    rows = {r["run_id"]: r for r in out["runs"]}
+    assert set(rows) == {a, b}
+    # only the LIMIT offset differs between the first two variants of the grid (the first has
+    # the default algo knobs, which its stored configuration leaves out)
+    assert json.loads(rows[a]["config_diff"]) == {"algo.limit_offset_bps": 0.0}
+    assert json.loads(rows[b]["config_diff"]) == {"algo.limit_offset_bps": 5.0}
+    # a member still queued (no summary yet) is a MISSING row, ranked last, not an error
+    ghost = "BT-20240101-20240101-00000000"
+    plus = {**manifest, "batch": "plus", "runs": [*manifest["runs"], {"run_id": ghost}]}
+    (results_dir(root) / "batches" / "plus").mkdir(parents=True, exist_ok=True)
+    (results_dir(root) / "batches" / "plus" / "batch.json").write_text(json.dumps(plus))
+    res = runner.invoke(app, ["compare", "--batch", "plus", "--root", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    runs = json.loads(res.output)["runs"]
+    assert runs[-1]["run_id"] == ghost and runs[-1]["status"] == "MISSING"
+    assert runs[-1]["net_pnl"] is None and runs[-1]["rank"] == 8
+
+
+def test_dry_run_validates_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            str(DEMO),
+            *GRID,
+            "--start",
+            DAY,
+            "--end",
+            DAY,
+            "--root",
+            str(root),
+            "--dry-run",
+        ],  # fmt: skip
+        terminal_width=200,
+    )
+    assert res.exit_code == 0, res.output
+    base = BacktestConfig.from_yaml(DEMO)
+    sweep = build_sweep(
+        base, DAY, DAY, dict(parse_set(x) for x in GRID if x != "--set"), batch=None
+    )
+    assert len(sweep.variants) == 6
+    assert all(v.run_id in res.output for v in sweep.variants)
+    assert sweep.batch in res.output and sweep.batch.startswith("sweep-demo-")
+    assert not root.exists()

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.results.operations import tca_by_algo
 from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.storage.base import ObjectNotFoundError
@@ -111,6 +112,19 @@ def _read_parquet(ucs: UnifiedCloudService, run_id: str, name: str) -> pl.DataFr
     return pl.from_arrow(pq.ParquetFile(io.BytesIO(data)).read())  # type: ignore[return-value]
 
 
+def _complete(config: dict[str, Any]) -> dict[str, Any]:
+    """Every key with its value, the defaults the stored JSON leaves out (``algo``) included.
+
+    Without it a run at the default algo knobs and one with a knob set would differ in every
+    ``algo.*`` key (absent vs value) instead of the one that was changed.
+    """
+    try:
+        parsed = BacktestConfig.model_validate(config)
+    except ValueError:  # a configuration of another version of the product: compare as stored
+        return config
+    return {**parsed.model_dump(mode="json"), "algo": parsed.algo.model_dump(mode="json")}
+
+
 def _summary(ucs: UnifiedCloudService, run_id: str) -> dict[str, Any] | None:
     try:
         return ResultWriter(ucs, run_id).read_summary()
@@ -140,7 +154,7 @@ def build_comparison(
         target = layout.target("results")
         where = ucs.uri(target, layout.result_path(absent[0], "summary.json"))
         raise ComparisonError(f"run {absent[0]!r} has no results ({where} does not exist)")
-    flat = {r: flatten(s.get("config") or {}) for r, s in summaries.items() if s}
+    flat = {r: flatten(_complete(s.get("config") or {})) for r, s in summaries.items() if s}
     all_keys = sorted({k for f in flat.values() for k in f})
     differing = [k for k in all_keys if len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
     rows: list[dict[str, Any]] = []
