@@ -460,3 +460,31 @@ def test_dry_run_validates_and_writes_nothing(tmp_path: Path) -> None:
     assert all(v.run_id in res.output for v in sweep.variants)
     assert sweep.batch in res.output and sweep.batch.startswith("sweep-demo-")
     assert not root.exists()
+
+
+def test_window_knobs_reach_both_read_paths(tmp_path: Path) -> None:
+    """The CLI path (``load_day``) and the Dagster path (``stages.load_signals``) both see the
+    scaled windows, and the tick intervals they fetch follow them."""
+    from backtest_pipeline.run import stages
+    from backtest_pipeline.run.inputs import load_day
+
+    ucs = UnifiedCloudService(str(tmp_path / "root"))
+    generate_sample_data(ucs, date(2024, 1, 1), 1, None, trades_per_day=2_000, seed=1)
+    base = BacktestConfig.from_yaml(DEMO)
+    half = BacktestConfig.model_validate(
+        {**base.model_dump(mode="json"), "algo": {"execution_window_scale": 0.5}}
+    )
+    day = date(2024, 1, 1)
+    raw = pl.from_arrow(stages.load_signals(ucs, base, day))["execution_window_s"]
+    dag = pl.from_arrow(stages.load_signals(ucs, half, day))["execution_window_s"]
+    cli = load_day(ucs, half, day)[0].signals["execution_window_s"]
+    assert raw.len() > 0
+    assert dag.to_list() == cli.to_list() == [w * 0.5 for w in raw.to_list()]
+    span = {
+        name: int((iv["end_ns"] - iv["start_ns"]).sum())
+        for name, iv in (
+            ("base", stages.compute_intervals(stages.load_signals(ucs, base, day), base, day)),
+            ("half", stages.compute_intervals(stages.load_signals(ucs, half, day), half, day)),
+        )
+    }
+    assert span["half"] < span["base"]
