@@ -12,10 +12,18 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from backtest_pipeline import layout
 
@@ -68,6 +76,44 @@ class FillModelConfig(_Strict):
     random_seed: int = 42
 
 
+class AlgoConfig(_Strict):
+    """How the execution algos work a signal: the knobs a sweep varies besides risk and venues.
+
+    The defaults are the behaviour of the product before these knobs existed, and a configuration
+    that leaves them all at their defaults omits the whole section from its JSON, so its
+    ``run_id`` and stored configuration stay those of earlier runs.
+    """
+
+    twap_slices: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="TWAP children per operation; None: window / twap_slice_s",
+    )
+    limit_price_source: Literal["signal", "last"] = Field(
+        "signal",
+        description="signal: the signal's limit_price, else the last trade; last: always the "
+        "last trade of the venue (the signal's limit_price ignored)",
+    )
+    limit_offset_bps: float = Field(
+        0.0,
+        ge=-1000,
+        le=1000,
+        description="LIMIT price moved away from the reference by this many bps (positive: "
+        "passive — a buy below, a sell above; negative: more aggressive)",
+    )
+    execution_window_scale: float = Field(
+        1.0, gt=0, le=1000, description="every signal's execution_window_s multiplied by this"
+    )
+    execution_window_s: float | None = Field(
+        None, gt=0, description="every signal's execution_window_s replaced by this (then scaled)"
+    )
+
+    @property
+    def changes_windows(self) -> bool:
+        return self.execution_window_s is not None or self.execution_window_scale != 1.0
+
+
 class BacktestConfig(_Strict):
     """A backtest configuration as stored in `configs/*.yaml`."""
 
@@ -88,6 +134,15 @@ class BacktestConfig(_Strict):
     router_drift_bps_per_s: float = Field(0.0, ge=0)
     allow_spot_short: bool = False
     use_bars_for_marks: bool = True
+    algo: AlgoConfig = AlgoConfig()
+
+    @model_serializer(mode="wrap")
+    def _omit_default_algo(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``algo`` out at its defaults: runs from before the knobs keep their run_id."""
+        data = handler(self)
+        if self.algo == AlgoConfig() and isinstance(data, dict):
+            data.pop("algo", None)
+        return data
 
     @field_validator("strategy_id")
     @classmethod
