@@ -79,6 +79,87 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float | int | str | None]
     return out
 
 
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+# How each flat figure is labelled and rounded for people (asset metadata, the UI): money to the
+# cent in the account currency, ratios to 3 places, percentages and bps named as such.
+FIGURE_UNITS: dict[str, tuple[str, str]] = {
+    "gross_pnl": ("gross_pnl", "money"),
+    "net_pnl": ("net_pnl", "money"),
+    "total_fees": ("total_fees", "money"),
+    "funding_paid": ("funding_paid", "money"),
+    "sharpe_ratio": ("sharpe_ratio", "ratio"),
+    "sortino_ratio": ("sortino_ratio", "ratio"),
+    "profit_factor": ("profit_factor", "ratio"),
+    "max_drawdown_pct": ("max_drawdown (%)", "pct"),
+    "win_rate": ("win_rate (%)", "share"),
+    "avg_slippage_bps": ("avg_slippage (bps)", "bps"),
+    "wall_time_s": ("wall_time (s)", "seconds"),
+    "engine_time_s": ("engine_time (s)", "seconds"),
+}
+
+
+def sparkline(values: np.ndarray, width: int = 48) -> str:
+    """A one-line unicode plot: visible in any text field (the Dagster UI shows text metadata
+    inline, images only behind a click). Each character is the mean of its slice of the series."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return ""
+    chunks = np.array_split(v, min(width, v.size))
+    means = np.array([c.mean() for c in chunks])
+    lo, hi = float(means.min()), float(means.max())
+    if hi == lo:
+        return SPARK_BLOCKS[0] * len(means)
+    idx = np.rint((means - lo) / (hi - lo) * (len(SPARK_BLOCKS) - 1)).astype(int)
+    return "".join(SPARK_BLOCKS[i] for i in idx)
+
+
+def people_figures(summary: dict[str, Any]) -> dict[str, float | int]:
+    """The run's figures rounded and labelled with their unit, for a UI's metadata: numbers stay
+    numbers (Dagster plots them across materializations), only their names say the unit."""
+    ccy = str(
+        summary.get("account_currency")
+        or (summary.get("config") or {}).get("account_currency", "USDT")
+    )
+    stats = summary.get("execution_stats") or {}
+    flat = {**flat_metrics(summary), "avg_slippage_bps": stats.get("avg_slippage_bps")}
+    out: dict[str, float | int] = {}
+    for key, value in flat.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        label, kind = FIGURE_UNITS.get(key, (key, "count"))
+        if kind == "money":
+            out[f"{label} ({ccy})"] = round(float(value), 2)
+        elif kind == "share":
+            out[label] = round(100 * float(value), 2)
+        elif kind in ("pct", "bps", "seconds"):
+            out[label] = round(float(value), 2)
+        elif kind == "ratio":
+            out[label] = round(float(value), 3)
+        else:
+            out[label] = int(value) if float(value).is_integer() else round(float(value), 1)
+    return out
+
+
+def headline_markdown(summary: dict[str, Any]) -> str:
+    """The report's headline figures as a two-column Markdown table, formatted as the report."""
+    ccy = str(
+        summary.get("account_currency")
+        or (summary.get("config") or {}).get("account_currency", "USDT")
+    )
+    figures = {**(summary.get("pnl") or {}), **(summary.get("metrics") or {})}
+    rows = [
+        f"| {label} | {format_figure(kind, figures.get(key), ccy)} |"
+        for key, label, kind in HEADLINE
+    ]
+    slip = (summary.get("execution_stats") or {}).get("avg_slippage_bps")
+    rows.append(f"| Avg slippage | {'—' if slip is None else f'{slip:.2f} bps'} |")
+    return "| figure | value |\n| --- | --- |\n" + "\n".join(rows)
+
+
 # --------------------------------------------------------------------------------------------
 # report.html: one self-contained page per run
 # --------------------------------------------------------------------------------------------
