@@ -147,14 +147,7 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     t.add_column("k", style="bold")
     t.add_column("v")
 
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "—"
-        if isinstance(v, float):
-            return f"{v:,.4f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
+    from backtest_pipeline.results.report import plain as fmt
 
     sections = (
         (pnl, "net_pnl gross_pnl total_fees funding_paid"),

@@ -197,16 +197,7 @@ class BacktestConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BacktestConfig:
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"config file {p} does not exist") from exc
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {p} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {p} must hold a mapping, got {type(raw).__name__}")
-        return cls.model_validate(raw)
+        return cls.model_validate(read_yaml_mapping(path, "config file"))
 
 
 RunStatus = Literal["COMPLETED", "FAILED"]
@@ -253,3 +244,23 @@ def load_config(name: str, configs_dir: str | Path | None = None) -> BacktestCon
             f"configuration {name!r}: {path} does not exist; known: {config_names(configs_dir)}"
         )
     return BacktestConfig.from_yaml(path)
+
+
+def read_yaml_mapping(
+    path: str | Path, what: str, error: type[Exception] = ValueError
+) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with errors that name the file and the problem.
+
+    A missing file stays a ``FileNotFoundError`` unless the caller's own error type is asked for
+    (a sweep reports every bad input as one error type)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        missing = FileNotFoundError if error is ValueError else error
+        raise missing(f"{what} {p} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{what} {p} must hold a mapping, got {type(raw).__name__}")
+    return raw

@@ -12,11 +12,13 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import polars as pl
 
 from backtest_pipeline.comparison.table import ALGOS, Comparison, eq_column
+from backtest_pipeline.results.formatting import format_figure
 from backtest_pipeline.results.writer import utc_now
 
 PALETTE = (
@@ -25,28 +27,12 @@ PALETTE = (
 )  # fmt: skip
 
 
-def money(v: Any) -> str:
-    return "—" if v is None else f"{v:,.2f}"
-
-
-def num2(v: Any) -> str:
-    return "—" if v is None else f"{v:,.2f}"
-
-
-def pct(v: Any) -> str:
-    return "—" if v is None else f"{v:,.2f} %"
-
-
-def bps(v: Any) -> str:
-    return "—" if v is None else f"{v:,.2f} bps"
-
-
-def ratio(v: Any) -> str:
-    return "—" if v is None else f"{100 * v:,.1f} %"
-
-
-def count(v: Any) -> str:
-    return "—" if v is None else f"{int(v):,}"
+money = partial(format_figure, "money")
+num2 = partial(format_figure, "num2")
+pct = partial(format_figure, "pct")
+bps = partial(format_figure, "bps")
+ratio = partial(format_figure, "share")  # a fill ratio, shown as a share
+count = partial(format_figure, "count")
 
 
 #: leaderboard columns: (runs.parquet column, header, formatter)

@@ -7,11 +7,11 @@ the leaderboard of ``backtest compare`` rather than a dump of floats.
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 from backtest_pipeline.comparison.html import bps, count, money, num2, pct, ratio
 from backtest_pipeline.comparison.table import Comparison, eq_column
+from backtest_pipeline.results.report import figure_png
 
 
 def leaderboard_markdown(comparison: Comparison, currency: str = "USDT") -> str:
@@ -62,10 +62,7 @@ def comparison_png(comparison: Comparison) -> bytes:
         for ax in (a1, a2):
             ax.axvline(0, color="#888", lw=0.8)
             ax.tick_params(labelsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return figure_png(fig)
     finally:
         plt.close(fig)
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from backtest_pipeline.results.formatting import format_figure
+
 
 def equity_png(equity: pl.DataFrame, title: str = "equity") -> bytes:
     """A small PNG of portfolio value (and drawdown) over time."""
@@ -43,12 +45,17 @@ def equity_png(equity: pl.DataFrame, title: str = "equity") -> bytes:
         for ax in (ax1, ax2):
             ax.tick_params(labelsize=7)
         fig.autofmt_xdate()
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return figure_png(fig)
     finally:
         plt.close(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure laid out and encoded as PNG bytes, for a data URI in Markdown."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def equity_markdown(equity: pl.DataFrame, title: str = "equity") -> str:
@@ -199,21 +206,6 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px;max-height:480px}
 svg text{font:11px system-ui,sans-serif;fill:#444}.note{color:#666;font-size:12px}
 """
-
-
-def format_figure(kind: str, value: Any, currency: str = "") -> str:
-    """How a headline figure is shown: money to the cent, ratios to 3 places, shares as %."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if kind == "money":
-        return f"{value:,.2f} {currency}".strip()
-    if kind == "ratio":
-        return f"{value:,.3f}"
-    if kind == "pct":
-        return f"{value:.2f} %"
-    if kind == "share":
-        return f"{100 * value:.1f} %"
-    return f"{int(value):,}"
 
 
 def _epoch_ns(df: pl.DataFrame, col: str = "ts_event") -> np.ndarray:
@@ -474,7 +466,7 @@ def render_report_html(
                  "ticks_per_second", "peak_rss_mb")  # fmt: skip
     stats_html = _table(
         ["statistic", "value"],
-        [[f"<td>{k}</td>", f'<td data-key="{k}">{escape(_plain(stats.get(k)))}</td>'] for k in stat_keys if k in stats],
+        [[f"<td>{k}</td>", f'<td data-key="{k}">{escape(plain(stats.get(k)))}</td>'] for k in stat_keys if k in stats],
     )  # fmt: skip
     inputs = summary.get("inputs") or []
     inputs_html = _table(
@@ -515,7 +507,8 @@ IS = implementation shortfall = fill ratio × (execution cost + fees) + opportun
 """
 
 
-def _plain(v: Any) -> str:
+def plain(v: Any) -> str:
+    """A value as the CLI and the report print it: floats to 4 places, ints grouped."""
     if v is None:
         return "—"
     if isinstance(v, float):

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, read_yaml_mapping
 
 #: Top-level keys of a sweep file.
 FILE_KEYS = ("config", "batch", "start", "end", "grid", "variants")
@@ -151,14 +151,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """A sweep file (YAML): ``grid`` (key → list of values) and/or ``variants`` (a list of
     key → value mappings), optionally ``config``, ``batch``, ``start`` and ``end``."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except FileNotFoundError as exc:
-        raise SweepError(f"sweep file {p} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise SweepError(f"sweep file {p} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SweepError(f"sweep file {p} must hold a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(p, "sweep file", SweepError)
     unknown = sorted(set(raw) - set(FILE_KEYS))
     if unknown:
         raise SweepError(f"sweep file {p}: unknown keys {unknown}; allowed {list(FILE_KEYS)}")
