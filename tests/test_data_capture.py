@@ -202,6 +202,7 @@ def test_sequence_gap_is_reported_and_no_book_written_across(
     gap = stats["gaps"][0]
     gap_ts = (T_MS + 2 + 50 * 20) * 1_000_000
     assert gap["from_ts"] == gap_ts and gap["diffs_dropped"] == 20
+    assert gap["resync_ts"] is None and gap["until"] == "the end of the capture"
     assert stats["dropped"]["depth_in_sequence_gap"] == 20
     assert any("sequence gap" in w for w in report["warnings"])
     book = readers.read_book_depth10(ucs, "2024-08-08", FUT_KEY)
@@ -225,6 +226,7 @@ def test_resync_on_a_later_snapshot(ucs: UnifiedCloudService, tmp_path: Path) ->
     book = readers.read_book_depth10(ucs, "2024-08-08", FUT_KEY)
     gap_ts = (T_MS + 2 + 50 * 20) * 1_000_000
     resync = (T_MS + 2 + 50 * 31) * 1_000_000
+    assert stats["gaps"][0]["resync_ts"] == resync
     ts = book["ts_event"].to_numpy()
     assert not ((ts >= gap_ts) & (ts < resync)).any()  # nothing while the book was unknown
     after = book.filter(pl.col("ts_event") >= resync)

@@ -303,17 +303,26 @@ def sequence(cap: Capture) -> Sequenced:
             continue
         want = int(last_ids[k]) + 1 if cap.spot else int(last_ids[k])
         if not (U[idx[0]] <= want <= u[idx[0]]):
-            _gap(gaps, ts, idx, 0, "first diff after the snapshot does not straddle lastUpdateId")
+            _gap(
+                gaps, ts, idx, 0, "first diff after the snapshot does not straddle lastUpdateId", k
+            )
             continue
         # USD-M: each diff names its predecessor (pu); spot: ids are consecutive.
         cont = (U[idx[1:]] == u[idx[:-1]] + 1) if cap.spot else (pu[idx[1:]] == u[idx[:-1]])
         breaks = np.flatnonzero(~cont)
         if breaks.size:
             b = int(breaks[0]) + 1
-            _gap(gaps, ts, idx, b, "update ids not continuous")
+            _gap(gaps, ts, idx, b, "update ids not continuous", k)
             keep[idx[:b]] = True
         else:
             keep[idx] = True
+    snap_ts = snaps.select(exchange_ns(snaps, cap.clock_offset_ns)).to_series().to_numpy()
+    for g in gaps:  # the book is unknown from the gap to the next snapshot (if any)
+        k = g.pop("segment")
+        resync = int(snap_ts[k + 1]) if k + 1 < len(snap_ts) else None
+        g["resync_ts"] = resync
+        g["resync_iso"] = schemas.ns_to_iso(resync) if resync is not None else None
+        g["until"] = "the next snapshot line" if resync is not None else "the end of the capture"
     lost = int(sum(g["diffs_dropped"] for g in gaps))
     if lost:
         dropped["depth_in_sequence_gap"] = lost
@@ -329,7 +338,9 @@ def sequence(cap: Capture) -> Sequenced:
     return Sequenced(applied, gaps, dropped)
 
 
-def _gap(gaps: list[dict[str, Any]], ts: np.ndarray, idx: np.ndarray, at: int, why: str) -> None:
+def _gap(
+    gaps: list[dict[str, Any]], ts: np.ndarray, idx: np.ndarray, at: int, why: str, segment: int
+) -> None:
     first_bad = idx[at]
     gaps.append(
         {
@@ -338,7 +349,7 @@ def _gap(gaps: list[dict[str, Any]], ts: np.ndarray, idx: np.ndarray, at: int, w
             "from_iso": schemas.ns_to_iso(int(ts[first_bad])),
             "last_good_ts": int(ts[idx[at - 1]]) if at > 0 else None,
             "diffs_dropped": int(idx.size - at),
-            "until": "next snapshot line",
+            "segment": segment,
         }
     )
 
