@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backtest_pipeline import layout
-from backtest_pipeline.data import parquet_io, readers, schemas
+from backtest_pipeline.data import books, parquet_io, readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError, MissingDataError
 from backtest_pipeline.run.inputs import fetch_ticks, tick_types_present
 from backtest_pipeline.storage.ucs import UnifiedCloudService
@@ -222,3 +222,49 @@ def test_window_read_of_a_crossed_object_names_it(ucs: UnifiedCloudService) -> N
     with pytest.raises(DataValidationError, match="crossed or locked") as exc:
         fetch_ticks(ucs, DAY, KEY, "quotes", [(T0 + 9_990_000_000, T0 + 10_010_000_000)], 1)
     assert path in exc.value.object_name
+
+
+@pytest.mark.parametrize("interval_ns", [0, 3, 10])
+def test_rebuild_matches_a_dict_replay(interval_ns: int) -> None:
+    """Random level updates with snapshots inside throttle intervals, against a plain replay."""
+    rng = np.random.default_rng(interval_ns)
+    n_msg, per = 600, 6
+    msg = np.repeat(np.arange(n_msg), per)
+    is_ask = rng.random(msg.size) < 0.5
+    ticks = rng.integers(1, 30, msg.size)
+    price = np.round(np.where(is_ask, 100.0 + ticks * 0.1, 100.0 - ticks * 0.1), 1)
+    size = np.where(rng.random(msg.size) < 0.35, 0.0, np.round(rng.uniform(0.1, 5, msg.size), 2))
+    reset = rng.random(n_msg) < 0.02
+    reset[0] = True
+    ts = np.arange(n_msg, dtype=np.int64)  # message m at m ns: interval 3 puts 3 per batch
+    upd = books.LevelUpdates(msg, is_ask, price, size, ts, ts, reset)
+    res = books.rebuild(upd, interval_ns)
+    assert res.dropped == {}
+    expected_rows = books.emission_messages(ts, interval_ns)
+    assert res.frame["msg"].to_list() == expected_rows.tolist()
+    bids: dict[float, float] = {}
+    asks: dict[float, float] = {}
+    rows = iter(res.frame.iter_rows(named=True))
+    row = next(rows)
+    for m in range(n_msg):
+        if reset[m]:
+            bids.clear()
+            asks.clear()
+        for i in range(m * per, (m + 1) * per):
+            side = asks if is_ask[i] else bids
+            if size[i] == 0:
+                side.pop(float(price[i]), None)
+            else:
+                side[float(price[i])] = float(size[i])
+        if row is not None and row["msg"] == m:
+            want: dict[str, float] = {}
+            for name, lv in (
+                ("bid", sorted(bids.items(), reverse=True)),
+                ("ask", sorted(asks.items())),
+            ):
+                for k, (p, q) in enumerate(lv[:10]):
+                    want |= {f"{name}_price_{k}": p, f"{name}_size_{k}": q}
+            got = {k: v for k, v in row.items() if k.startswith(("bid_", "ask_")) and v is not None}
+            assert got == want, f"message {m}"
+            row = next(rows, None)
+    assert row is None

@@ -79,13 +79,6 @@ def _top_above(qty: np.ndarray, lo: int, k: int) -> np.ndarray:
         width *= 8
 
 
-def _last_per_slot(slots: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The last update of each slot in a batch (later updates of a level replace earlier ones)."""
-    rev = slots[::-1]
-    uniq, first_in_rev = np.unique(rev, return_index=True)
-    return uniq, sizes[::-1][first_in_rev]
-
-
 def emission_messages(msg_ts: np.ndarray, interval_ns: int) -> np.ndarray:
     """Messages after which a snapshot is written: the last of each throttle interval.
 
@@ -103,6 +96,57 @@ def emission_messages(msg_ts: np.ndarray, interval_ns: int) -> np.ndarray:
     return np.flatnonzero(last).astype(np.int64)
 
 
+@dataclass
+class _Plan:
+    """The updates regrouped per written snapshot (batch) and side, computed once, vectorised.
+
+    Within a batch only the last update of each level matters, and nothing before the batch's
+    last snapshot message; both are resolved here with one lexsort, so the loop over batches
+    only slices: ``slot[start[2 b]:start[2 b + 1]]`` are batch b's bid updates, the next range
+    its asks. ``cand`` is the best price a batch's additions could make (highest bid slot,
+    lowest ask slot), ``reset`` whether the batch starts from an empty book.
+    """
+
+    slot: np.ndarray
+    size: np.ndarray
+    start: list[int]
+    cand: list[int]
+    reset: list[bool]
+
+
+def _plan(updates: LevelUpdates, slot: np.ndarray, emit: np.ndarray, n_slots: int) -> _Plan:
+    n_msg, n_emit = updates.msg_ts_event.size, emit.size
+    msg_batch = np.searchsorted(emit, np.arange(n_msg), side="left")
+    last_reset = np.full(n_emit, -1, dtype=np.int64)
+    resets = np.flatnonzero(updates.msg_reset)
+    np.maximum.at(last_reset, msg_batch[resets], resets)
+    u_batch = msg_batch[updates.msg]
+    idx = np.flatnonzero(updates.msg >= last_reset[u_batch])
+    ask = updates.is_ask.astype(np.int64)
+    order = np.lexsort((idx, slot[idx], ask[idx], u_batch[idx]))
+    s = idx[order]
+    b, a, sl = u_batch[s], ask[s], slot[s]
+    last = np.ones(s.size, dtype=bool)
+    last[:-1] = (b[1:] != b[:-1]) | (a[1:] != a[:-1]) | (sl[1:] != sl[:-1])
+    s = s[last]
+    group = u_batch[s] * 2 + ask[s]
+    sizes = updates.size[s]
+    start = np.searchsorted(group, np.arange(2 * n_emit + 1), side="left")
+    cand = np.empty(2 * n_emit, dtype=np.int64)
+    cand[0::2], cand[1::2] = -1, n_slots
+    pos = sizes > 0
+    bid_pos, ask_pos = pos & (ask[s] == 0), pos & (ask[s] == 1)
+    np.maximum.at(cand, group[bid_pos], slot[s][bid_pos])
+    np.minimum.at(cand, group[ask_pos], slot[s][ask_pos])
+    return _Plan(
+        slot=slot[s],
+        size=sizes,
+        start=start.tolist(),
+        cand=cand.tolist(),
+        reset=(last_reset >= 0).tolist(),
+    )
+
+
 def rebuild(updates: LevelUpdates, interval_ns: int) -> RebuildResult:
     """Apply the updates and emit top-10 snapshots at the throttle's emission points.
 
@@ -114,57 +158,42 @@ def rebuild(updates: LevelUpdates, interval_ns: int) -> RebuildResult:
     uniq = np.unique(updates.price)
     slot = np.searchsorted(uniq, updates.price)
     n_slots = uniq.size
-    qty = {False: np.zeros(n_slots), True: np.zeros(n_slots)}
-    best = {False: -1, True: n_slots}  # best bid slot (highest), best ask slot (lowest)
-    # Update rows of each message: msg is non-decreasing, so message m spans bounds[m]:bounds[m+1].
-    bounds = np.searchsorted(updates.msg, np.arange(n_msg + 1), side="left")
+    bid_qty, ask_qty = np.zeros(n_slots), np.zeros(n_slots)
+    best_bid, best_ask = -1, n_slots  # best bid slot (highest), best ask slot (lowest)
     emit = emission_messages(updates.msg_ts_event, interval_ns)
-    resets = np.flatnonzero(updates.msg_reset)
+    plan = _plan(updates, slot, emit, n_slots)
+    p_slot, p_size, start, cand = plan.slot, plan.size, plan.start, plan.cand
 
     out_bp = np.full((emit.size, LEVELS), np.nan)
     out_bs = np.full((emit.size, LEVELS), np.nan)
     out_ap = np.full((emit.size, LEVELS), np.nan)
     out_as = np.full((emit.size, LEVELS), np.nan)
     keep = np.ones(emit.size, dtype=bool)
-    first_msg = 0
-    for row, last_msg in enumerate(emit):
-        # A snapshot inside the batch makes everything before it irrelevant.
-        r = resets[(resets >= first_msg) & (resets <= last_msg)]
-        if r.size:
-            first_msg = int(r[-1])
-            for side in (False, True):
-                qty[side][:] = 0.0
-            best = {False: -1, True: n_slots}
-        lo, hi = bounds[first_msg], bounds[last_msg + 1]
-        first_msg = int(last_msg) + 1
-        if hi > lo:
-            sl, sz, ask = slot[lo:hi], updates.size[lo:hi], updates.is_ask[lo:hi]
-            for side in (False, True):
-                m = ask == side
-                if not m.any():
-                    continue
-                s_idx, s_val = _last_per_slot(sl[m], sz[m])
-                qty[side][s_idx] = s_val
-                added = s_idx[s_val > 0]
-                if added.size:
-                    best[side] = (
-                        max(best[side], int(added.max()))
-                        if not side
-                        else min(best[side], int(added.min()))
-                    )
-        bids = _top_below(qty[False], best[False], LEVELS)
-        asks = _top_above(qty[True], best[True], LEVELS)
+    for row in range(emit.size):
+        if plan.reset[row]:
+            bid_qty[:] = 0.0
+            ask_qty[:] = 0.0
+            best_bid, best_ask = -1, n_slots
+        lo, mid, hi = start[2 * row], start[2 * row + 1], start[2 * row + 2]
+        if mid > lo:
+            bid_qty[p_slot[lo:mid]] = p_size[lo:mid]
+            best_bid = max(best_bid, cand[2 * row])
+        if hi > mid:
+            ask_qty[p_slot[mid:hi]] = p_size[mid:hi]
+            best_ask = min(best_ask, cand[2 * row + 1])
+        bids = _top_below(bid_qty, best_bid, LEVELS)
+        asks = _top_above(ask_qty, best_ask, LEVELS)
         if bids.size:
-            best[False] = int(bids[0])
+            best_bid = int(bids[0])
         if asks.size:
-            best[True] = int(asks[0])
-        if bids.size and asks.size and bids[0] >= asks[0]:
+            best_ask = int(asks[0])
+        if bids.size and asks.size and best_bid >= best_ask:
             keep[row] = False
             continue
         out_bp[row, : bids.size] = uniq[bids]
-        out_bs[row, : bids.size] = qty[False][bids]
+        out_bs[row, : bids.size] = bid_qty[bids]
         out_ap[row, : asks.size] = uniq[asks]
-        out_as[row, : asks.size] = qty[True][asks]
+        out_as[row, : asks.size] = ask_qty[asks]
     frame = snapshot_frame(
         updates.msg_ts_event[emit],
         updates.msg_ts_init[emit],
