@@ -288,3 +288,13 @@ def test_incremental_across_midnight_carries_the_state(
     assert nxt["ts_event"].to_list()[0] == midnight
     assert nxt.drop("ts_event", "ts_init").row(0) == first.drop("ts_event", "ts_init").row(-1)
     assert nxt["ask_size_0"][1] == 9.0
+
+
+def test_duplicate_trades_are_counted(ucs: UnifiedCloudService, tmp_path: Path) -> None:
+    head = "exchange,symbol,timestamp,local_timestamp,id,side,price,amount"
+    row = f"binance-futures,BTCUSDT,{T_US + 1},{T_US + 2},7,buy,100.0,0.5"
+    a = write(tmp_path / "a.csv", [head, row])
+    b = write(tmp_path / "b.csv", [head, row, row.replace(",7,", ",8,")])
+    report = importers.import_tardis_files(ucs, [a, b])
+    stats = report["data_types"]["trades"]
+    assert stats == {"rows_read": 3, "rows_written": 2, "dropped": {"exact_duplicate": 1}}

@@ -998,7 +998,11 @@ def import_tardis_files(
 
 
 def _finish(report: dict[str, Any]) -> dict[str, Any]:
-    """Drop the data types the import did not touch from the report."""
+    """Account for dropped trades; drop the data types the import did not touch."""
+    trades = report["data_types"]["trades"]
+    lost = trades["rows_read"] - trades["rows_written"] - sum(trades["dropped"].values())
+    if trades["rows_written"] and lost > 0:  # write_trades_days drops exact duplicates only
+        _count(trades, "exact_duplicate", lost)
     report["data_types"] = {
         k: v
         for k, v in report["data_types"].items()
