@@ -27,6 +27,7 @@ from assets import runtime
 from assets.checks import check_result, check_spec
 from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline.results import checks as asset_checks
+from backtest_pipeline.results import operations as operations_mod
 from backtest_pipeline.results import report
 from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.run import stages
@@ -134,6 +135,10 @@ RESULT_ASSETS = {
         "equity_curve.parquet",
         "Portfolio value on the equity grid and at every fill.",
     ),
+    "operations": (
+        "operations.parquet",
+        "Execution quality per operation (signal worked by its algo): shortfall, costs, fill ratio.",
+    ),
 }
 SUMMARY_DOC = "``summary.json`` of the run: PnL, metrics and execution stats, with an equity plot."
 
@@ -163,6 +168,11 @@ RESULT_CHECKS = [
         "equity_curve_schema",
         "equity_curve",
         "equity_curve.parquet has exactly the columns and types of docs/outputs.md.",
+    ),
+    check_spec(
+        "operations_schema",
+        "operations",
+        "operations.parquet has exactly the columns and types of docs/outputs.md.",
     ),
     check_spec(
         "net_pnl_equals_equity_change",
@@ -197,7 +207,7 @@ def backtest_results(
 ) -> Iterator[Output[RunArtifact] | AssetCheckResult]:
     """The run's result objects (written by the backtest) as assets, and the checks on them.
 
-    One step for the five objects and six of their checks: each object is read once for its
+    One step for the six objects and seven of their checks: each object is read once for its
     metadata and its checks (as separate steps they cost ~40 ms of Dagster events each and read
     every object two or three times). Each asset and check can still be materialized alone.
     ``fills_inside_signal_intervals`` stays a check step of its own (``assets.checks``): it needs
@@ -221,7 +231,11 @@ def backtest_results(
                 # of the run at it.
                 RunArtifact(run_id, name, None, days, stored=True),
                 output_name=key,
-                metadata={**_run_metadata(backtest_run), "dagster/row_count": table(key).num_rows},
+                metadata={
+                    **_run_metadata(backtest_run),
+                    "dagster/row_count": table(key).num_rows,
+                    **(_operations_metadata(table(key)) if key == "operations" else {}),
+                },
             )
         if f"{key}_schema" in checks_wanted:
             yield check_result(
@@ -247,6 +261,21 @@ def backtest_results(
                 asset_checks.net_pnl_matches_equity(summary, table("equity_curve")),
                 asset="backtest_summary",
             )
+
+
+def _operations_metadata(operations: pa.Table) -> dict[str, Any]:
+    """The by-algo execution-quality table (as in summary.json and the CLI) and the headline."""
+    tca = operations_mod.tca_by_algo(operations)
+    everything = tca["ALL"]
+    headline = {
+        "shortfall_bps_mean": everything["implementation_shortfall_bps_mean"],
+        "shortfall_bps_p90": everything["implementation_shortfall_bps_p90"],
+        "fill_ratio": everything["fill_ratio"],
+    }
+    return {
+        "execution_quality": MetadataValue.md(operations_mod.tca_markdown(tca)),
+        **{k: round(v, 4) for k, v in headline.items() if v is not None},
+    }
 
 
 def _summary_metadata(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -175,9 +176,31 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     )
     t.add_row("peak RSS", f"{st['peak_rss_mb']:,.0f} MB")
     console.print(t)
+    _print_tca(st.get("tca") or {})
     console.print("[bold]results:[/]")
     for name, uri in locations.items():
         console.print(f"  {name:22s} {uri}")
+
+
+def _print_tca(tca: dict[str, dict[str, Any]]) -> None:
+    """Execution quality by algo (``execution_stats.tca``), as the report and Dagster show it."""
+    from backtest_pipeline.results.operations import TCA_KEYS, TCA_LABELS, format_tca_value
+
+    if not tca:
+        return
+    t = Table(
+        title="execution quality by algo (bps, + = cost; IS = implementation shortfall)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    t.add_column("algo", style="bold", no_wrap=True)
+    for k in TCA_KEYS:
+        t.add_column(TCA_LABELS[k], justify="right", no_wrap=True)
+    for algo, block in tca.items():
+        t.add_row(algo, *(format_tca_value(k, block.get(k)) for k in TCA_KEYS))
+    console.print(t)
 
 
 def _run(

@@ -41,13 +41,16 @@ RESULT_OBJECTS: Final[tuple[str, ...]] = (
     "fills.parquet",
     "positions.parquet",
     "equity_curve.parquet",
+    "operations.parquet",
 )
 RESULT_PARQUETS: Final[tuple[str, ...]] = (
     "orders.parquet",
     "fills.parquet",
     "positions.parquet",
     "equity_curve.parquet",
+    "operations.parquet",
 )
+REPORT: Final[str] = "report.html"
 
 _COMPONENT_RE: Final = re.compile(r"^[A-Za-z0-9._:-]+$")
 MAX_COMPONENT_LEN: Final = 200
@@ -221,7 +224,7 @@ def log_path(run_id: str) -> str:
 
 
 def all_result_paths(run_id: str) -> list[str]:
-    """The 7 objects a run writes, in the results bucket."""
+    """The 9 objects a run writes, in the results bucket."""
     return [result_path(run_id, n) for n in RESULT_OBJECTS] + [
         config_path(run_id),
         log_path(run_id),

@@ -30,6 +30,7 @@ ALL_ASSETS = (
     "fills",
     "positions",
     "equity_curve",
+    "operations",
     "backtest_summary",
 )
 
@@ -90,7 +91,7 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     tick_meta = metadata(rng, "tick_slices")
     assert 0 < tick_meta["bytes_read"] < tick_meta["bytes_available"]
     checks = check_results(rng)
-    assert len(checks) == 12 and all(checks.values()), checks
+    assert len(checks) == 13 and all(checks.values()), checks
 
     # every result object at its exact path, the log included
     t_res = layout.target("results")
@@ -120,6 +121,17 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     tables = result_tables(direct)
     assert pl.from_arrow(tables["fills.parquet"]).equals(fills)
     assert pl.from_arrow(tables["orders.parquet"]).equals(orders)
+    # the same execution quality per operation, and its by-algo table in the asset's metadata
+    operations = _read(ucs, rid, "operations.parquet")
+    assert operations.height > 0
+    assert pl.from_arrow(tables["operations.parquet"]).equals(operations)
+    ops_meta = metadata(rng, "operations")
+    assert ops_meta["execution_quality"].startswith("| algo |")
+    for algo in summary["execution_stats"]["tca"]:
+        assert f"| {algo} |" in ops_meta["execution_quality"]
+    assert ops_meta["fill_ratio"] == round(
+        summary["execution_stats"]["tca"]["ALL"]["fill_ratio"], 4
+    )
     assert (
         summary["execution_stats"]["ticks_processed"]
         == direct.summary["execution_stats"]["ticks_processed"]

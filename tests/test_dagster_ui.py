@@ -42,6 +42,7 @@ ALL_ASSETS = (
     "fills",
     "positions",
     "equity_curve",
+    "operations",
     "backtest_summary",
 )
 

@@ -13,6 +13,7 @@ No storage access here: the caller hands in-memory frames/tables per day (``DayI
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import os
 import sys
@@ -52,6 +53,12 @@ from backtest_pipeline.engine.strategy import (
     FundingEvent,
     VenueHandle,
     avg_slippage_bps,
+)
+from backtest_pipeline.results.operations import (
+    REFERENCE_COLUMNS,
+    MarketReferences,
+    PendingOperation,
+    day_of_ns,
 )
 from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.trading.orchestrator import Signal
@@ -143,6 +150,11 @@ class EngineOutput:
     operations: pl.DataFrame
     stats: dict[str, Any]
     final_balances: dict[str, float]
+    # The market side of each operation's execution quality (results/operations.py).
+    market_refs: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema=REFERENCE_COLUMNS)
+    )
+    market_data: dict[str, str] = field(default_factory=dict)
     intervals: dict[date, pl.DataFrame] = field(default_factory=dict)
     engine_order_ids: list[str] = field(default_factory=list)
     # Time shards only: the state after the warm-up days and at the end, and the risk checks
@@ -608,6 +620,8 @@ def _run_engine(
     mark = _Mark()
     start_state: BoundaryState | None = None
     last_day: date | None = None
+    refs = MarketReferences()
+    tracker = _OperationTracker(strategy, refs)
     try:
         for i, day in enumerate(days):
             if i == warmup_days:
@@ -615,6 +629,7 @@ def _run_engine(
                 mark = _mark(strategy, feeder, ticks_total, engine_time)
                 strategy.risk_log = []
             prepared = feeder.prepare(day)
+            refs.add_trades(day.day, prepared.trades)
             n, seconds = _run_day(engine, prepared, CHUNK_TICKS)
             ticks_total += n
             engine_time += seconds
@@ -623,6 +638,7 @@ def _run_engine(
                 raise strategy.errors[0]
             _purge_closed(engine, engine_order_ids)
             last_day = day.day
+            tracker.resolve_finished(day.day)
         if warmup_days is not None and start_state is None:
             raise EngineInputError(f"a time shard needs more than its {warmup_days} warm-up days")
         end_state: BoundaryState | None = None
@@ -645,10 +661,13 @@ def _run_engine(
             acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
             bal = acct.balance_total(ccy) if acct is not None else None
             balances[venue] = bal.as_double() if bal is not None else float("nan")
+        tracker.resolve_all()
         out = _collect(
             strategy, feeder.marks, feeder.intervals, balances, ticks_total, engine_time,
             feeder.n_days, unresolved, mark,
         )  # fmt: skip
+        out.market_refs = refs.frame(out.operations.get_column("operation_id").to_list())
+        out.market_data = refs.market_data()
         # What actually reached Nautilus: lets callers prove risk-rejected orders never did.
         engine_order_ids.update(o.client_order_id.value for o in engine.cache.orders())
         own = set(out.orders.get_column("order_id").to_list())
@@ -658,6 +677,53 @@ def _run_engine(
         return out
     finally:
         engine.dispose()
+
+
+class _OperationTracker:
+    """Operations waiting for their market references, resolved as soon as they are finished.
+
+    Finished = every order final and nothing scheduled; then its end instant is known and the
+    ticks of its days are still loaded. Days no waiting operation can reach are then dropped, so
+    a long run keeps only about two days of ticks for this.
+    """
+
+    def __init__(self, strategy: ExecutionStrategy, refs: MarketReferences) -> None:
+        self.strategy, self.refs = strategy, refs
+        self.seen = 0
+        self.waiting: dict[str, None] = {}
+
+    def _take_new(self) -> None:
+        ops = self.strategy.orch.operations
+        new = list(itertools.islice(reversed(ops), len(ops) - self.seen))
+        for op_id in reversed(new):  # from the newest back: only the new ones are visited
+            if ops[op_id].order_quantity != 0.0:
+                self.waiting[op_id] = None
+        self.seen = len(ops)
+
+    def _pending(self, op_id: str) -> PendingOperation:
+        op = self.strategy.orch.operations[op_id]
+        records = self.strategy.oms.orders_of(op_id)
+        ts_end = max((r.updated_at for r in records), default=op.signal.ts_event)
+        return PendingOperation(op_id, op.signal.instrument_key, op.signal.ts_event, ts_end)
+
+    def resolve_finished(self, today: date) -> None:
+        self._take_new()
+        orch, oms = self.strategy.orch, self.strategy.oms
+        done = [o for o in self.waiting if orch.is_finished(o) and not oms.open_orders(o)]
+        self.refs.resolve(self._pending(o) for o in done)
+        for o in done:
+            del self.waiting[o]
+        first = min(
+            [today.toordinal() - 1]
+            + [day_of_ns(orch.operations[o].signal.ts_event).toordinal() - 1 for o in self.waiting]
+        )
+        self.refs.prune(date.fromordinal(first))
+
+    def resolve_all(self) -> None:
+        """At the run's (or a shard's) end: whatever is still waiting, as it stands."""
+        self._take_new()
+        self.refs.resolve(self._pending(o) for o in self.waiting)
+        self.waiting.clear()
 
 
 def _mark(strategy: ExecutionStrategy, feeder: _DayFeeder, ticks: int, engine_time: float) -> _Mark:

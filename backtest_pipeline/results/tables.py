@@ -141,6 +141,34 @@ _SCHEMAS: Final[dict[str, pa.Schema]] = {
             _f("drawdown_pct", pa.float64()),
         ]
     ),
+    "operations": pa.schema(
+        [
+            _f("operation_id", pa.string()),
+            _f("signal_id", pa.string()),
+            _f("instrument_key", pa.string()),
+            _f("algo", pa.string()),
+            _f("side", pa.string()),
+            _f("ts_signal", _TS),
+            _f("ts_end", _TS),
+            _f("target_quantity", pa.float64()),
+            _f("filled_quantity", pa.float64()),
+            _f("fill_ratio", pa.float64()),
+            _f("status", pa.string()),
+            _f("orders", pa.int64()),
+            _f("market_data", pa.string()),
+            _f("arrival_price", pa.float64()),
+            _f("arrival_spread_bps", pa.float64(), nullable=True),
+            _f("avg_fill_price", pa.float64(), nullable=True),
+            _f("end_price", pa.float64()),
+            _f("market_vwap", pa.float64(), nullable=True),
+            _f("execution_cost_bps", pa.float64(), nullable=True),
+            _f("fees_bps", pa.float64(), nullable=True),
+            _f("opportunity_cost_bps", pa.float64()),
+            _f("implementation_shortfall_bps", pa.float64()),
+            _f("vwap_slippage_bps", pa.float64(), nullable=True),
+            _f("duration_s", pa.float64()),
+        ]
+    ),
 }
 
 

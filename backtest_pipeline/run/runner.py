@@ -26,6 +26,7 @@ import psutil
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.results import metrics as metrics_mod
+from backtest_pipeline.results import operations as operations_mod
 from backtest_pipeline.results import tables as results_mod
 from backtest_pipeline.results.writer import ResultWriter, failed_summary, utc_now
 from backtest_pipeline.run import shards as shards_mod
@@ -201,6 +202,9 @@ def _build_result(
     pnl = results_mod.build_pnl(out.fills, out.funding, equity, starting_balance=starting_balance)
     trips = results_mod.round_trips(out.fills, out.funding)
     mets = metrics_mod.compute_metrics(equity, trips, metrics_ns, start_ns, end_ns)
+    operations = operations_mod.build_operations(
+        out.operations, out.orders, out.fills, out.market_refs
+    )
     wall = time.perf_counter() - wall0
     bytes_read = sum(i.bytes_read for i in reads.inputs)
     tick_inputs = [i for i in reads.inputs if "/data_type-trades/" in i.path]
@@ -218,6 +222,8 @@ def _build_result(
             ),
             "peak_rss_mb": round(max(_peak_rss_mb(), stats.pop("peak_rss_mb_shards", 0.0)), 1),
             "full_day": config.full_day,
+            "market_data": {k: out.market_data.get(k, "trades") for k in config.instruments},
+            "tca": operations_mod.tca_by_algo(operations),
         }
     )
     summary = {
@@ -245,7 +251,7 @@ def _build_result(
         fills=out.fills,
         positions=positions,
         equity_curve=equity,
-        operations=out.operations,
+        operations=operations,
         intervals=reads.intervals,
     )
 
@@ -260,12 +266,13 @@ def _peak_rss_mb() -> float:
 
 
 def result_tables(result: BacktestResult) -> dict[str, Any]:
-    """The four Parquet outputs conformed to the exact schemas of docs/outputs.md."""
+    """The Parquet outputs conformed to the exact schemas of docs/outputs.md."""
     return {
         "orders.parquet": results_mod.conform(result.orders, "orders"),
         "fills.parquet": results_mod.conform(result.fills, "fills"),
         "positions.parquet": results_mod.conform(result.positions, "positions"),
         "equity_curve.parquet": results_mod.conform(result.equity_curve, "equity_curve"),
+        "operations.parquet": results_mod.conform(result.operations, "operations"),
     }
 
 

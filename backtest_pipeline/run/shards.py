@@ -283,6 +283,8 @@ def _stitch(
         operations=pl.concat([o.operations for o in outs]),
         stats=stats,
         final_balances=balances,
+        market_refs=pl.concat([o.market_refs for o in outs]),
+        market_data=dict(sorted({k: v for o in outs for k, v in o.market_data.items()}.items())),
         intervals={
             k: v for r in shards for k, v in r.out.intervals.items() if k in r.plan.own_days
         },

@@ -233,6 +233,15 @@ class Orchestrator:
         for oid in open_ids:
             self.ctx.cancel(oid)
 
+    def is_finished(self, operation_id: str) -> bool:
+        """No pending slice or window end and no longer the asset's active operation.
+
+        With its orders final too, nothing about the operation can change any more (what
+        execution quality needs before it prices the operation's end).
+        """
+        op = self.operations[operation_id]
+        return not op.alerts and self._active.get(op.group) is not op
+
     def unfinished(self) -> list[str]:
         """Operations that may still act: inside their window or with an alert pending."""
         live = {op.operation_id for op in self._active.values()}
