@@ -186,6 +186,22 @@ def funding_path(day: str | date, instrument_key: str) -> str:
     )
 
 
+def quotes_path(day: str | date, instrument_key: str) -> str:
+    """The top of book (L1) of a day: a row at every change of best bid/ask."""
+    return (
+        f"raw_tick_data/by_date/day-{day_str(day)}/data_type-quotes/"
+        f"{validate_instrument_key(instrument_key)}.parquet"
+    )
+
+
+def book_depth10_path(day: str | date, instrument_key: str) -> str:
+    """The 10-level order book (L2) of a day as whole snapshots."""
+    return (
+        f"raw_tick_data/by_date/day-{day_str(day)}/data_type-book_depth10/"
+        f"{validate_instrument_key(instrument_key)}.parquet"
+    )
+
+
 def bars_path(day: str | date, instrument_key: str) -> str:
     """Derived 1-minute bars of a day, computed once from the full trades and shared by every run.
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
@@ -82,9 +83,16 @@ def trade_keys_for_day(
 
 
 def load_day(
-    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    day: date,
+    market_data: Mapping[str, MarketData] | None = None,
 ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
-    """Everything one day of the run needs, read and validated."""
+    """Everything one day of the run needs, read and validated.
+
+    ``market_data`` (from :func:`resolve_market_data`) adds each instrument's quotes or
+    10-level snapshots over the same intervals as its trades.
+    """
     inputs: list[InputRecord] = []
     t_instr, t_sig = layout.target("instruments"), layout.target("signals")
 
@@ -116,6 +124,7 @@ def load_day(
     intervals = signal_intervals(signals, day, config.lookback_s, config.grace_s)
     by_key: dict[str, pl.DataFrame] = {}
     trades = {}
+    books: dict[str, dict[str, pa.Table]] = {"quotes": {}, "depth": {}}
     for key in keys:
         ranges = ranges_for_key(config, intervals, key, day)
         if not ranges:
@@ -124,6 +133,10 @@ def load_day(
         table, fetched = fetch_trades(ucs, day, key, ranges, needed_by=signals.height)
         trades[key] = table
         inputs.append(fetched)
+        kind = (market_data or {}).get(key, "trades")
+        if kind != "trades":
+            books[kind][key], fetched = fetch_book(ucs, day, key, kind, ranges)
+            inputs.append(fetched)
 
     available = set(instruments.get_column("instrument_key").to_list())
     funding, funding_inputs = load_funding(ucs, config, day, available)
@@ -138,6 +151,8 @@ def load_day(
         trades=trades,
         funding=funding,
         bars=bars or None,
+        quotes=books["quotes"],
+        depth=books["depth"],
     )
     return day_input, inputs, by_key
 
@@ -279,6 +294,113 @@ def fetch_trades(
     return table, InputRecord(
         t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read
     )
+
+
+#: Where each book data type lives, richest first (``auto`` takes the first present every day).
+BOOK_PATHS: dict[str, Callable[[date, str], str]] = {
+    "depth": layout.book_depth10_path,
+    "quotes": layout.quotes_path,
+}
+
+
+class MarketDataMissing(ValueError):
+    """A run asked for a market data type that some of its days lack (the objects are named)."""
+
+
+def resolve_market_data(
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date]
+) -> dict[str, MarketData]:
+    """Per instrument of the run, the market data its venue's book is built from.
+
+    ``auto``: the richest type whose object exists on every day of the run that has the
+    instrument's trades (depth, then quotes, then trades). Nautilus sets the book type per
+    venue, so a venue runs on depth only if all its instruments can; otherwise its depth
+    instruments fall back to quotes (or trades), with a warning. A named type must exist for
+    every instrument on every such day: else :class:`MarketDataMissing` lists every missing
+    object. ``trades`` is today's model and reads nothing more.
+    """
+    choice = config.market_data
+    if choice == "trades":
+        return dict.fromkeys(config.instruments, "trades")
+    t_ticks = layout.target("ticks")
+    present: dict[str, dict[str, list[str]]] = {}  # key → kind → missing URIs
+    for key in config.instruments:
+        trading = [d for d in days if ucs.exists_sync(t_ticks, layout.trades_path(d, key))]
+        present[key] = {}
+        for kind, path in BOOK_PATHS.items():
+            if choice not in ("auto", kind):
+                continue
+            present[key][kind] = [
+                ucs.uri(t_ticks, path(d, key))
+                for d in trading
+                if not ucs.exists_sync(t_ticks, path(d, key))
+            ]
+    if choice != "auto":
+        missing = [uri for key in config.instruments for uri in present[key][choice]]
+        if missing:
+            raise MarketDataMissing(
+                f"market_data: {choice} asked for, but {len(missing)} object(s) do not exist: "
+                + ", ".join(missing)
+            )
+        return dict.fromkeys(config.instruments, choice)  # type: ignore[arg-type]
+    out: dict[str, MarketData] = {}
+    for key in config.instruments:
+        has = [k for k in BOOK_PATHS if not present[key][k]]
+        out[key] = has[0] if has else "trades"  # type: ignore[assignment]
+    for venue in sorted({k.split(":")[0] for k in config.instruments}):
+        members = [k for k in config.instruments if k.split(":")[0] == venue]
+        if any(out[k] == "depth" for k in members) and any(out[k] != "depth" for k in members):
+            for k in members:
+                if out[k] == "depth":
+                    out[k] = "quotes" if not present[k]["quotes"] else "trades"
+                    log.warning(
+                        "%s has book_depth10 on every day but shares venue %s with instruments "
+                        "without it (Nautilus's book type is per venue): it runs on %s",
+                        k, venue, out[k],
+                    )  # fmt: skip
+    return out
+
+
+def fetch_book(
+    ucs: UnifiedCloudService, day: date, key: str, kind: str, ranges: list[tuple[int, int]]
+) -> tuple[pa.Table, InputRecord]:
+    """The quotes or snapshots of `key` in `ranges`, with the row in force before each range.
+
+    That row is fetched whichever row group holds it (``prior_row_group``): a quote or snapshot
+    is the market's state, so an interval must start from it, not from an empty book.
+    """
+    t_ticks = layout.target("ticks")
+    path = BOOK_PATHS[kind](day, key)
+    uri = ucs.uri(t_ticks, path)
+    try:
+        res = ucs.download_from_gcs_streaming_sync(
+            t_ticks,
+            path,
+            timestamp_range=ranges,
+            use_byte_range=True,
+            include_prior=True,
+            prior_row_group=True,
+        )
+    except ObjectNotFoundError as exc:
+        raise MarketDataMissing(f"{uri}: the run uses {kind} for {key} but it is missing") from exc
+    table = validate_book(res.table, uri, kind)
+    return table, InputRecord(
+        t_ticks.gcs_bucket, path, res.generation, res.object_size, res.bytes_read
+    )
+
+
+def validate_book(table: pa.Table, uri: str, kind: str) -> pa.Table:
+    """The engine's minimum: time-sorted rows. Full content rules belong to the data readers."""
+    ts = table.column("ts_event")
+    if pa.types.is_timestamp(ts.type):
+        ts = ts.cast(pa.int64())
+    values = ts.to_numpy()
+    bad = np.flatnonzero(values[1:] < values[:-1])
+    if bad.size:
+        raise DataValidationError(
+            uri, f"{kind} rows are not sorted by time", column="ts_event", row=int(bad[0]) + 1
+        )
+    return table
 
 
 @dataclass

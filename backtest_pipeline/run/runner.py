@@ -9,6 +9,7 @@ failure removes this run's Parquet objects and writes a FAILED summary and the l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -30,7 +31,14 @@ from backtest_pipeline.results import operations as operations_mod
 from backtest_pipeline.results import tables as results_mod
 from backtest_pipeline.results.writer import ResultWriter, failed_summary, utc_now
 from backtest_pipeline.run import shards as shards_mod
-from backtest_pipeline.run.inputs import DayLoader, Prefetcher, ProgressFn, ReadSummary, load_day
+from backtest_pipeline.run.inputs import (
+    DayLoader,
+    Prefetcher,
+    ProgressFn,
+    ReadSummary,
+    load_day,
+    resolve_market_data,
+)
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
@@ -102,19 +110,24 @@ def run_backtest(
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
     try:
+        market_data = resolve_market_data(ucs, config, days)
+        if day_loader is None:
+            prefetch.loader = functools.partial(load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
         if write_results:
             # A stale result of an earlier attempt must not survive a failed re-run.
             writer.remove()
             writer.write_config(config.model_dump(mode="json"))
         plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
-        refusal = shards_mod.refusal(config) if len(plan) > 1 else None
+        refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
         if refusal:
             log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
         if len(plan) > 1 and refusal is None:
             engine_out, reads = shards_mod.run_sharded(config, plan, ucs, workdir, progress)
         else:
-            engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
+            engine_out = run_engine(
+                config, iter(prefetch), log_dir=workdir, market_data=market_data
+            )
             reads = prefetch.summary()
         result = _build_result(
             config, days, run_id, engine_out, reads, wall0, created_at, locations

@@ -198,14 +198,24 @@ def _is_time_type(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_timestamp(t)
 
 
-def select_row_groups(footer: Footer, ranges: Sequence[tuple[int, int]]) -> list[int]:
-    """Row groups whose [min, max] overlaps any [start, end) range; all when stats are absent."""
+def select_row_groups(
+    footer: Footer, ranges: Sequence[tuple[int, int]], prior_row_group: bool = False
+) -> list[int]:
+    """Row groups whose [min, max] overlaps any [start, end) range; all when stats are absent.
+
+    With ``prior_row_group``, also the group holding the last row before each start, wherever
+    it lies: for state data (quotes, book snapshots) that row *is* the market when a range opens.
+    """
     n = footer.metadata.num_row_groups
     if not footer.has_stats:
         return list(range(n))
     keep = np.zeros(n, dtype=bool)
     for start, end in ranges:
         keep |= (footer.ts_max >= start) & (footer.ts_min < end)
+        if prior_row_group:
+            before = np.nonzero(footer.ts_min < start)[0]
+            if before.size:
+                keep[before[np.argmax(footer.ts_max[before])]] = True
     return [int(i) for i in np.nonzero(keep)[0]]
 
 
@@ -329,6 +339,7 @@ def read_ranges(
     filter_rows: bool = True,
     include_prior: bool = False,
     fetch_many: MultiRangeFetcher | None = None,
+    prior_row_group: bool = False,
 ) -> RangeReadResult:
     """Fetch the selected row groups' column chunks, decode, and filter exactly.
 
@@ -355,7 +366,7 @@ def read_ranges(
             )
     if row_groups is None:
         rgs = (
-            select_row_groups(footer, ranges)
+            select_row_groups(footer, ranges, prior_row_group)
             if ranges is not None
             else list(range(md.num_row_groups))
         )
