@@ -36,6 +36,7 @@ from nautilus_trader.backtest.engine import BacktestEngine
 from nautilus_trader.backtest.models import FillModel, LatencyModel, MakerTakerFeeModel
 from nautilus_trader.config import LoggingConfig, RiskEngineConfig
 from nautilus_trader.core.data import Data
+from nautilus_trader.model.data import TradeTick
 from nautilus_trader.model.enums import AccountType, BookType, OmsType
 from nautilus_trader.model.identifiers import TraderId, Venue
 from nautilus_trader.model.instruments import Instrument
@@ -396,6 +397,10 @@ class PreparedDay:
     books: dict[str, QuoteColumns | DepthColumns] = field(default_factory=dict)
 
     @property
+    def depth_keys(self) -> set[str]:
+        return {k for k, b in self.books.items() if isinstance(b, DepthColumns)}
+
+    @property
     def n_rows(self) -> int:
         return sum(
             t.height if isinstance(t, pl.DataFrame) else t.num_rows for t in self.trades.values()
@@ -403,8 +408,8 @@ class PreparedDay:
 
     def windows(
         self, max_ticks: int | None
-    ) -> Iterator[tuple[int, int, dict[str, list[Data]]]]:
-        """``(start_ns, end_ns, ticks per key)`` over consecutive time windows of the day.
+    ) -> Iterator[tuple[int, int, dict[str, list[TradeTick]], dict[str, list[Data]]]]:
+        """``(start_ns, end_ns, trade ticks per key, book data per key)`` over the day's windows.
 
         Windows split at a timestamp, never between equal timestamps, and each key's rows keep
         their order, so the engine sees exactly the sequence a whole-day ``add_data`` gives.
@@ -428,15 +433,15 @@ class PreparedDay:
         edges = [self.start_ns, *bounds, self.end_ns]
         for i in range(len(edges) - 1):
             lo_ns, hi_ns = edges[i], edges[i + 1]
-            ticks: dict[str, list[Data]] = {}
+            ticks: dict[str, list[TradeTick]] = {}
+            books: dict[str, list[Data]] = {}
             last = i == len(edges) - 2
             for key in sorted(self.books):
-                # Trades first: at equal times the book (a re-stated quote) follows the trade.
                 bts = book_ts[key]
                 blo = 0 if i == 0 else int(np.searchsorted(bts, lo_ns, "left"))
                 bhi = len(bts) if last else int(np.searchsorted(bts, hi_ns, "left"))
                 if bhi > blo:
-                    ticks[key] = self._book_objects(key, blo, bhi)
+                    books[key] = self._book_objects(key, blo, bhi)
             for key in sorted(self.trades):
                 table, ts = self.trades[key], times[key]
                 if ts is None:  # one window: the day's table as it is
@@ -448,9 +453,8 @@ class PreparedDay:
                     if hi <= lo:
                         continue
                     part = table.slice(lo, hi - lo)
-                trade_ticks: list[Data] = list(trades_to_ticks(part, self.instruments[key]))
-                ticks[key] = trade_ticks + ticks.get(key, [])
-            yield lo_ns, hi_ns, ticks
+                ticks[key] = trades_to_ticks(part, self.instruments[key])
+            yield lo_ns, hi_ns, ticks, books
 
     def _book_objects(self, key: str, lo: int, hi: int) -> list[Data]:
         book, inst = self.books[key], self.instruments[key]
@@ -578,20 +582,28 @@ def _run_day(
     """
     n = 0
     seconds = 0.0
-    for start_ns, end_ns, ticks in prepared.windows(max_ticks):
+    for start_ns, end_ns, ticks, books in prepared.windows(max_ticks):
         t0 = time.perf_counter()
         added = False
-        for key in sorted(ticks):
-            if ticks[key]:
-                engine.add_data(ticks[key], sort=False)
+        for key in sorted(set(ticks) | set(books)):
+            # Trades before books: at equal times the book (a re-stated quote) follows the trade.
+            if ticks.get(key):
+                # An L2 venue refuses a run whose data has trades of an instrument but no book
+                # rows; a window between two snapshots has none and keeps the book in force.
+                validate = not (prepared.depth_keys and key in prepared.depth_keys) or key in books
+                engine.add_data(ticks[key], sort=False, validate=validate)
                 n += len(ticks[key])
+                added = True
+            if books.get(key):
+                engine.add_data(books[key], sort=False)
+                n += len(books[key])
                 added = True
         if added:
             engine.sort_data()
         engine.run(start=start_ns, end=end_ns - 1, streaming=True)
         engine.clear_data()
         seconds += time.perf_counter() - t0
-        del ticks
+        del ticks, books
     return n, seconds
 
 

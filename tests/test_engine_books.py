@@ -1,0 +1,370 @@
+"""Fills on quote and 10-level book data: every price explained by the data the run used.
+
+Each test computes what the fills must be independently of the engine (walking the snapshot in
+force at the order's arrival, the quote in force, the prints of the tape) and holds the engine's
+fills to it. The engine is the real NautilusTrader 1.231; the books come from columnar tables
+shaped as ``docs/storage.md`` defines ``quotes`` and ``book_depth10``.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from _engine_data import BTC, DAY1, MS, config, instrument_row, instruments_df, signals, t, trades
+
+from backtest_pipeline import layout
+from backtest_pipeline.data.sample import generate_sample_data
+from backtest_pipeline.engine import conversion as cv
+from backtest_pipeline.engine.driver import DayInput, EngineInputError, run_engine
+from backtest_pipeline.run.inputs import MarketDataMissing, resolve_market_data
+from backtest_pipeline.run.runner import BacktestFailed, run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+
+LATENCY_NS = 20 * MS  # the default base latency: an order reaches the venue 20 ms after its signal
+TICK = 0.1
+
+
+def quotes_table(rows: list[tuple[int, float, float, float, float]]) -> pa.Table:
+    """rows: (ts, bid_price, bid_size, ask_price, ask_size)."""
+    cols = list(zip(*rows, strict=True))
+    return pa.table(
+        {
+            "ts_event": pa.array(cols[0], pa.int64()),
+            "bid_price": pa.array(cols[1], pa.float64()),
+            "ask_price": pa.array(cols[3], pa.float64()),
+            "bid_size": pa.array(cols[2], pa.float64()),
+            "ask_size": pa.array(cols[4], pa.float64()),
+        }
+    )
+
+
+def depth_table(
+    snaps: list[tuple[int, list[tuple[float, float]], list[tuple[float, float]]]],
+) -> pa.Table:
+    """snaps: (ts, bids best first, asks best first); missing levels are null."""
+    data: dict[str, list[float | None] | list[int]] = {"ts_event": [s[0] for s in snaps]}
+    for side, pos in (("bid", 1), ("ask", 2)):
+        for i in range(10):
+            data[f"{side}_price_{i}"] = [s[pos][i][0] if i < len(s[pos]) else None for s in snaps]  # type: ignore[index]
+            data[f"{side}_size_{i}"] = [s[pos][i][1] if i < len(s[pos]) else None for s in snaps]  # type: ignore[index]
+    schema = pa.schema(
+        [("ts_event", pa.int64())]
+        + [(c, pa.float64()) for c in data if c != "ts_event"]
+    )
+    return pa.table(data, schema=schema)
+
+
+def ladder(best: float, step: float, sizes: list[float]) -> list[tuple[float, float]]:
+    return [(round(best + i * step, 1), s) for i, s in enumerate(sizes)]
+
+
+def run_day(
+    trade_rows: list[tuple[int, float, float, str]],
+    sigs: pl.DataFrame,
+    kind: str,
+    book: pa.Table,
+    **cfg: object,
+) -> pl.DataFrame:
+    day = DayInput(
+        DAY1,
+        instruments_df(instrument_row(BTC)),
+        sigs,
+        {BTC: trades(trade_rows)},
+        {},
+        quotes={BTC: book} if kind == "quotes" else {},
+        depth={BTC: book} if kind == "depth" else {},
+    )
+    out = run_engine(config([BTC], **cfg), [day], market_data={BTC: kind})  # type: ignore[dict-item]
+    assert out.stats["orders_unresolved"] == 0
+    return out.fills.sort("ts_event", "fill_id")
+
+
+def walk(levels: list[tuple[float, float]], qty: float) -> tuple[float, float]:
+    """(filled quantity, VWAP) of taking ``qty`` from ``levels`` best first (the test's own)."""
+    left, notional, filled = qty, 0.0, 0.0
+    for price, size in levels:
+        take = min(left, size)
+        notional += take * price
+        filled += take
+        left -= take
+        if left <= 1e-12:
+            break
+    return filled, notional / filled
+
+
+def vwap(fills: pl.DataFrame) -> float:
+    return float((fills["price"] * fills["quantity"]).sum() / fills["quantity"].sum())
+
+
+# ---- depth: L2_MBP fed OrderBookDepth10 ----------------------------------------------------
+
+
+def test_depth_market_buy_walks_the_snapshot_in_force() -> None:
+    asks_a = ladder(100.1, TICK, [0.5, 0.7, 1.0, 2.0, 3.0])
+    asks_b = ladder(100.4, TICK, [0.2, 0.3, 5.0])  # after the order: must not be used
+    book = depth_table(
+        [
+            (t(DAY1, 1), ladder(100.0, -TICK, [1.0, 1.0]), asks_a),
+            (t(DAY1, 10) + LATENCY_NS + 1, ladder(100.3, -TICK, [1.0]), asks_b),
+        ]
+    )
+    # A sell print at the bid just before the order arrives: on L2 it does not move the book.
+    tape = [(t(DAY1, 2), 100.0, 0.2, "sell"), (t(DAY1, 10.01), 100.0, 0.3, "sell"),
+            (t(DAY1, 12), 100.4, 0.1, "buy")]  # fmt: skip
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 2.0, "execution_window_s": 5.0})  # fmt: skip
+    fills = run_day(tape, sigs, "depth", book)
+    filled, expected = walk(asks_a, 2.0)
+    assert filled == pytest.approx(2.0)
+    assert fills["quantity"].sum() == pytest.approx(2.0)
+    assert vwap(fills) == pytest.approx(expected, rel=1e-12)
+    assert fills["price"].to_list() == [100.1, 100.2, 100.3]  # three levels walked
+    assert fills["price"].min() >= asks_a[0][0]  # never below the best ask in force
+
+
+def test_depth_level_is_not_filled_twice_until_a_new_snapshot() -> None:
+    asks = ladder(100.1, TICK, [0.5, 1.0, 1.0])
+    book = depth_table([(t(DAY1, 1), ladder(100.0, -TICK, [1.0]), asks)])
+    sigs = signals(
+        {"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+         "target_position": 0.4, "execution_window_s": 5.0},
+        {"signal_id": "s2", "ts_event": t(DAY1, 10) + 1, "instrument_key": BTC,
+         "target_position": 0.8, "execution_window_s": 5.0},
+    )  # fmt: skip
+    fills = run_day([(t(DAY1, 2), 100.0, 0.1, "sell")], sigs, "depth", book)
+    # s2 comes before s1's fill, so it buys 0.8 on a flat position: it meets the 0.1 that s1
+    # left at 100.1, then the next level (without consumption: 0.5 at 100.1, 0.3 at 100.2).
+    first = fills.filter(pl.col("order_id").str.starts_with("OP-s1"))
+    second = fills.filter(pl.col("order_id").str.starts_with("OP-s2"))
+    assert first["price"].to_list() == [100.1]
+    assert second["price"].to_list() == [100.1, 100.2]
+    assert second["quantity"].to_list() == pytest.approx([0.1, 0.7])
+
+
+def test_depth_remainder_beyond_the_book_is_unfilled_not_invented() -> None:
+    asks = ladder(100.1, TICK, [0.5, 0.5])
+    book = depth_table([(t(DAY1, 1), ladder(100.0, -TICK, [1.0]), asks)])
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 3.0, "execution_window_s": 5.0})  # fmt: skip
+    fills = run_day([(t(DAY1, 2), 100.0, 0.1, "sell")], sigs, "depth", book)
+    assert fills["quantity"].sum() == pytest.approx(1.0)  # all the book showed, nothing more
+    assert sorted(fills["price"].to_list()) == [100.1, 100.2]
+
+
+def test_depth_limit_fills_only_at_prices_the_book_or_tape_offered() -> None:
+    limit = 100.1
+    snaps = [
+        (t(DAY1, 1), ladder(100.0, -TICK, [1.0, 1.0]), ladder(100.3, TICK, [1.0, 1.0])),
+        # The ask comes down to the limit: the book offers 0.4 there.
+        (t(DAY1, 20), ladder(100.0, -TICK, [1.0]), ladder(100.1, TICK, [0.4, 1.0])),
+    ]
+    tape = [
+        (t(DAY1, 2), 100.2, 0.1, "buy"),
+        (t(DAY1, 12), 100.1, 0.3, "sell"),  # a print at the limit
+        (t(DAY1, 15), 100.2, 0.5, "buy"),  # above the limit: offers nothing to a buy at 100.1
+    ]
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.0, "execution_window_s": 30.0, "algo": "LIMIT",
+                    "limit_price": limit})  # fmt: skip
+    fills = run_day(tape, sigs, "depth", depth_table(snaps))
+    assert fills.height >= 2
+    offered = {p for ts, p, _q, side in tape if side == "sell" and p <= limit and ts > t(DAY1, 10)}
+    offered |= {p for _ts, _b, asks in snaps for p, _s in asks if p <= limit}
+    assert set(fills["price"].to_list()) <= offered
+    assert fills["price"].max() <= limit
+    # From the tape, at most the print's size; from the book, at most what the level showed.
+    by_ts = dict(zip(fills["ts_event"].to_list(), fills["quantity"].to_list(), strict=True))
+    assert by_ts[t(DAY1, 12)] == pytest.approx(0.3)
+    assert by_ts[t(DAY1, 20)] == pytest.approx(0.4)
+
+
+def test_limit_below_everything_offered_never_fills() -> None:
+    snaps = [(t(DAY1, 1), ladder(100.0, -TICK, [1.0]), ladder(100.2, TICK, [1.0]))]
+    tape = [(t(DAY1, 12), 100.0, 0.3, "sell"), (t(DAY1, 14), 100.2, 0.3, "buy")]
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.0, "execution_window_s": 30.0, "algo": "LIMIT",
+                    "limit_price": 99.9})  # fmt: skip
+    assert run_day(tape, sigs, "depth", depth_table(snaps)).height == 0
+
+
+# ---- quotes: L1_MBP fed QuoteTick ---------------------------------------------------------
+
+
+def test_quotes_market_buy_crosses_the_spread_even_after_a_sell_print() -> None:
+    """Nautilus moves an L1 book to every trade; the re-stated quote keeps the ask in force."""
+    bid, ask, ask_size = 100.0, 100.5, 0.4
+    book = quotes_table([(t(DAY1, 1), bid, 1.0, ask, ask_size)])
+    # A sell print at the bid 5 ms before the order arrives (the book it leaves: 100.0 both sides).
+    tape = [(t(DAY1, 2), bid, 0.2, "sell"), (t(DAY1, 10.015), bid, 0.3, "sell")]
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.0, "execution_window_s": 5.0})  # fmt: skip
+    fills = run_day(tape, sigs, "quotes", book)
+    assert fills["price"].min() >= ask
+    # Nautilus's L1 rule: the displayed size at the ask, the rest one tick worse.
+    assert fills["price"].to_list() == [ask, round(ask + TICK, 1)]
+    assert fills["quantity"].to_list() == pytest.approx([ask_size, 1.0 - ask_size])
+
+
+def test_quotes_restated_after_each_trade_only_where_needed() -> None:
+    q = cv.QuoteColumns(
+        np.array([1.0, 2.0]), np.array([1.5, 2.5]), np.array([1.0, 1.0]), np.array([2.0, 2.0]),
+        np.array([10, 20], dtype=np.uint64), np.array([10, 20], dtype=np.uint64),
+    )  # fmt: skip
+    out = cv.quotes_restored_after_trades(q, np.array([5, 12, 12, 20, 25], dtype=np.uint64))
+    # 5: before any quote; 12 (twice): the quote of 10; 20: has its own quote; 25: the one of 20.
+    assert out.ts_event.tolist() == [10, 12, 20, 25]
+    assert out.bid_price.tolist() == [1.0, 1.0, 2.0, 2.0]
+    assert out.ask_size.tolist() == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_quotes_limit_fills_at_the_limit_from_the_tape() -> None:
+    book = quotes_table([(t(DAY1, 1), 100.0, 1.0, 100.5, 1.0)])
+    tape = [(t(DAY1, 2), 100.0, 0.1, "sell"), (t(DAY1, 12), 100.1, 0.3, "sell"),
+            (t(DAY1, 13), 100.3, 0.3, "buy")]  # fmt: skip
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.0, "execution_window_s": 20.0, "algo": "LIMIT",
+                    "limit_price": 100.1})  # fmt: skip
+    fills = run_day(tape, sigs, "quotes", book)
+    assert fills["price"].to_list() == [100.1]
+    assert fills["quantity"].to_list() == pytest.approx([0.3])
+
+
+def test_engine_refuses_a_day_without_the_data_its_instrument_runs_on() -> None:
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.0})  # fmt: skip
+    day = DayInput(DAY1, instruments_df(instrument_row(BTC)), sigs,
+                   {BTC: trades([(t(DAY1, 2), 100.0, 0.1, "sell")])}, {})  # fmt: skip
+    with pytest.raises(EngineInputError, match="runs on depth but the inputs of 2024-01-01"):
+        run_engine(config([BTC]), [day], market_data={BTC: "depth"})
+
+
+# ---- conversion ----------------------------------------------------------------------------
+
+
+def test_struct_path_equals_nautilus_constructors() -> None:
+    from nautilus_trader.test_kit.providers import TestInstrumentProvider
+
+    inst = TestInstrumentProvider.btcusdt_perp_binance()
+    rng = np.random.default_rng(7)
+    n = 500
+    mid = 60_000 + np.cumsum(rng.normal(0, 1, n)).round(1)
+    ts = (np.arange(n, dtype=np.uint64) * np.uint64(100 * MS)) + np.uint64(t(DAY1, 0))
+    q = cv.QuoteColumns(mid - 0.1, mid + 0.1, rng.uniform(0.001, 5, n).round(3),
+                        rng.uniform(0.001, 5, n).round(3), ts, ts)  # fmt: skip
+    fast = cv.quotes_to_ticks(inst, q)
+    ref = cv.nautilus_quotes(inst, q)
+    assert not cv.fast_path_disabled
+    assert [(a.bid_price, a.ask_price, a.bid_size, a.ask_size, a.ts_event) for a in fast] == [
+        (b.bid_price, b.ask_price, b.bid_size, b.ask_size, b.ts_event) for b in ref
+    ]
+    bp = mid[:, None] - 0.1 - np.arange(10) * 0.1
+    ap = mid[:, None] + 0.1 + np.arange(10) * 0.1
+    bs, az = rng.uniform(0.001, 5, (n, 10)).round(3), rng.uniform(0.001, 5, (n, 10)).round(3)
+    bp[::3, 4:], bs[::3, 4:] = np.nan, np.nan  # shallow books: null levels
+    d = cv.DepthColumns(bp, bs, ap, az, ts, ts)
+    fast_d, ref_d = cv.depths_to_snapshots(inst, d), cv.nautilus_depths(inst, d)
+    assert not cv.fast_path_disabled
+    assert [(a.bids, a.asks, a.bid_counts, a.flags, a.ts_event) for a in fast_d] == [
+        (b.bids, b.asks, b.bid_counts, b.flags, b.ts_event) for b in ref_d
+    ]
+
+
+# ---- resolving the data type from storage, and a whole run on depth --------------------------
+
+
+def _put(ucs: UnifiedCloudService, path: str, table: pa.Table, row_group_size: int = 50) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=row_group_size, write_statistics=["ts_event"])
+    ucs.upload_to_gcs_sync(layout.target("ticks"), path, buf.getvalue())
+
+
+def _books_from_trades(trade_table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Quotes and snapshots around the sample trades: once a second, the touch at the last print."""
+    df = pl.from_arrow(trade_table).select(pl.col("ts_event").cast(pl.Int64), "price")
+    assert isinstance(df, pl.DataFrame)
+    sec = (
+        df.with_columns((pl.col("ts_event") // 1_000_000_000).alias("s"))
+        .group_by("s", maintain_order=True)
+        .agg(pl.col("ts_event").last(), pl.col("price").last())
+    )
+    ts = sec["ts_event"].to_numpy()
+    px = np.round(sec["price"].to_numpy(), 1)
+    snaps = [
+        (int(a), ladder(p - TICK, -TICK, [0.3 + 0.1 * i for i in range(10)]),
+         ladder(p + TICK, TICK, [0.2 + 0.1 * i for i in range(10)]))
+        for a, p in zip(ts, px, strict=True)
+    ]  # fmt: skip
+    quotes = quotes_table([(int(a), round(p - TICK, 1), 0.3, round(p + TICK, 1), 0.2)
+                           for a, p in zip(ts, px, strict=True)])  # fmt: skip
+    return quotes, depth_table(snaps)
+
+
+@pytest.fixture
+def book_store(local_ucs: UnifiedCloudService) -> tuple[UnifiedCloudService, list[date]]:
+    generate_sample_data(local_ucs, DAY1, 2, trades_per_day=40_000, seed=3)
+    days = layout.days_between(DAY1, date(2024, 1, 2))
+    for d in days:
+        tr = local_ucs.download_from_gcs_sync(layout.target("ticks"), layout.trades_path(d, BTC))
+        quotes, depth = _books_from_trades(tr.to_arrow() if isinstance(tr, pl.DataFrame) else tr)
+        _put(local_ucs, layout.quotes_path(d, BTC), quotes)
+        _put(local_ucs, layout.book_depth10_path(d, BTC), depth)
+    return local_ucs, days
+
+
+def test_auto_picks_depth_when_present_and_quotes_when_a_day_lacks_it(
+    book_store: tuple[UnifiedCloudService, list[date]],
+) -> None:
+    ucs, days = book_store
+    cfg = config([BTC], strategy_id="demo-strategy")
+    assert resolve_market_data(ucs, cfg, days) == {BTC: "depth"}
+    ucs.delete_sync(layout.target("ticks"), layout.book_depth10_path(days[1], BTC))
+    assert resolve_market_data(ucs, cfg, days) == {BTC: "quotes"}
+    with pytest.raises(MarketDataMissing, match=r"depth asked for.*data_type-book_depth10/"
+                       + BTC + r"\.parquet"):  # fmt: skip
+        resolve_market_data(ucs, config([BTC], market_data="depth"), days)
+    assert resolve_market_data(ucs, config([BTC], market_data="trades"), days) == {BTC: "trades"}
+
+
+def test_run_on_depth_market_buys_never_below_the_ask_in_force(
+    book_store: tuple[UnifiedCloudService, list[date]],
+) -> None:
+    ucs, days = book_store
+    cfg = config([BTC], strategy_id="demo-strategy")
+    res = run_backtest(cfg, days[0], days[-1], ucs=ucs, write_results=False)
+    assert res.summary["execution_stats"]["market_data"] == {BTC: "depth"}
+    book_paths = [i["path"] for i in res.summary["inputs"] if "book_depth10" in i["path"]]
+    assert len(book_paths) == len(days)
+    fills = res.fills.join(res.orders.select("order_id", "order_type"), on="order_id")
+    market = fills.filter(pl.col("order_type") == "MARKET")
+    assert market.height > 0
+    # The ask in force at each fill, from the snapshots themselves (no engine involved).
+    for d in days:
+        raw = ucs.download_from_gcs_sync(layout.target("ticks"), layout.book_depth10_path(d, BTC))
+        snaps = raw if isinstance(raw, pl.DataFrame) else pl.from_arrow(raw)
+        assert isinstance(snaps, pl.DataFrame)
+        lo, hi = layout.day_bounds_ns(d)
+        day_fills = market.filter(pl.col("ts_event").is_between(lo, hi - 1))
+        snap_ts = snaps["ts_event"].to_numpy()
+        idx = np.searchsorted(snap_ts, day_fills["ts_event"].to_numpy(), side="right") - 1
+        assert (idx >= 0).all()
+        best_ask = snaps["ask_price_0"].to_numpy()[idx]
+        best_bid = snaps["bid_price_0"].to_numpy()[idx]
+        buys = day_fills["side"].to_numpy() == "BUY"
+        px = day_fills["price"].to_numpy()
+        assert (px[buys] >= best_ask[buys] - 1e-9).all()
+        assert (px[~buys] <= best_bid[~buys] + 1e-9).all()
+
+
+def test_run_asking_for_missing_quotes_fails_naming_the_objects(
+    local_ucs: UnifiedCloudService,
+) -> None:
+    generate_sample_data(local_ucs, DAY1, 1, trades_per_day=5_000, seed=1)
+    cfg = config([BTC], strategy_id="demo-strategy", market_data="quotes")
+    with pytest.raises(BacktestFailed, match=r"quotes asked for.*data_type-quotes/" + BTC):
+        run_backtest(cfg, DAY1, DAY1, ucs=local_ucs, write_results=False)
