@@ -298,4 +298,6 @@ def _summary_metadata(
         "summary": MetadataValue.text(
             ResultWriter(client, backtest_run.run_id).uri("summary.json")
         ),
+        # The run's self-contained report (opens with no network), one click from the asset.
+        "report": MetadataValue.url(ResultWriter(client, backtest_run.run_id).uri("report.html")),
     }

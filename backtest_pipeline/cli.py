@@ -180,6 +180,8 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     console.print("[bold]results:[/]")
     for name, uri in locations.items():
         console.print(f"  {name:22s} {uri}")
+    if "report.html" in locations:
+        console.print(f"[bold]report:[/] {locations['report.html']}", soft_wrap=True)
 
 
 def _print_tca(tca: dict[str, dict[str, Any]]) -> None:

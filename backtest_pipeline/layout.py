@@ -42,6 +42,7 @@ RESULT_OBJECTS: Final[tuple[str, ...]] = (
     "positions.parquet",
     "equity_curve.parquet",
     "operations.parquet",
+    "report.html",
 )
 RESULT_PARQUETS: Final[tuple[str, ...]] = (
     "orders.parquet",

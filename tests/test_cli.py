@@ -82,6 +82,11 @@ def test_run_prints_summary_and_locations_and_json(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "net_pnl" in res.output and "summary.json" in res.output and "cli-run-1" in res.output
+    # the by-algo execution quality and the path of the run's report
+    assert "execution quality by algo" in res.output and "ALL" in res.output
+    report_line = next(ln for ln in res.output.splitlines() if ln.startswith("report:"))
+    report = Path(report_line.split(maxsplit=1)[1].removeprefix("file://"))
+    assert report.name == "report.html" and report.is_file() and "cli-run-1" in str(report)
     res = runner.invoke(
         app,
         [

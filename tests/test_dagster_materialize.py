@@ -88,6 +88,9 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     assert summary_meta["equity_curve"].startswith("![")
     assert "data:image/png;base64," in summary_meta["equity_curve"]
     assert summary_meta["days_covered"] == 3 and "net_pnl" in summary_meta
+    assert summary_meta["report"] == ucs.uri(
+        layout.target("results"), layout.result_path(rid, "report.html")
+    )
     tick_meta = metadata(rng, "tick_slices")
     assert 0 < tick_meta["bytes_read"] < tick_meta["bytes_available"]
     checks = check_results(rng)

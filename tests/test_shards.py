@@ -1,7 +1,7 @@
 """Time shards: a run split into parallel processes gives the one-engine run's results exactly.
 
 Each sharded run is compared with the sequential run of the same configuration on the same
-inputs: the four Parquet outputs byte for byte, and summary.json apart from ids and timings.
+inputs: the Parquet outputs (operations.parquet included) byte for byte, and summary.json apart from ids and timings.
 The boundaries that cannot be handed over exactly (a position carried with a different entry
 price, a leverage check that the true balance would turn) must be detected and re-run.
 """
@@ -71,6 +71,12 @@ def _assert_same(seq: BacktestResult, sharded: BacktestResult) -> None:
     assert _digests(sharded) == _digests(seq)
     assert _comparable(sharded.summary) == _comparable(seq.summary)
     assert sharded.fills.height > 0
+    # execution quality too: operations.parquet (in the digests) and the tca block (in the
+    # summary); an operation priced from the warm-up day's ticks or spanning midnight is no
+    # exception, since its references read only the ticks of its own days and the day before
+    assert "operations.parquet" in _digests(seq)
+    assert sharded.operations.equals(seq.operations) and seq.operations.height > 0
+    assert sharded.summary["execution_stats"]["tca"] == seq.summary["execution_stats"]["tca"]
 
 
 def test_plan_covers_every_day_once_with_a_warm_up_day() -> None:

@@ -104,20 +104,11 @@ class PriceSeries:
 
 @dataclass(frozen=True)
 class Tape:
-    """An instrument's trades (sorted by ``ts``) with prefix sums for VWAPs of any window."""
+    """An instrument's trades (sorted by ``ts``): what a window's VWAP is taken from."""
 
     ts: np.ndarray
-    cum_notional: np.ndarray  # length n + 1, starts at 0
-    cum_size: np.ndarray
-
-    @classmethod
-    def of(cls, ts: np.ndarray, price: np.ndarray, size: np.ndarray) -> Tape:
-        zero = np.zeros(1)
-        return cls(
-            ts,
-            np.concatenate([zero, np.cumsum(price * size)]),
-            np.concatenate([zero, np.cumsum(size)]),
-        )
+    price: np.ndarray
+    size: np.ndarray
 
 
 def value_at(
@@ -129,11 +120,16 @@ def value_at(
     return np.where(found, values[np.clip(idx, 0, None)], np.nan), found
 
 
-def window_sums(tape: Tape, start: np.ndarray | int, end: np.ndarray | int) -> tuple[Any, Any]:
-    """Notional and size of the tape's trades in the inclusive windows ``[start, end]``."""
-    i0 = np.searchsorted(tape.ts, start, side="left")
-    i1 = np.searchsorted(tape.ts, end, side="right")
-    return tape.cum_notional[i1] - tape.cum_notional[i0], tape.cum_size[i1] - tape.cum_size[i0]
+def window_sums(tape: Tape, start: int, end: int) -> tuple[float, float]:
+    """Notional and size of the tape's trades in the inclusive window ``[start, end]``.
+
+    Summed over the window's own trades (not as a difference of running sums, which would
+    carry the rounding of the whole day into a short window's VWAP).
+    """
+    i0 = int(np.searchsorted(tape.ts, start, side="left"))
+    i1 = int(np.searchsorted(tape.ts, end, side="right"))
+    size = tape.size[i0:i1]
+    return float(np.sum(tape.price[i0:i1] * size)), float(np.sum(size))
 
 
 def _as_int64(col: pa.ChunkedArray | pl.Series) -> np.ndarray:
@@ -196,7 +192,7 @@ class MarketReferences:
             if ts.size > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
                 order = np.argsort(ts, kind="stable")
                 ts, price, size = ts[order], price[order], size[order]
-            self.add_day(day, key, PriceSeries(ts, price), Tape.of(ts, price, size), "trades")
+            self.add_day(day, key, PriceSeries(ts, price), Tape(ts, price, size), "trades")
 
     def market_data(self) -> dict[str, str]:
         """Per instrument key, the data type its references came from."""
@@ -255,7 +251,7 @@ class MarketReferences:
             day = days.get(d)
             if day is not None:
                 n, v = window_sums(day.tape, op.ts_signal, op.ts_end)
-                notional, volume = notional + float(n), volume + float(v)
+                notional, volume = notional + n, volume + v
         vwap = notional / volume if volume > 0 else None
         md = self._market_data.get(op.instrument_key, "trades")
         return (op.operation_id, op.ts_end, md, arrival[0], arrival[1], end_price, vwap)
@@ -399,6 +395,7 @@ def build_operations(
                 / arr
                 * BPS
                 * (1.0 - pl.col("fill_ratio"))
+                + 0.0  # all filled: 0, not the −0.0 of a sell
             ).alias("opportunity_cost_bps"),
             (
                 pl.col("_sigma")

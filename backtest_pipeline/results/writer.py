@@ -2,8 +2,9 @@
 
 Every entry point (the runner, a failure before the run, the Dagster stages, the IO manager)
 goes through this class, so that a run's objects are found and written in one place and the
-completeness rule holds everywhere: the Parquet objects and the log first, ``summary.json``
-last, and a failure leaves no Parquet object that could pass for a complete result.
+completeness rule holds everywhere: the Parquet objects, ``report.html`` and the log first,
+``summary.json`` last, and a failure leaves no Parquet object or report that could pass for a
+complete result.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 SUMMARY = "summary.json"
+REPORT = layout.REPORT
 CONFIG = "backtest_config.json"
 LOG = "execution.log"
 
@@ -83,12 +85,12 @@ class ResultWriter:
         return {name: self.uri(name) for name in self.OBJECTS}
 
     def remove(self) -> None:
-        """Delete the run's summary and Parquet objects, summary first.
+        """Delete the run's summary, Parquet objects and report, summary first.
 
         Without its summary no reader treats the other objects as a finished run, so a crash
         halfway through the removal still leaves nothing that looks complete.
         """
-        for name in (SUMMARY, *layout.RESULT_PARQUETS):
+        for name in (SUMMARY, *layout.RESULT_PARQUETS, REPORT):
             self.ucs.delete_sync(self.target, self.path(name))
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -110,11 +112,18 @@ class ResultWriter:
         self.ucs.upload_to_gcs_sync(self.target, self.path(SUMMARY), dict(summary))
 
     def write_completed(
-        self, tables: Mapping[str, pa.Table], summary: Mapping[str, Any], workdir: Path
+        self,
+        tables: Mapping[str, pa.Table],
+        summary: Mapping[str, Any],
+        workdir: Path,
+        report_html: str | None = None,
     ) -> None:
-        """A completed run: the Parquet objects, the log, then the summary that vouches for them."""
+        """A completed run: the Parquet objects, the report, the log, then the summary that
+        vouches for them."""
         for name, table in tables.items():
             self.ucs.upload_to_gcs_sync(self.target, self.path(name), table, format="parquet")
+        if report_html is not None:
+            self.ucs.upload_to_gcs_sync(self.target, self.path(REPORT), report_html, format="html")
         self.write_log_from(workdir)
         self.write_summary(summary)
 

@@ -28,6 +28,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.results import metrics as metrics_mod
 from backtest_pipeline.results import operations as operations_mod
+from backtest_pipeline.results import report as report_mod
 from backtest_pipeline.results import tables as results_mod
 from backtest_pipeline.results.writer import ResultWriter, failed_summary, utc_now
 from backtest_pipeline.run import shards as shards_mod
@@ -133,7 +134,9 @@ def run_backtest(
             config, days, run_id, engine_out, reads, wall0, created_at, locations
         )
         if write_results:
-            writer.write_completed(result_tables(result), result.summary, workdir)
+            writer.write_completed(
+                result_tables(result), result.summary, workdir, report_html(result)
+            )
         log.info("run %s completed in %.2f s", run_id, time.perf_counter() - wall0)
         return result
     except Exception as exc:
@@ -287,6 +290,13 @@ def result_tables(result: BacktestResult) -> dict[str, Any]:
         "equity_curve.parquet": results_mod.conform(result.equity_curve, "equity_curve"),
         "operations.parquet": results_mod.conform(result.operations, "operations"),
     }
+
+
+def report_html(result: BacktestResult) -> str:
+    """The run's ``report.html`` (self-contained: inline SVG charts, no network needed)."""
+    return report_mod.render_report_html(
+        result.summary, result.equity_curve, result.positions, result.operations
+    )
 
 
 def summary_json(result: BacktestResult) -> str:

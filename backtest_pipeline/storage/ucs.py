@@ -57,12 +57,13 @@ __all__ = [
 
 DEFAULT_ROOT = "./data"
 FOOTER_CACHE_SIZE = 2  # a run reads a day file twice at most (rows + metadata), one day ahead
-Format = Literal["json", "parquet", "text", "bytes"]
+Format = Literal["json", "parquet", "text", "html", "bytes"]
 
 CONTENT_TYPES = {
     "json": "application/json",
     "parquet": "application/vnd.apache.parquet",
     "text": "text/plain; charset=utf-8",
+    "html": "text/html; charset=utf-8",  # a run's report opens in the browser, not as a download
     "bytes": "application/octet-stream",
 }
 
@@ -149,11 +150,11 @@ def _encode(data: Any, fmt: Format, write_options: dict[str, Any]) -> bytes:
             json.loads(data)  # refuse to store something that is not JSON under a .json name
             return data.encode() if isinstance(data, str) else data
         return (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode()
-    if fmt == "text":
+    if fmt in ("text", "html"):
         return data.encode() if isinstance(data, str) else bytes(data)
     if fmt == "bytes":
         return bytes(data)
-    raise ValueError(f"unknown format {fmt!r}; expected json, parquet, text or bytes")
+    raise ValueError(f"unknown format {fmt!r}; expected json, parquet, text, html or bytes")
 
 
 def _in_thread[**P, R](fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -228,7 +229,7 @@ class UnifiedCloudService:
                 return json.loads(data)
             except ValueError as exc:
                 raise ValueError(f"{where}: not valid JSON: {exc}") from exc
-        if fmt == "text":
+        if fmt in ("text", "html"):
             return data.decode()
         return data
 
@@ -428,6 +429,8 @@ def _format_of(path: str) -> Format:
         return "json"
     if path.endswith((".log", ".txt", ".csv", ".yaml", ".md")):
         return "text"
+    if path.endswith(".html"):
+        return "html"
     return "bytes"
 
 
