@@ -340,6 +340,12 @@ def test_run_on_depth_market_buys_never_below_the_ask_in_force(
     assert res.summary["execution_stats"]["market_data"] == {BTC: "depth"}
     book_paths = [i["path"] for i in res.summary["inputs"] if "book_depth10" in i["path"]]
     assert len(book_paths) == len(days)
+    ops = res.operations.filter(pl.col("status") != "REJECTED")
+    assert ops.height > 0 and ops["market_data"].unique().to_list() == ["depth"]
+    # Arrival is the snapshot's mid, with its spread (two ticks around the last print here).
+    spread = ops["arrival_spread_bps"].drop_nulls().to_numpy()
+    mid = ops.filter(pl.col("arrival_spread_bps").is_not_null())["arrival_price"].to_numpy()
+    assert spread.size > 0 and np.allclose(spread, 2 * TICK / mid * 1e4)
     fills = res.fills.join(res.orders.select("order_id", "order_type"), on="order_id")
     market = fills.filter(pl.col("order_type") == "MARKET")
     assert market.height > 0

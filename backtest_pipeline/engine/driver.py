@@ -876,7 +876,7 @@ def add_references(
         tdf = tdf.select(pl.col("ts_event").cast(pl.Int64), "price", "size").sort(
             "ts_event", maintain_order=True
         )
-        tape = Tape.of(
+        tape = Tape(
             tdf["ts_event"].to_numpy(),
             tdf["price"].cast(pl.Float64).to_numpy(),
             tdf["size"].cast(pl.Float64).to_numpy(),
