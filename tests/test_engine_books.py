@@ -374,3 +374,22 @@ def test_run_asking_for_missing_quotes_fails_naming_the_objects(
     cfg = config([BTC], strategy_id="demo-strategy", market_data="quotes")
     with pytest.raises(BacktestFailed, match=r"quotes asked for.*data_type-quotes/" + BTC):
         run_backtest(cfg, DAY1, DAY1, ucs=local_ucs, write_results=False)
+
+
+@pytest.mark.parametrize("queue", [None, False])
+def test_quotes_limit_at_the_bid_waits_behind_the_displayed_size(queue: bool | None) -> None:
+    """Default on quotes: the queue ahead is the bid size shown when the order arrived."""
+    book = quotes_table([(t(DAY1, 1), 100.0, 1.0, 100.5, 1.0)])
+    tape = [(t(DAY1, 2), 100.0, 0.1, "sell")] + [
+        (t(DAY1, s), 100.0, 0.6, "sell") for s in (12, 13, 14)
+    ]
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 0.5, "execution_window_s": 20.0, "algo": "LIMIT",
+                    "limit_price": 100.0})  # fmt: skip
+    fills = run_day(tape, sigs, "quotes", book, fill_model={"queue_position": queue})
+    assert fills["quantity"].sum() == pytest.approx(0.5)
+    assert set(fills["price"].to_list()) == {100.0}
+    if queue is None:  # 1.0 ahead: the first 0.6 print only works the queue down
+        assert fills["ts_event"].min() > t(DAY1, 12)
+    else:  # no queue: the first print at the limit fills it
+        assert fills["ts_event"].min() == t(DAY1, 12)
