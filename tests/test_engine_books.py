@@ -54,8 +54,7 @@ def depth_table(
             data[f"{side}_price_{i}"] = [s[pos][i][0] if i < len(s[pos]) else None for s in snaps]  # type: ignore[index]
             data[f"{side}_size_{i}"] = [s[pos][i][1] if i < len(s[pos]) else None for s in snaps]  # type: ignore[index]
     schema = pa.schema(
-        [("ts_event", pa.int64())]
-        + [(c, pa.float64()) for c in data if c != "ts_event"]
+        [("ts_event", pa.int64())] + [(c, pa.float64()) for c in data if c != "ts_event"]
     )
     return pa.table(data, schema=schema)
 
@@ -393,3 +392,100 @@ def test_quotes_limit_at_the_bid_waits_behind_the_displayed_size(queue: bool | N
         assert fills["ts_event"].min() > t(DAY1, 12)
     else:  # no queue: the first print at the limit fills it
         assert fills["ts_event"].min() == t(DAY1, 12)
+
+
+# ---- the real capture: Binance USD-M BTCUSDT, 2024-08-08 23:54 → 23:59:59 UTC --------------
+
+CAPTURE = "hftbacktest_usdm_btcusdt_20240808.gz"
+CAPTURE_DAY = date(2024, 8, 8)
+
+
+def _capture_streams(path: str) -> tuple[pa.Table, pa.Table]:
+    """The capture's trades and bookTicker quotes, at exchange time (the test's own parser)."""
+    raw = pl.read_csv(path, has_header=False, separator="\n", new_columns=["line"], quote_char=None)
+    msg = raw.select(pl.col("line").str.splitn(" ", 2).struct.field("field_1").alias("j"))
+    lo, hi = layout.day_bounds_ns(CAPTURE_DAY)
+    ms = pl.col("T").cast(pl.Int64) * 1_000_000
+    tr = (
+        msg.filter(pl.col("j").str.contains('"e":"trade"', literal=True))
+        .select(pl.col("j").str.json_path_match(f"$.data.{k}").alias(k) for k in "Tptqm")
+        .select(
+            ms.alias("ts_event"),
+            pl.col("t").alias("trade_id"),
+            pl.col("p").cast(pl.Float64).alias("price"),
+            pl.col("q").cast(pl.Float64).alias("size"),
+            pl.when(pl.col("m") == "true")
+            .then(pl.lit("sell"))
+            .otherwise(pl.lit("buy"))
+            .alias("side"),
+        )  # fmt: skip
+        .filter(pl.col("ts_event").is_between(lo, hi - 1))
+        .sort("ts_event", maintain_order=True)
+    )
+    q = (
+        msg.filter(pl.col("j").str.contains('"e":"bookTicker"', literal=True))
+        .select(pl.col("j").str.json_path_match(f"$.data.{k}").alias(k) for k in "TbBaA")
+        .select(
+            ms.alias("ts_event"),
+            *(
+                pl.col(k).cast(pl.Float64).alias(n)
+                for k, n in (
+                    ("b", "bid_price"),
+                    ("a", "ask_price"),
+                    ("B", "bid_size"),
+                    ("A", "ask_size"),
+                )
+            ),
+        )  # fmt: skip
+        .filter(pl.col("ts_event").is_between(lo, hi - 1))
+        .sort("ts_event", maintain_order=True)
+    )
+    return tr.to_arrow(), q.to_arrow()
+
+
+def test_real_capture_market_orders_meet_the_quote_in_force(shared_data: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(shared_data)) / CAPTURE
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    trade_table, quote_table = _capture_streams(str(path))
+    t0 = int(quote_table.column("ts_event")[0].as_py())
+    rows = []
+    for i in range(18):  # market orders every ~15 s, alternating sides, growing past the top size
+        target = (1 if i % 2 == 0 else -1) * (0.5 + 1.5 * (i % 4))
+        rows.append({"signal_id": f"m{i}", "ts_event": t0 + (10 + 15 * i) * 1_000_000_000,
+                     "instrument_key": BTC, "target_position": target,
+                     "execution_window_s": 5.0})  # fmt: skip
+    sigs = signals(*rows)
+    day = DayInput(CAPTURE_DAY, instruments_df(instrument_row(BTC)), sigs, {BTC: trade_table},
+                   {}, quotes={BTC: quote_table})  # fmt: skip
+    out = run_engine(config([BTC], full_day=True), [day], market_data={BTC: "quotes"})
+    fills = out.fills
+    assert fills.height >= 18 and out.stats["orders_unresolved"] == 0
+    q = pl.from_arrow(quote_table)
+    assert isinstance(q, pl.DataFrame)
+    qts = q["ts_event"].to_numpy()
+    by_order = fills.group_by("order_id", maintain_order=True).agg(
+        pl.col("side").first(), pl.col("ts_event").first(), pl.col("price"), pl.col("quantity")
+    )
+    walked = 0
+    for oid, side, ts, prices, qtys in by_order.iter_rows():
+        i = int(np.searchsorted(qts, ts, side="right")) - 1  # the quote in force at arrival
+        bid, ask = float(q["bid_price"][i]), float(q["ask_price"][i])
+        top = float(q["ask_size"][i] if side == "BUY" else q["bid_size"][i])
+        if side == "BUY":
+            assert min(prices) >= ask - 1e-9, (oid, prices, ask)
+        else:
+            assert max(prices) <= bid + 1e-9, (oid, prices, bid)
+        # Nautilus's L1 rule, computed here: the displayed size at the touch, the rest one
+        # tick worse.
+        total = sum(qtys)
+        touch = ask if side == "BUY" else bid
+        worse = round(touch + (TICK if side == "BUY" else -TICK), 1)
+        first = min(total, top)
+        expected = (first * touch + (total - first) * worse) / total
+        got = sum(p * x for p, x in zip(prices, qtys, strict=True)) / total
+        assert got == pytest.approx(expected, rel=1e-12), oid
+        walked += total > top
+    assert walked >= 3  # some orders were larger than the displayed size
