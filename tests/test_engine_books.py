@@ -489,3 +489,102 @@ def test_real_capture_market_orders_meet_the_quote_in_force(shared_data: object)
         assert got == pytest.approx(expected, rel=1e-12), oid
         walked += total > top
     assert walked >= 3  # some orders were larger than the displayed size
+
+
+def _capture_depth(path: str) -> pa.Table:
+    """10-level snapshots rebuilt from the capture's REST snapshot and ``@depth`` diffs.
+
+    The test's own rebuild (Binance USD-M rules: drop diffs with ``u < lastUpdateId``, the first
+    applied has ``U <= lastUpdateId <= u``, then each ``pu`` is the previous ``u``), one snapshot
+    after every applied diff, stamped with the diff's transaction time.
+    """
+    import gzip
+    import heapq
+    import json
+
+    book: dict[str, dict[float, float]] = {"b": {}, "a": {}}
+    last_id: int | None = None
+    prev_u: int | None = None
+    snaps: list[tuple[int, list[tuple[float, float]], list[tuple[float, float]]]] = []
+    lo, hi = layout.day_bounds_ns(CAPTURE_DAY)
+    diffs: list[dict] = []  # buffered from the stream's start, as Binance's procedure says
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            body = json.loads(line.split(" ", 1)[1])
+            if "lastUpdateId" in body:
+                last_id = body["lastUpdateId"]
+                for side, key in (("b", "bids"), ("a", "asks")):
+                    book[side] = {float(p): float(q) for p, q in body[key] if float(q) > 0}
+            elif body.get("data", {}).get("e") == "depthUpdate":
+                diffs.append(body["data"])
+    assert last_id is not None
+    for data in diffs:
+        if data["u"] < last_id:
+            continue
+        if prev_u is None:
+            assert data["U"] <= last_id <= data["u"]
+        else:
+            assert data["pu"] == prev_u, "sequence gap in the capture"
+        prev_u = data["u"]
+        for side in ("b", "a"):
+            for p, q in data[side]:
+                if float(q) == 0:
+                    book[side].pop(float(p), None)
+                else:
+                    book[side][float(p)] = float(q)
+        ts = data["T"] * 1_000_000
+        if lo <= ts < hi:
+            bids = heapq.nlargest(10, book["b"].items())
+            asks = heapq.nsmallest(10, book["a"].items())
+            snaps.append((ts, bids, asks))
+    assert snaps and prev_u is not None
+    return depth_table(snaps)
+
+
+@pytest.mark.slow  # the rebuild from 6,551 diffs on a 1,000-level snapshot takes ~5 s here
+def test_real_capture_market_orders_walk_the_rebuilt_book(shared_data: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(shared_data)) / CAPTURE
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    trade_table, _quotes = _capture_streams(str(path))
+    depth = _capture_depth(str(path))
+    d = pl.from_arrow(depth)
+    assert isinstance(d, pl.DataFrame)
+    t0 = int(d["ts_event"][0])
+    rows = []
+    for i in range(18):
+        target = (1 if i % 2 == 0 else -1) * (0.5 + 2.5 * (i % 4))
+        rows.append({"signal_id": f"m{i}", "ts_event": t0 + (10 + 15 * i) * 1_000_000_000,
+                     "instrument_key": BTC, "target_position": target,
+                     "execution_window_s": 5.0})  # fmt: skip
+    day = DayInput(CAPTURE_DAY, instruments_df(instrument_row(BTC)), signals(*rows),
+                   {BTC: trade_table}, {}, depth={BTC: depth})  # fmt: skip
+    out = run_engine(config([BTC], full_day=True), [day], market_data={BTC: "depth"})
+    assert out.stats["orders_unresolved"] == 0
+    dts = d["ts_event"].to_numpy()
+    by_order = out.fills.group_by("order_id", maintain_order=True).agg(
+        pl.col("side").first(), pl.col("ts_event").first(), pl.col("price"), pl.col("quantity")
+    )
+    assert by_order.height == 18
+    walked = 0
+    for oid, side, ts, prices, qtys in by_order.iter_rows():
+        i = int(np.searchsorted(dts, ts, side="right")) - 1  # the snapshot in force at arrival
+        s = "ask" if side == "BUY" else "bid"
+        levels = [
+            (float(d[f"{s}_price_{k}"][i]), float(d[f"{s}_size_{k}"][i]))
+            for k in range(10)
+            if d[f"{s}_price_{k}"][i] is not None
+        ]
+        total = sum(qtys)
+        if side == "BUY":
+            assert min(prices) >= levels[0][0] - 1e-9, (oid, prices, levels[0])
+        else:
+            assert max(prices) <= levels[0][0] + 1e-9, (oid, prices, levels[0])
+        filled, expected = walk(levels, total)
+        assert filled == pytest.approx(total)
+        got = sum(p * x for p, x in zip(prices, qtys, strict=True)) / total
+        assert got == pytest.approx(expected, rel=1e-12), oid
+        walked += len(set(prices)) > 1
+    assert walked >= 3  # several orders took more than the best level
