@@ -256,7 +256,9 @@ def venue_books(
                 f"venue {venue}: instruments on depth and on {sorted(kinds - {'depth'})} cannot "
                 "share one Nautilus venue (its book type is per venue)"
             )
-        out[venue] = "depth" if kinds == {"depth"} else "quotes" if kinds == {"quotes"} else "trades"
+        out[venue] = (
+            "depth" if kinds == {"depth"} else "quotes" if kinds == {"quotes"} else "trades"
+        )
     return out
 
 
@@ -426,7 +428,9 @@ class PreparedDay:
             and all(v is not None for v in times.values())
         ):
             every = np.sort(
-                np.concatenate([v for v in times.values() if v is not None] + list(book_ts.values()))
+                np.concatenate(
+                    [v for v in times.values() if v is not None] + list(book_ts.values())
+                )
             )
             cuts = np.unique(every[max_ticks::max_ticks])
             bounds = [int(c) for c in cuts if self.start_ns < c < self.end_ns]
@@ -908,7 +912,9 @@ def _log_caveats(config: BacktestConfig, books: Mapping[str, MarketData]) -> Non
                 f"{fm.liquidity_consumption}; queue_position={queue}"
             )
             if fm.liquidity_consumption:
-                msg += " (1.231: a market order meeting a consumed quote can get no fill and no event)"
+                msg += (
+                    " (1.231: a market order meeting a consumed quote can get no fill and no event)"
+                )
         else:
             continue  # today's model: documented in docs/execution.md, nothing new to say
         log.info(msg)
@@ -965,6 +971,26 @@ def bare_engine_run(
         engine.dispose()
 
 
+def exact_prices(fills: pl.DataFrame, price_precision: Mapping[str, int]) -> pl.DataFrame:
+    """Fill prices as the nearest double of the decimal price at the instrument's precision.
+
+    Nautilus hands prices over as ``raw / 10^16``, which is off by an ulp or so
+    (``61804.19999999999`` for 61804.2). ``round`` multiplies, rounds to an integer and divides
+    by the power of ten; that division is correctly rounded, so it lands on the nearest double.
+    """
+    if fills.height == 0:
+        return fills
+    price = pl.col("price")
+    for precision in sorted(set(price_precision.values())):
+        keys = sorted(k for k, v in price_precision.items() if v == precision)
+        price = (
+            pl.when(pl.col("instrument_key").is_in(keys))
+            .then(pl.col("price").round(precision))
+            .otherwise(price)
+        )
+    return fills.with_columns(price.alias("price"))
+
+
 def _collect(
     strategy: ExecutionStrategy,
     marks: list[pl.DataFrame],
@@ -982,7 +1008,10 @@ def _collect(
     history = strategy.oms.history_frame()
     if m.orders:
         history = history.filter(pl.col("order_id").is_in(orders.get_column("order_id").implode()))
-    fills = pl.DataFrame(strategy.fills[m.fills :], schema=FILLS_SCHEMA, orient="row")
+    fills = exact_prices(
+        pl.DataFrame(strategy.fills[m.fills :], schema=FILLS_SCHEMA, orient="row"),
+        {k: i.instrument.price_precision for k, i in strategy.info.items()},
+    )
     funding = pl.DataFrame(strategy.funding_rows[m.funding :], schema=FUNDING_SCHEMA, orient="row")
     own_marks = marks[m.marks :]
     mk = (
