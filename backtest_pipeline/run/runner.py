@@ -25,7 +25,7 @@ import polars as pl
 import psutil
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.results import metrics as metrics_mod
 from backtest_pipeline.results import operations as operations_mod
 from backtest_pipeline.results import report as report_mod
@@ -111,7 +111,7 @@ def run_backtest(
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
     try:
-        market_data = resolve_market_data(ucs, config, days)
+        market_data = _market_data_for(ucs, config, days, custom_loader=day_loader is not None)
         if day_loader is None:
             prefetch.loader = functools.partial(load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
@@ -165,6 +165,29 @@ def run_backtest(
         root_logger.removeHandler(handler)
         handler.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _market_data_for(
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, custom_loader: bool
+) -> dict[str, MarketData]:
+    """What each instrument's book is built from; a custom day loader supplies trades only.
+
+    The Dagster path reads its days from a NautilusTrader catalog of trades: with ``auto`` it
+    runs on trades (a warning names what richer data it leaves unused); a named book type is
+    an error rather than a silent downgrade.
+    """
+    if not custom_loader:
+        return resolve_market_data(ucs, config, days)
+    if config.market_data in ("depth", "quotes"):
+        raise ValueError(
+            f"market_data: {config.market_data} is not available on this path (its day loader "
+            "supplies trades only); run it with `backtest run` or use market_data: auto/trades"
+        )
+    if config.market_data == "auto":
+        richer = {k: v for k, v in resolve_market_data(ucs, config, days).items() if v != "trades"}
+        if richer:
+            log.warning("this path runs on trades only; unused book data: %s", richer)
+    return dict.fromkeys(config.instruments, "trades")
 
 
 def record_failure(
