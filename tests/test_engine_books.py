@@ -632,3 +632,16 @@ def test_interval_read_starts_from_the_quote_in_force_in_an_earlier_row_group(
         include_prior=True,
     )  # fmt: skip
     assert plain.table.num_rows == 0  # what the trades' rule would have given: an empty book
+
+
+def test_auto_keeps_one_book_type_per_venue(local_ucs: UnifiedCloudService) -> None:
+    """Nautilus's book type is per venue: depth only where every instrument of the venue has it."""
+    eth, bybit = "BINANCE-FUTURES:PERPETUAL:ETH-USDT", "BYBIT:PERPETUAL:BTC-USDT"
+    tgt = layout.target("ticks")
+    for key, kinds in ((BTC, ("depth", "quotes")), (eth, ()), (bybit, ("depth",))):
+        local_ucs.upload_to_gcs_sync(tgt, layout.trades_path(DAY1, key), b"x")
+        for kind in kinds:
+            path = layout.book_depth10_path if kind == "depth" else layout.quotes_path
+            local_ucs.upload_to_gcs_sync(tgt, path(DAY1, key), b"x")
+    got = resolve_market_data(local_ucs, config([BTC, eth, bybit]), [DAY1])
+    assert got == {BTC: "quotes", eth: "trades", bybit: "depth"}
