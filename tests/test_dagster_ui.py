@@ -167,7 +167,7 @@ def test_ui_shows_graph_and_backtest_metadata(dagster_dev: int) -> None:
     budget = "--virtual-time-budget=20000"
     size = "--window-size=1600,1400"
 
-    # the asset graph of the backtest group (with its upstream assets), and the catalog of all 12
+    # the asset graph of the backtest group (with its upstream assets), and the catalog of all 13
     graph_url = f"http://127.0.0.1:{port}/locations/backtest_pipeline/asset-groups/backtest"
     dom = _chromium([budget, "--dump-dom", graph_url])
     for key in (
@@ -180,7 +180,10 @@ def test_ui_shows_graph_and_backtest_metadata(dagster_dev: int) -> None:
     ):
         assert key in dom, f"asset {key} not in the graph page"
     _chromium([budget, size, f"--screenshot={ARTIFACTS / 'dagster_asset_graph.png'}", graph_url])
-    dom = _chromium([budget, "--dump-dom", f"http://127.0.0.1:{port}/assets"])
+    # the catalog is a virtualized list: a tall window renders every row of it
+    dom = _chromium(
+        [budget, "--window-size=1600,2400", "--dump-dom", f"http://127.0.0.1:{port}/assets"]
+    )
     for key in ALL_ASSETS:
         assert key in dom, f"asset {key} not in the catalog page"
 
@@ -189,6 +192,7 @@ def test_ui_shows_graph_and_backtest_metadata(dagster_dev: int) -> None:
     assert "backtest_summary" in dom
     assert run_id in dom, "the run_id metadata is not shown on the asset page"
     assert "net_pnl" in dom and "ticks_per_second" in dom
+    assert "report.html" in dom, "the link to the run's report is not shown on the asset page"
     _chromium([budget, size, f"--screenshot={ARTIFACTS / 'dagster_backtest_summary.png'}", page])
     assert (ARTIFACTS / "dagster_asset_graph.png").stat().st_size > 10_000
     assert (ARTIFACTS / "dagster_backtest_summary.png").stat().st_size > 10_000

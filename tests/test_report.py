@@ -14,6 +14,7 @@ import subprocess
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backtest_pipeline import layout
@@ -21,8 +22,6 @@ from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.sample import generate_sample_data
 from backtest_pipeline.run.runner import BacktestFailed, BacktestResult, run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-
-pytestmark = pytest.mark.slow  # a browser start
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -83,6 +82,7 @@ def _close(shown: float | None, value: float | None, decimals: int, scale: float
     return shown is not None and abs(shown - value * scale) <= 0.5 * 10**-decimals + 1e-9
 
 
+@pytest.mark.slow  # a browser start
 def test_report_is_self_contained_and_shows_the_summary_figures(run) -> None:  # type: ignore[no-untyped-def]
     ucs, result = run
     path = Path(result.locations["report.html"].removeprefix("file://"))
@@ -121,6 +121,7 @@ def test_report_is_self_contained_and_shows_the_summary_figures(run) -> None:  #
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow  # shares the browser test's run
 def test_a_failed_rerun_leaves_no_report(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ucs, result = run
     t_res = layout.target("results")
@@ -138,3 +139,29 @@ def test_a_failed_rerun_leaves_no_report(run, tmp_path: Path) -> None:  # type: 
     assert not ucs.exists_sync(t_res, report_path)
     summary = ucs.download_from_gcs_sync(t_res, layout.result_path(result.run_id, "summary.json"))
     assert summary["status"] == "FAILED"
+
+
+def test_long_series_are_reduced_keeping_every_extreme() -> None:
+    from backtest_pipeline.results.report import MAX_POINTS, reduce_series
+
+    rng = np.random.default_rng(1)
+    x = np.arange(200_000, dtype=np.int64)
+    y = np.cumsum(rng.normal(size=x.size))
+    y[123_457] = y.max() + 50.0  # a one-sample spike must survive
+    rx, ry = reduce_series(x, y)
+    assert rx.size <= MAX_POINTS and np.all(np.diff(rx) > 0)
+    assert ry.max() == y.max() and ry.min() == y.min()
+    assert (rx[0], rx[-1]) == (x[0], x[-1]) and np.array_equal(ry, y[rx])
+    short = np.arange(10)
+    assert reduce_series(short, short * 2.0)[0] is short
+
+
+def test_figures_are_formatted_to_the_precision_the_report_states() -> None:
+    from backtest_pipeline.results.operations import format_tca_value
+    from backtest_pipeline.results.report import format_figure
+
+    assert format_figure("money", 1234.567, "USDT") == "1,234.57 USDT"
+    assert format_figure("share", 0.4092) == "40.9 %"
+    assert format_figure("ratio", None) == "—" and format_figure("ratio", float("nan")) == "—"
+    assert format_tca_value("opportunity_cost_bps", -3e-17) == "0.00"
+    assert format_tca_value("intended_notional", 955490.08) == "955,490"

@@ -504,4 +504,5 @@ def format_tca_value(key: str, value: Any) -> str:
         return f"{value:,.0f}"
     if key == "fill_ratio":
         return f"{value:.3f}"
-    return f"{value:,.2f}"
+    text = f"{value:,.2f}"
+    return "0.00" if text == "-0.00" else text  # float dust of a mean of zeros
