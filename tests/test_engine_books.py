@@ -151,9 +151,25 @@ def test_depth_remainder_beyond_the_book_is_unfilled_not_invented() -> None:
     book = depth_table([(t(DAY1, 1), ladder(100.0, -TICK, [1.0]), asks)])
     sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
                     "target_position": 3.0, "execution_window_s": 5.0})  # fmt: skip
-    fills = run_day([(t(DAY1, 2), 100.0, 0.1, "sell")], sigs, "depth", book)
-    assert fills["quantity"].sum() == pytest.approx(1.0)  # all the book showed, nothing more
-    assert sorted(fills["price"].to_list()) == [100.1, 100.2]
+    day = DayInput(DAY1, instruments_df(instrument_row(BTC)), sigs,
+                   {BTC: trades([(t(DAY1, 2), 100.0, 0.1, "sell")])}, {}, depth={BTC: book})  # fmt: skip
+    out = run_engine(config([BTC]), [day], market_data={BTC: "depth"})
+    assert out.fills["quantity"].sum() == pytest.approx(1.0)  # all the book showed, nothing more
+    assert sorted(out.fills["price"].to_list()) == [100.1, 100.2]
+    order = out.orders.row(0, named=True)  # closed by the window-end cancel, the rest unfilled
+    assert order["status"] == "PARTIALLY_FILLED"
+    assert order["rejection_reason"].startswith("venue_dropped_order")
+    assert out.stats["orders_dropped_by_venue"] == 1 and out.stats["orders_unresolved"] == 0
+
+
+def test_depth_queue_position_caveat_is_in_the_run_log(caplog: pytest.LogCaptureFixture) -> None:
+    book = depth_table([(t(DAY1, 1), ladder(100.0, -TICK, [1.0]), ladder(100.1, TICK, [1.0]))])
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 0.1})  # fmt: skip
+    with caplog.at_level("INFO", logger="backtest_pipeline.engine"):
+        run_day([(t(DAY1, 2), 100.0, 0.1, "sell")], sigs, "depth", book,
+                fill_model={"queue_position": True})  # fmt: skip
+    assert "resets every queue position at each OrderBookDepth10 snapshot" in caplog.text
 
 
 def test_depth_limit_fills_only_at_prices_the_book_or_tape_offered() -> None:
