@@ -35,6 +35,11 @@ BIGQUERY_DATASETS: Final[dict[str, str]] = {
 
 Role = Literal["instruments", "ticks", "signals", "results"]
 
+# Tick data types of the ticks bucket a run can replay, poorest first: a day may hold trades only,
+# trades + quotes, or trades + quotes + a 10-level book (docs/storage.md).
+TickDataType = Literal["trades", "quotes", "book_depth10"]
+TICK_DATA_TYPES: Final[tuple[TickDataType, ...]] = ("trades", "quotes", "book_depth10")
+
 RESULT_OBJECTS: Final[tuple[str, ...]] = (
     "summary.json",
     "orders.parquet",
@@ -180,25 +185,30 @@ def trades_path(day: str | date, instrument_key: str) -> str:
     return f"{trades_prefix(day)}{validate_instrument_key(instrument_key)}.parquet"
 
 
-def funding_path(day: str | date, instrument_key: str) -> str:
-    return (
-        f"raw_tick_data/by_date/day-{day_str(day)}/data_type-funding_rates/"
-        f"{validate_instrument_key(instrument_key)}.parquet"
-    )
+def tick_prefix(day: str | date, data_type: TickDataType) -> str:
+    """The folder of one tick data type on a day (`data_type-trades/`, `-quotes/`, `-book_depth10/`)."""
+    if data_type not in TICK_DATA_TYPES:
+        raise LayoutError(f"data type {data_type!r} is not one of {TICK_DATA_TYPES}")
+    return f"raw_tick_data/by_date/day-{day_str(day)}/data_type-{data_type}/"
+
+
+def tick_path(day: str | date, instrument_key: str, data_type: TickDataType) -> str:
+    return f"{tick_prefix(day, data_type)}{validate_instrument_key(instrument_key)}.parquet"
 
 
 def quotes_path(day: str | date, instrument_key: str) -> str:
-    """The top of book (L1) of a day: a row at every change of best bid/ask."""
-    return (
-        f"raw_tick_data/by_date/day-{day_str(day)}/data_type-quotes/"
-        f"{validate_instrument_key(instrument_key)}.parquet"
-    )
+    """Top of book (L1) of a day: a row at every change of best bid/ask."""
+    return tick_path(day, instrument_key, "quotes")
 
 
 def book_depth10_path(day: str | date, instrument_key: str) -> str:
-    """The 10-level order book (L2) of a day as whole snapshots."""
+    """10-level book snapshots of a day (each row the whole top 10, so a window starts anywhere)."""
+    return tick_path(day, instrument_key, "book_depth10")
+
+
+def funding_path(day: str | date, instrument_key: str) -> str:
     return (
-        f"raw_tick_data/by_date/day-{day_str(day)}/data_type-book_depth10/"
+        f"raw_tick_data/by_date/day-{day_str(day)}/data_type-funding_rates/"
         f"{validate_instrument_key(instrument_key)}.parquet"
     )
 

@@ -632,14 +632,14 @@ def test_outputs_carry_exact_prices_and_null_entry_when_flat(
 def test_interval_read_starts_from_the_quote_in_force_in_an_earlier_row_group(
     local_ucs: UnifiedCloudService,
 ) -> None:
-    from backtest_pipeline.run.inputs import fetch_book
+    from backtest_pipeline.run.inputs import fetch_ticks
 
     n = 20_000  # one quote every 0.1 s up to 2,000 s, in row groups of 1,000
     rows = [(t(DAY1, 0.1 * i), 100.0, 1.0, 100.1 + 0.1 * (i % 3), 1.0) for i in range(1, n + 1)]
     rows.append((t(DAY1, 5000), 101.0, 1.0, 101.1, 1.0))
     _put(local_ucs, layout.quotes_path(DAY1, BTC), quotes_table(rows), row_group_size=1000)
     window = [(t(DAY1, 3000), t(DAY1, 3100))]  # no quote inside: the book is the last before it
-    table, record = fetch_book(local_ucs, DAY1, BTC, "quotes", window)
+    table, record = fetch_ticks(local_ucs, DAY1, BTC, "quotes", window, needed_by=1)
     assert table.column("ts_event").to_pylist() == [rows[n - 1][0]]
     assert table.column("ask_price").to_pylist() == [rows[n - 1][3]]
     assert 0 < record.bytes_read < record.bytes_total

@@ -111,6 +111,60 @@ def trades_to_parquet_bytes(
     return buf.getvalue()
 
 
+# Quotes and book snapshots are read in the same signal windows as trades, so they follow the same
+# rule: short row groups, statistics on ts_event only. A quote row is ~5 numbers (like a trade); a
+# book row is 42, so its groups hold fewer rows to cover a comparable span (500 rows = 50 s of
+# 100 ms snapshots). Measured in docs/market-data.md.
+QUOTES_ROW_GROUP_SIZE: Final = 1_000
+BOOK_ROW_GROUP_SIZE: Final = 500
+_TS_ENCODINGS: Final[dict[str, str]] = {
+    "ts_event": "DELTA_BINARY_PACKED",
+    "ts_init": "DELTA_BINARY_PACKED",
+}
+
+
+def _ticks_bytes(t: pa.Table, row_group_size: int) -> bytes:
+    """Quotes / book writer: every value column dictionary-encoded (levels repeat row to row)."""
+    buf = io.BytesIO()
+    pq.write_table(
+        t,
+        buf,
+        row_group_size=row_group_size,
+        compression=COMPRESSION,
+        compression_level=COMPRESSION_LEVEL,
+        write_statistics=["ts_event"],
+        use_dictionary=[n for n in t.column_names if n not in _TS_ENCODINGS],
+        column_encoding=_TS_ENCODINGS,
+        sorting_columns=[pq.SortingColumn(0)],
+    )
+    return buf.getvalue()
+
+
+def quotes_to_parquet_bytes(
+    table: pa.Table | pl.DataFrame, *, row_group_size: int = QUOTES_ROW_GROUP_SIZE
+) -> bytes:
+    """Serialise a (validated) quotes table for the ticks bucket; deterministic."""
+    return _ticks_bytes(_as_table(table, schemas.QUOTES_SCHEMA), row_group_size)
+
+
+def book_depth10_to_parquet_bytes(
+    table: pa.Table | pl.DataFrame, *, row_group_size: int = BOOK_ROW_GROUP_SIZE
+) -> bytes:
+    """Serialise (validated) 10-level book snapshots for the ticks bucket; deterministic."""
+    return _ticks_bytes(_as_table(table, schemas.BOOK_DEPTH10_SCHEMA), row_group_size)
+
+
+def tick_to_parquet_bytes(table: pa.Table | pl.DataFrame, data_type: str) -> bytes:
+    """The writer of a tick data type (`trades`, `quotes`, `book_depth10`) with its settings."""
+    if data_type == "trades":
+        return trades_to_parquet_bytes(table)
+    if data_type == "quotes":
+        return quotes_to_parquet_bytes(table)
+    if data_type == "book_depth10":
+        return book_depth10_to_parquet_bytes(table)
+    raise ValueError(f"no writer for tick data type {data_type!r}")
+
+
 def table_to_parquet_bytes(
     table: pa.Table | pl.DataFrame,
     schema: pa.Schema | None = None,

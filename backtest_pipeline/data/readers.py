@@ -98,6 +98,27 @@ def read_trades(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
     return schemas.validate_trades_frame(table, name, day=day, allow_empty=False)
 
 
+def read_quotes(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
+    """A whole quotes (L1) day file, validated (crossed/locked rows are errors naming the row)."""
+    path = layout.quotes_path(day, instrument_key)
+    table, name = read_parquet_object(
+        ucs, layout.target("ticks"), path, f"quotes of {instrument_key} on {layout.day_str(day)}"
+    )
+    return schemas.validate_quotes_frame(table, name, day=day, allow_empty=False)
+
+
+def read_book_depth10(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
+    """A whole book_depth10 day file, validated (level order, sizes, crossing, time order)."""
+    path = layout.book_depth10_path(day, instrument_key)
+    table, name = read_parquet_object(
+        ucs,
+        layout.target("ticks"),
+        path,
+        f"book_depth10 of {instrument_key} on {layout.day_str(day)}",
+    )
+    return schemas.validate_book_depth10_frame(table, name, day=day, allow_empty=False)
+
+
 # Re-exported so callers of the readers need one import: the streaming reader validates its
 # window's rows with this (Arrow in → Arrow out; an empty window is fine).
 validate_trades = schemas.validate_trades

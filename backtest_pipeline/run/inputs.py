@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -27,7 +26,12 @@ from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.storage.base import ObjectNotFoundError
-from backtest_pipeline.storage.parquet_ranges import merge_ranges
+from backtest_pipeline.storage.parquet_ranges import (
+    merge_ranges,
+    prior_state_ranges,
+    range_mask,
+    row_group_time_bounds,
+)
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
@@ -135,7 +139,9 @@ def load_day(
         inputs.append(fetched)
         kind = (market_data or {}).get(key, "trades")
         if kind != "trades":
-            books[kind][key], fetched = fetch_book(ucs, day, key, kind, ranges)
+            books[kind][key], fetched = fetch_ticks(
+                ucs, day, key, BOOK_DATA_TYPES[kind], ranges, needed_by=signals.height
+            )
             inputs.append(fetched)
 
     available = set(instruments.get_column("instrument_key").to_list())
@@ -274,37 +280,81 @@ def fetch_trades(
     engine's book holds the price in force when a signal window opens, not one left over from
     an earlier window. A tick object with no rows at all is an error when signals need it.
     """
+    return fetch_ticks(ucs, day, key, "trades", ranges, needed_by)
+
+
+# Columns read per data type: everything but ts_init (validation fills it with ts_event), which
+# the engine does not use and which would cost a fifth of a trades file's bytes.
+TICK_COLUMNS: dict[layout.TickDataType, list[str]] = {
+    "trades": TRADE_COLUMNS,
+    "quotes": [n for n in schemas.QUOTES_SCHEMA.names if n != "ts_init"],
+    "book_depth10": [n for n in schemas.BOOK_DEPTH10_SCHEMA.names if n != "ts_init"],
+}
+
+
+def fetch_ticks(
+    ucs: UnifiedCloudService,
+    day: date,
+    key: str,
+    data_type: layout.TickDataType,
+    ranges: list[tuple[int, int]],
+    needed_by: int,
+) -> tuple[pa.Table, InputRecord]:
+    """Rows of one tick data type (trades, quotes, book_depth10) in `ranges`, by byte ranges.
+
+    One reading path for the three types: the footer's ``ts_event`` statistics select the row
+    groups, only those column chunks are fetched, and ``include_prior`` adds the row in force
+    when each range opens (the last quote or book snapshot before it). ``bytes_read`` in the
+    returned record counts exactly what was fetched.
+    """
     t_ticks = layout.target("ticks")
-    tpath = layout.trades_path(day, key)
+    tpath = layout.tick_path(day, key, data_type)
     uri = ucs.uri(t_ticks, tpath)
+    wanted = list(ranges)
+    if data_type != "trades":  # trades keep their established reads (byte-identical runs)
+        bounds = row_group_time_bounds(ucs.parquet_metadata_sync(t_ticks, tpath), "ts_event", uri)
+        if bounds is not None:
+            wanted = merge_ranges(wanted + prior_state_ranges(*bounds, ranges))
     res = ucs.download_from_gcs_streaming_sync(
         t_ticks,
         tpath,
-        timestamp_range=ranges,
-        columns=TRADE_COLUMNS,
+        timestamp_range=wanted,
+        columns=TICK_COLUMNS[data_type],
         use_byte_range=True,
         include_prior=True,
     )
     if res.object_rows == 0:
+        what = "trades" if data_type == "trades" else f"{data_type} rows"
         raise DataValidationError(
             uri,
-            f"the trades object holds no trades (0 rows) but {needed_by} signal(s) of {day} need it",
+            f"the {data_type} object holds no {what} (0 rows) but {needed_by} signal(s) of {day} "
+            "need it",
         )
-    table = schemas.validate_trades(res.table, uri, day=day)
+    table = res.table
+    if wanted != merge_ranges(ranges):  # drop what the extra ranges brought beyond the prior row
+        table = table.filter(pa.array(range_mask(table.column("ts_event"), ranges, True)))
+    table = schemas.validate_tick(table, data_type, uri, day=day)
     return table, InputRecord(
         t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read
     )
 
 
-#: Where each book data type lives, richest first (``auto`` takes the first present every day).
-BOOK_PATHS: dict[str, Callable[[date, str], str]] = {
-    "depth": layout.book_depth10_path,
-    "quotes": layout.quotes_path,
-}
+#: The tick data type behind each book mode, richest first (``auto`` takes the first present).
+BOOK_DATA_TYPES: dict[str, layout.TickDataType] = {"depth": "book_depth10", "quotes": "quotes"}
 
 
 class MarketDataMissing(ValueError):
     """A run asked for a market data type that some of its days lack (the objects are named)."""
+
+
+def tick_types_present(ucs: UnifiedCloudService, day: date, key: str) -> list[layout.TickDataType]:
+    """The tick data types stored for `key` on `day`, poorest first (trades, quotes, book)."""
+    t_ticks = layout.target("ticks")
+    return [
+        dt
+        for dt in layout.TICK_DATA_TYPES
+        if ucs.exists_sync(t_ticks, layout.tick_path(day, key, dt))
+    ]
 
 
 def resolve_market_data(
@@ -323,84 +373,40 @@ def resolve_market_data(
     if choice == "trades":
         return dict.fromkeys(config.instruments, "trades")
     t_ticks = layout.target("ticks")
-    present: dict[str, dict[str, list[str]]] = {}  # key → kind → missing URIs
+    missing: dict[str, dict[str, list[str]]] = {}  # key → mode → URIs of the days that lack it
     for key in config.instruments:
-        trading = [d for d in days if ucs.exists_sync(t_ticks, layout.trades_path(d, key))]
-        present[key] = {}
-        for kind, path in BOOK_PATHS.items():
-            if choice not in ("auto", kind):
-                continue
-            present[key][kind] = [
-                ucs.uri(t_ticks, path(d, key))
-                for d in trading
-                if not ucs.exists_sync(t_ticks, path(d, key))
-            ]
+        missing[key] = {mode: [] for mode in BOOK_DATA_TYPES}
+        for d in days:
+            present = tick_types_present(ucs, d, key)
+            if "trades" not in present:
+                continue  # not traded that day: nothing to build a book for
+            for mode, data_type in BOOK_DATA_TYPES.items():
+                if data_type not in present:
+                    missing[key][mode].append(ucs.uri(t_ticks, layout.tick_path(d, key, data_type)))
     if choice != "auto":
-        missing = [uri for key in config.instruments for uri in present[key][choice]]
-        if missing:
+        lacking = [uri for key in config.instruments for uri in missing[key][choice]]
+        if lacking:
             raise MarketDataMissing(
-                f"market_data: {choice} asked for, but {len(missing)} object(s) do not exist: "
-                + ", ".join(missing)
+                f"market_data: {choice} asked for, but {len(lacking)} object(s) do not exist: "
+                + ", ".join(lacking)
             )
         return dict.fromkeys(config.instruments, choice)  # type: ignore[arg-type]
     out: dict[str, MarketData] = {}
     for key in config.instruments:
-        has = [k for k in BOOK_PATHS if not present[key][k]]
+        has = [mode for mode in BOOK_DATA_TYPES if not missing[key][mode]]
         out[key] = has[0] if has else "trades"  # type: ignore[assignment]
     for venue in sorted({k.split(":")[0] for k in config.instruments}):
         members = [k for k in config.instruments if k.split(":")[0] == venue]
         if any(out[k] == "depth" for k in members) and any(out[k] != "depth" for k in members):
             for k in members:
                 if out[k] == "depth":
-                    out[k] = "quotes" if not present[k]["quotes"] else "trades"
+                    out[k] = "quotes" if not missing[k]["quotes"] else "trades"
                     log.warning(
                         "%s has book_depth10 on every day but shares venue %s with instruments "
                         "without it (Nautilus's book type is per venue): it runs on %s",
                         k, venue, out[k],
                     )  # fmt: skip
     return out
-
-
-def fetch_book(
-    ucs: UnifiedCloudService, day: date, key: str, kind: str, ranges: list[tuple[int, int]]
-) -> tuple[pa.Table, InputRecord]:
-    """The quotes or snapshots of `key` in `ranges`, with the row in force before each range.
-
-    That row is fetched whichever row group holds it (``prior_row_group``): a quote or snapshot
-    is the market's state, so an interval must start from it, not from an empty book.
-    """
-    t_ticks = layout.target("ticks")
-    path = BOOK_PATHS[kind](day, key)
-    uri = ucs.uri(t_ticks, path)
-    try:
-        res = ucs.download_from_gcs_streaming_sync(
-            t_ticks,
-            path,
-            timestamp_range=ranges,
-            use_byte_range=True,
-            include_prior=True,
-            prior_row_group=True,
-        )
-    except ObjectNotFoundError as exc:
-        raise MarketDataMissing(f"{uri}: the run uses {kind} for {key} but it is missing") from exc
-    table = validate_book(res.table, uri, kind)
-    return table, InputRecord(
-        t_ticks.gcs_bucket, path, res.generation, res.object_size, res.bytes_read
-    )
-
-
-def validate_book(table: pa.Table, uri: str, kind: str) -> pa.Table:
-    """The engine's minimum: time-sorted rows. Full content rules belong to the data readers."""
-    ts = table.column("ts_event")
-    if pa.types.is_timestamp(ts.type):
-        ts = ts.cast(pa.int64())
-    values = ts.to_numpy()
-    bad = np.flatnonzero(values[1:] < values[:-1])
-    if bad.size:
-        raise DataValidationError(
-            uri, f"{kind} rows are not sorted by time", column="ts_event", row=int(bad[0]) + 1
-        )
-    return table
 
 
 @dataclass

@@ -167,22 +167,49 @@ def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: st
     except Exception as exc:
         raise ParquetRangeError(f"{where}: cannot parse the Parquet footer: {exc}") from exc
     footer = Footer(size=size, metadata=md, tail_start=tail_start, tail=tail)
-    names = md.schema.names
-    if timestamp_column in names and _is_time_type(_arrow_type(md, timestamp_column, where)):
-        ci = names.index(timestamp_column)
-        mins, maxs, ok = [], [], True
-        for rg in range(md.num_row_groups):
-            st = md.row_group(rg).column(ci).statistics
-            if st is None or not st.has_min_max:
-                ok = False
-                break
-            mins.append(_to_int_ns(st.min))
-            maxs.append(_to_int_ns(st.max))
-        if ok:
-            footer.ts_min = np.asarray(mins, dtype=np.int64)
-            footer.ts_max = np.asarray(maxs, dtype=np.int64)
-            footer.has_stats = True
+    bounds = row_group_time_bounds(md, timestamp_column, where)
+    if bounds is not None:
+        footer.ts_min, footer.ts_max = bounds
+        footer.has_stats = True
     return footer
+
+
+def row_group_time_bounds(
+    md: pq.FileMetaData, timestamp_column: str, where: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per row group (min, max) of the time column from the footer; None without statistics."""
+    names = md.schema.names
+    if timestamp_column not in names or not _is_time_type(_arrow_type(md, timestamp_column, where)):
+        return None
+    ci = names.index(timestamp_column)
+    mins, maxs = [], []
+    for rg in range(md.num_row_groups):
+        st = md.row_group(rg).column(ci).statistics
+        if st is None or not st.has_min_max:
+            return None
+        mins.append(_to_int_ns(st.min))
+        maxs.append(_to_int_ns(st.max))
+    return np.asarray(mins, dtype=np.int64), np.asarray(maxs, dtype=np.int64)
+
+
+def prior_state_ranges(
+    ts_min: np.ndarray, ts_max: np.ndarray, ranges: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Extra one-ns ranges that make ``include_prior`` reach the row in force at each start.
+
+    ``include_prior`` finds the last row before a range only inside the row groups it fetches;
+    when a range opens exactly on a row-group boundary that row is the last of the previous
+    group. For state-carrying data (quotes, book snapshots) that row *is* the book when the
+    window opens, so it is requested explicitly: ``[max of that group, +1)``, one group more.
+    """
+    extra: list[tuple[int, int]] = []
+    if ts_min.size == 0:
+        return extra
+    for start, _end in ranges:
+        g = int(np.searchsorted(ts_min, start, side="left")) - 1  # last group with a row < start
+        if g >= 0 and ts_max[g] < start:
+            extra.append((int(ts_max[g]), int(ts_max[g]) + 1))
+    return extra
 
 
 def _arrow_type(md: pq.FileMetaData, column: str, where: str) -> pa.DataType:
@@ -198,24 +225,14 @@ def _is_time_type(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_timestamp(t)
 
 
-def select_row_groups(
-    footer: Footer, ranges: Sequence[tuple[int, int]], prior_row_group: bool = False
-) -> list[int]:
-    """Row groups whose [min, max] overlaps any [start, end) range; all when stats are absent.
-
-    With ``prior_row_group``, also the group holding the last row before each start, wherever
-    it lies: for state data (quotes, book snapshots) that row *is* the market when a range opens.
-    """
+def select_row_groups(footer: Footer, ranges: Sequence[tuple[int, int]]) -> list[int]:
+    """Row groups whose [min, max] overlaps any [start, end) range; all when stats are absent."""
     n = footer.metadata.num_row_groups
     if not footer.has_stats:
         return list(range(n))
     keep = np.zeros(n, dtype=bool)
     for start, end in ranges:
         keep |= (footer.ts_max >= start) & (footer.ts_min < end)
-        if prior_row_group:
-            before = np.nonzero(footer.ts_min < start)[0]
-            if before.size:
-                keep[before[np.argmax(footer.ts_max[before])]] = True
     return [int(i) for i in np.nonzero(keep)[0]]
 
 
@@ -339,7 +356,6 @@ def read_ranges(
     filter_rows: bool = True,
     include_prior: bool = False,
     fetch_many: MultiRangeFetcher | None = None,
-    prior_row_group: bool = False,
 ) -> RangeReadResult:
     """Fetch the selected row groups' column chunks, decode, and filter exactly.
 
@@ -366,7 +382,7 @@ def read_ranges(
             )
     if row_groups is None:
         rgs = (
-            select_row_groups(footer, ranges, prior_row_group)
+            select_row_groups(footer, ranges)
             if ranges is not None
             else list(range(md.num_row_groups))
         )

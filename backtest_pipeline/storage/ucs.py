@@ -296,13 +296,11 @@ class UnifiedCloudService:
         columns: Sequence[str] | None = None,
         use_byte_range: bool = True,
         include_prior: bool = False,
-        prior_row_group: bool = False,
     ) -> StreamingResult:
         """Rows of `gcs_path` whose `timestamp_column` lies in any [start, end) range.
 
         `include_prior` also returns, per range, the last row before its start when that row is
-        in a fetched row group (the state in force when the range opens); `prior_row_group`
-        fetches that row's group whatever it costs (quotes and book snapshots).
+        in a fetched row group (the state in force when the range opens).
 
         With `use_byte_range`, only the footer (cached per object generation) and the column
         chunks of overlapping row groups are fetched; `bytes_read` says what that cost. Without
@@ -322,7 +320,6 @@ class UnifiedCloudService:
                 timestamp_column=timestamp_column,
                 columns=columns,
                 include_prior=include_prior,
-                prior_row_group=prior_row_group,
             )
             return StreamingResult(
                 **{**res.__dict__, "bytes_read": len(data)},
@@ -340,7 +337,6 @@ class UnifiedCloudService:
             columns=columns,
             include_prior=include_prior,
             fetch_many=self._fetch_many(target, gcs_path),
-            prior_row_group=prior_row_group,
         )
         return _costed(res, footer, fresh, info, where)
 
