@@ -864,13 +864,14 @@ def add_references(
     """The day's reference series for execution quality, from the data each instrument runs on.
 
     Trades only: the last trade. Quotes or depth: the mid and spread of the quote or snapshot in
-    force (the rows as read, not the ones re-stated after trades), the trades as the tape.
+    force (a quote re-stated after a trade repeats the one in force, so it changes no value),
+    the trades as the tape.
     """
     refs.add_trades(day.day, prepared.trades)
     for key in sorted(prepared.books):
         kind = market_data.get(key, "trades")
-        src = day.quotes[key] if kind == "quotes" else day.depth[key]
-        top = quote_columns(src) if kind == "quotes" else top_of_book(depth_columns(src))
+        book = prepared.books[key]
+        top = top_of_book(book) if isinstance(book, DepthColumns) else book
         ts = top.ts_event.view(np.int64)
         mid = (top.bid_price + top.ask_price) / 2.0
         spread = (top.ask_price - top.bid_price) / mid * 1e4
