@@ -346,36 +346,46 @@ def test_auto_picks_depth_when_present_and_quotes_when_a_day_lacks_it(
     assert resolve_market_data(ucs, config([BTC], market_data="trades"), days) == {BTC: "trades"}
 
 
-def test_run_on_depth_market_buys_never_below_the_ask_in_force(
-    book_store: tuple[UnifiedCloudService, list[date]],
+@pytest.mark.parametrize("mode", ["depth", "quotes"])
+def test_run_market_orders_never_through_the_touch_in_force(
+    book_store: tuple[UnifiedCloudService, list[date]], mode: str
 ) -> None:
     ucs, days = book_store
-    cfg = config([BTC], strategy_id="demo-strategy")
+    cfg = config(
+        [BTC], strategy_id="demo-strategy", market_data="auto" if mode == "depth" else mode
+    )
     res = run_backtest(cfg, days[0], days[-1], ucs=ucs, write_results=False)
-    assert res.summary["execution_stats"]["market_data"] == {BTC: "depth"}
-    book_paths = [i["path"] for i in res.summary["inputs"] if "book_depth10" in i["path"]]
-    assert len(book_paths) == len(days)
+    assert res.summary["execution_stats"]["market_data"] == {BTC: mode}
+    data_type = "book_depth10" if mode == "depth" else "quotes"
+    paths = [i["path"] for i in res.summary["inputs"] if f"data_type-{data_type}/" in i["path"]]
+    assert len(paths) == len(days)
     ops = res.operations.filter(pl.col("status") != "REJECTED")
-    assert ops.height > 0 and ops["market_data"].unique().to_list() == ["depth"]
-    # Arrival is the snapshot's mid, with its spread (two ticks around the last print here).
+    assert ops.height > 0 and ops["market_data"].unique().to_list() == [mode]
+    # Arrival is the book's mid, with its spread (two ticks around the last print here).
     spread = ops["arrival_spread_bps"].drop_nulls().to_numpy()
     mid = ops.filter(pl.col("arrival_spread_bps").is_not_null())["arrival_price"].to_numpy()
     assert spread.size > 0 and np.allclose(spread, 2 * TICK / mid * 1e4)
     fills = res.fills.join(res.orders.select("order_id", "order_type"), on="order_id")
     market = fills.filter(pl.col("order_type") == "MARKET")
     assert market.height > 0
-    # The ask in force at each fill, from the snapshots themselves (no engine involved).
+    ask_col, bid_col = (
+        ("ask_price_0", "bid_price_0") if mode == "depth" else ("ask_price", "bid_price")
+    )
+    # The touch in force at each fill, from the stored book itself (no engine involved).
     for d in days:
-        raw = ucs.download_from_gcs_sync(layout.target("ticks"), layout.book_depth10_path(d, BTC))
-        snaps = raw if isinstance(raw, pl.DataFrame) else pl.from_arrow(raw)
-        assert isinstance(snaps, pl.DataFrame)
+        raw = ucs.download_from_gcs_sync(
+            layout.target("ticks"), layout.tick_path(d, BTC, data_type)
+        )
+        book = raw if isinstance(raw, pl.DataFrame) else pl.from_arrow(raw)
+        assert isinstance(book, pl.DataFrame)
         lo, hi = layout.day_bounds_ns(d)
         day_fills = market.filter(pl.col("ts_event").is_between(lo, hi - 1))
-        snap_ts = snaps["ts_event"].to_numpy()
-        idx = np.searchsorted(snap_ts, day_fills["ts_event"].to_numpy(), side="right") - 1
+        book_ts = book["ts_event"].cast(pl.Int64).to_numpy()
+        fill_ts = day_fills["ts_event"].cast(pl.Int64).to_numpy()
+        idx = np.searchsorted(book_ts, fill_ts, side="right") - 1
         assert (idx >= 0).all()
-        best_ask = snaps["ask_price_0"].to_numpy()[idx]
-        best_bid = snaps["bid_price_0"].to_numpy()[idx]
+        best_ask = book[ask_col].to_numpy()[idx]
+        best_bid = book[bid_col].to_numpy()[idx]
         buys = day_fills["side"].to_numpy() == "BUY"
         px = day_fills["price"].to_numpy()
         assert (px[buys] >= best_ask[buys]).all()
