@@ -356,6 +356,14 @@ def test_run_market_orders_never_through_the_touch_in_force(
     )
     res = run_backtest(cfg, days[0], days[-1], ucs=ucs, write_results=False)
     assert res.summary["execution_stats"]["market_data"] == {BTC: mode}
+    assert res.summary["execution_stats"]["venue_books"] == {
+        "BINANCE-FUTURES": {
+            "market_data": mode,
+            "book_type": "L2_MBP" if mode == "depth" else "L1_MBP",
+            "liquidity_consumption": mode == "depth",
+            "queue_position": mode == "quotes",
+        }
+    }
     data_type = "book_depth10" if mode == "depth" else "quotes"
     paths = [i["path"] for i in res.summary["inputs"] if f"data_type-{data_type}/" in i["path"]]
     assert len(paths) == len(days)

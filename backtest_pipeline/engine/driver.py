@@ -797,6 +797,7 @@ def _run_engine(
         )  # fmt: skip
         out.market_refs = refs.frame(out.operations.get_column("operation_id").to_list())
         out.market_data = {**refs.market_data(), **feeder.market_data}
+        out.stats["venue_books"] = venue_book_models(config, venue_books(config, market_data))
         # What actually reached Nautilus: lets callers prove risk-rejected orders never did.
         engine_order_ids.update(o.client_order_id.value for o in engine.cache.orders())
         own = set(out.orders.get_column("order_id").to_list())
@@ -887,6 +888,24 @@ def add_references(
             tdf["size"].cast(pl.Float64).to_numpy(),
         )
         refs.add_day(day.day, key, PriceSeries(ts, mid, spread), tape, kind)
+
+
+def venue_book_models(
+    config: BacktestConfig, books: Mapping[str, MarketData]
+) -> dict[str, dict[str, Any]]:
+    """Per venue, the Nautilus book and the fill options it ran with (recorded in the summary)."""
+    fm = config.fill_model
+    return {
+        venue: {
+            "market_data": kind,
+            "book_type": "L2_MBP" if kind == "depth" else "L1_MBP",
+            "liquidity_consumption": (
+                fm.depth_liquidity_consumption if kind == "depth" else fm.liquidity_consumption
+            ),
+            "queue_position": fm.queue_position_for(kind),
+        }
+        for venue, kind in sorted(books.items())
+    }
 
 
 def _log_caveats(config: BacktestConfig, books: Mapping[str, MarketData]) -> None:
