@@ -16,17 +16,19 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import re
 import zipfile
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from backtest_pipeline import layout
-from backtest_pipeline.data import parquet_io, readers, schemas
+from backtest_pipeline.data import books, capture, parquet_io, readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -577,3 +579,616 @@ def import_signals(ucs: Any, file: Path | str, strategy_id: str) -> dict[str, An
 def trades_table(df: pl.DataFrame) -> pa.Table:
     """Canonical Arrow table of a trades frame (for callers that want Arrow)."""
     return schemas.to_arrow(df, schemas.TRADES_SCHEMA)
+
+
+# ---- quotes and books ------------------------------------------------------------------------
+
+TickType = Literal["trades", "quotes", "book_depth10"]
+TardisType = Literal["trades", "quotes", "book_snapshot", "incremental_book_L2"]
+DEFAULT_BOOK_INTERVAL_MS: Final = 100
+BINANCE_BOOK_TICKER_COLUMNS: Final[tuple[str, ...]] = (
+    "update_id",
+    "best_bid_price",
+    "best_bid_qty",
+    "best_ask_price",
+    "best_ask_qty",
+    "transaction_time",
+    "event_time",
+)
+_BINANCE_FILE_RE: Final = re.compile(r"^([A-Z0-9]{4,20})-(trades|aggTrades|bookTicker)-")
+
+
+def _header(data: bytes) -> list[str]:
+    line = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    return [f.strip().strip('"') for f in line.split(",")]
+
+
+def detect_tardis_type(data: bytes, name: str) -> tuple[TardisType, int]:
+    """The Tardis data type of a CSV from its header, and the book depth for book_snapshot_N."""
+    cols = _header(data)
+    if "is_snapshot" in cols and {"side", "price", "amount"} <= set(cols):
+        return "incremental_book_L2", 0
+    if "asks[0].price" in cols or "bids[0].price" in cols:
+        depth = 0
+        while f"bids[{depth}].price" in cols or f"asks[{depth}].price" in cols:
+            depth += 1
+        return "book_snapshot", depth
+    if {"bid_price", "ask_price", "bid_amount", "ask_amount"} <= set(cols):
+        return "quotes", 0
+    if set(TARDIS_COLUMNS) <= set(cols):
+        return "trades", 0
+    raise DataValidationError(
+        name,
+        "not a Tardis CSV of a known type (trades, quotes, book_snapshot_N, incremental_book_L2): "
+        f"header {cols[:12]}",
+    )
+
+
+def _read_tardis(data: bytes, name: str, required: Sequence[str]) -> pl.DataFrame:
+    try:
+        raw = pl.read_csv(io.BytesIO(data), infer_schema=False)
+    except Exception as exc:
+        raise DataValidationError(name, f"not a readable CSV file: {exc}") from exc
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise DataValidationError(
+            name, f"missing column(s) {missing}; the file has {raw.columns}", column=missing[0]
+        )
+    if raw.height == 0:
+        raise DataValidationError(name, "the file is empty (no rows)")
+    return raw
+
+
+def _floats(raw: pl.DataFrame, cols: Sequence[str], name: str) -> list[pl.Expr]:
+    """Decimal columns where an empty field means "no value" (a thin book, a one-sided quote)."""
+    out = []
+    for c in cols:
+        clean = raw.with_columns(pl.col(c).str.strip_chars().replace("", None))
+        out.append(_cast_checked(clean, c, pl.Float64, name, "a decimal number"))
+    return out
+
+
+def _split_by_key(df: pl.DataFrame, name: str) -> dict[str, pl.DataFrame]:
+    out: dict[str, pl.DataFrame] = {}
+    for exchange, symbol in df.select("exchange", "symbol").unique(maintain_order=True).rows():
+        key = tardis_instrument_key(exchange, symbol, name)
+        part = df.filter((pl.col("exchange") == exchange) & (pl.col("symbol") == symbol))
+        part = part.drop("exchange", "symbol")
+        out[key] = pl.concat([out[key], part]) if key in out else part
+    return out
+
+
+def _tardis_times(raw: pl.DataFrame, name: str) -> list[pl.Expr]:
+    return [
+        (_cast_checked(raw, "timestamp", pl.Int64, name, "an integer µs timestamp") * 1_000).alias(
+            "ts_event"
+        ),
+        (
+            _cast_checked(raw, "local_timestamp", pl.Int64, name, "an integer µs timestamp") * 1_000
+        ).alias("ts_init"),
+    ]
+
+
+def parse_tardis_quotes(data: bytes, name: str) -> dict[str, pl.DataFrame]:
+    """A Tardis `quotes` CSV → {key: quotes frame (unsorted; one-sided rows still in)}."""
+    cols = ("bid_price", "bid_amount", "ask_price", "ask_amount")
+    raw = _read_tardis(data, name, ("exchange", "symbol", "timestamp", "local_timestamp", *cols))
+    df = raw.select(
+        "exchange",
+        "symbol",
+        *_tardis_times(raw, name),
+        *_floats(raw, cols, name),
+    ).rename({"bid_amount": "bid_size", "ask_amount": "ask_size"})
+    return _split_by_key(df, name)
+
+
+def parse_tardis_book_snapshot(data: bytes, name: str, depth: int) -> dict[str, pl.DataFrame]:
+    """A Tardis `book_snapshot_N` CSV (any N, any interval) → {key: book_depth10 frame}.
+
+    The top 10 levels are kept; a 5-level file leaves levels 5-9 null; empty fields (a thinner
+    book) become null.
+    """
+    keep = min(depth, schemas.BOOK_LEVELS)
+    src = {
+        schemas.book_column(side, fld, i): f"{side}s[{i}].{'price' if fld == 'price' else 'amount'}"
+        for side in schemas.BOOK_SIDES
+        for fld in ("price", "size")
+        for i in range(keep)
+    }
+    raw = _read_tardis(
+        data, name, ("exchange", "symbol", "timestamp", "local_timestamp", *src.values())
+    )
+    values = _floats(raw, list(src.values()), name)
+    df = raw.select(
+        "exchange",
+        "symbol",
+        *_tardis_times(raw, name),
+        *(v.alias(dst) for v, dst in zip(values, src, strict=True)),
+    )
+    df = df.with_columns(
+        pl.lit(None, pl.Float64).alias(c)
+        for c in schemas.BOOK_DEPTH10_SCHEMA.names
+        if c not in df.columns
+    )
+    return _split_by_key(df, name)
+
+
+def tardis_level_updates(df: pl.DataFrame) -> tuple[books.LevelUpdates, int]:
+    """One instrument's `incremental_book_L2` rows (file order) → messages of level updates.
+
+    Rows sharing a ``local_timestamp`` are one message; a run of ``is_snapshot`` rows is one
+    snapshot message that resets the book (Tardis starts a file, and every reconnect, with one).
+    Updates before the first snapshot describe an unknown book and are dropped (returned count).
+    """
+    snap = pl.col("is_snapshot")
+    new_msg = (
+        ((pl.col("ts_init") != pl.col("ts_init").shift(1)).fill_null(True) & ~snap)
+        | (snap & ~snap.shift(1).fill_null(False))
+        | (~snap & snap.shift(1).fill_null(False))
+    )
+    df = df.with_columns((new_msg.cast(pl.Int64).cum_sum() - 1).alias("msg"))
+    first_snap = df.select(snap.arg_true().first()).item()
+    if first_snap is None:
+        return books.LevelUpdates(*(np.empty(0) for _ in range(7))), df.height  # type: ignore[arg-type]
+    dropped = int(first_snap)
+    df = df.slice(first_snap).with_columns(pl.col("msg") - pl.col("msg").first())
+    msgs = df.group_by("msg", maintain_order=True).agg(
+        pl.col("ts_event").max(), pl.col("ts_init").max(), snap.first().alias("reset")
+    )
+    return (
+        books.LevelUpdates(
+            msg=df["msg"].to_numpy(),
+            is_ask=(df["side"] == "ask").to_numpy(),
+            price=df["price"].to_numpy(),
+            size=df["size"].to_numpy(),
+            msg_ts_event=msgs["ts_event"].to_numpy(),
+            msg_ts_init=msgs["ts_init"].to_numpy(),
+            msg_reset=msgs["reset"].to_numpy(),
+        ),
+        dropped,
+    )
+
+
+def parse_tardis_incremental(
+    data: bytes, name: str, interval_ms: int, report: dict[str, Any]
+) -> dict[str, pl.DataFrame]:
+    """A Tardis `incremental_book_L2` CSV → {key: rebuilt book_depth10 snapshots}."""
+    raw = _read_tardis(
+        data,
+        name,
+        ("exchange", "symbol", "timestamp", "local_timestamp", "is_snapshot", "side", "price"),
+    )
+    side = pl.col("side").str.strip_chars().str.to_lowercase()
+    bad = raw.select((~side.is_in(["bid", "ask"])).fill_null(True).arg_true().first()).item()
+    if bad is not None:
+        raise DataValidationError(
+            name,
+            f"expected side 'bid' or 'ask', found {raw['side'][bad]!r} at row {bad}",
+            column="side",
+            row=bad,
+        )
+    snap = pl.col("is_snapshot").str.strip_chars().str.to_lowercase()
+    df = raw.select(
+        "exchange",
+        "symbol",
+        *_tardis_times(raw, name),
+        (snap == "true").alias("is_snapshot"),
+        side.alias("side"),
+        *_floats(raw, ["price", "amount"], name),
+    ).rename({"amount": "size"})
+    out: dict[str, pl.DataFrame] = {}
+    for key, part in _split_by_key(df, name).items():
+        updates, before = tardis_level_updates(part)
+        stats = report["data_types"]["book_depth10"]
+        if before:
+            _count(stats, "updates_before_first_snapshot", before)
+        out[key] = _rebuilt(updates, interval_ms, stats)
+    return out
+
+
+def _rebuilt(updates: books.LevelUpdates, interval_ms: int, stats: dict[str, Any]) -> pl.DataFrame:
+    """Rebuild, drop repeated tops, order times; count what was left out."""
+    stats["updates_applied"] = stats.get("updates_applied", 0) + int(updates.msg.size)
+    if updates.msg_ts_event.size == 0:
+        return pl.DataFrame(schema=schemas.BOOK_DEPTH10_SCHEMA)
+    res = books.rebuild(updates, interval_ms * 1_000_000)
+    for reason, n in res.dropped.items():
+        _count(stats, reason, n)
+    frame, same = books.drop_unchanged(res.frame)
+    if same:
+        stats["unchanged_top10_skipped"] = stats.get("unchanged_top10_skipped", 0) + same
+    frame, raised = books.monotonic_times(frame)
+    if raised:
+        stats["ts_raised_to_previous_state"] = stats.get("ts_raised_to_previous_state", 0) + raised
+    return frame
+
+
+def _count(stats: dict[str, Any], reason: str, n: int) -> None:
+    stats["dropped"][reason] = stats["dropped"].get(reason, 0) + int(n)
+
+
+def clean_quotes(df: pl.DataFrame, stats: dict[str, Any]) -> pl.DataFrame:
+    """Drop quote rows a book cannot have (counted by reason): one-sided/empty, crossed/locked."""
+    ok_side = pl.all_horizontal(
+        pl.col(c).is_not_null() & pl.col(c).is_finite() & (pl.col(c) > 0)
+        for c in ("bid_price", "bid_size", "ask_price", "ask_size")
+    )
+    n0 = df.height
+    df = df.filter(ok_side)
+    if n0 - df.height:
+        _count(stats, "one_sided_or_empty", n0 - df.height)
+    n1 = df.height
+    df = df.filter(pl.col("bid_price") < pl.col("ask_price"))
+    if n1 - df.height:
+        _count(stats, "crossed_or_locked", n1 - df.height)
+    return df
+
+
+def clean_book(df: pl.DataFrame, stats: dict[str, Any]) -> pl.DataFrame:
+    """Drop snapshot rows that are crossed/locked or empty on both sides (counted)."""
+    n0 = df.height
+    df = df.filter(pl.col("bid_price_0").is_not_null() | pl.col("ask_price_0").is_not_null())
+    if n0 - df.height:
+        _count(stats, "empty_book", n0 - df.height)
+    n1 = df.height
+    df = df.filter(~(pl.col("bid_price_0") >= pl.col("ask_price_0")).fill_null(False))
+    if n1 - df.height:
+        _count(stats, "crossed_or_locked", n1 - df.height)
+    return df
+
+
+def _with_midnight_state(parts: list[tuple[date, pl.DataFrame]]) -> list[tuple[date, pl.DataFrame]]:
+    """Open each book day with the state in force at 00:00 (the last of the day before).
+
+    Only when both rows descend from the same snapshot (``seg``): after a gap or a resync the
+    state at midnight is unknown and nothing is carried.
+    """
+    out: list[tuple[date, pl.DataFrame]] = []
+    for i, (day, part) in enumerate(parts):
+        if i and "seg" in part.columns:
+            prev_day, prev = parts[i - 1]
+            start = layout.day_bounds_ns(day)[0]
+            if (
+                (day - prev_day).days == 1
+                and prev["seg"][-1] == part["seg"][0]
+                and part["ts_event"][0] > start
+            ):
+                carry = prev.tail(1).with_columns(
+                    pl.lit(start, pl.Int64).alias("ts_event"),
+                    pl.lit(start, pl.Int64).alias("ts_init"),
+                )
+                part = pl.concat([carry, part])
+        out.append((day, part))
+    return out
+
+
+def write_tick_days(
+    ucs: Any,
+    data_type: TickType,
+    frames: dict[str, pl.DataFrame],
+    source: str,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Quotes/book frames: sort, split at UTC midnight, validate, write, add the instrument.
+
+    Like :func:`write_trades_days`; a book day also opens with the state in force at midnight
+    when the book is continuous across it (:func:`_with_midnight_state`).
+    """
+    if data_type == "trades":
+        return write_trades_days(ucs, frames, source, report)
+    t_ticks = layout.target("ticks")
+    stats = report["data_types"][data_type]
+    validate = (
+        schemas.validate_quotes_frame
+        if data_type == "quotes"
+        else schemas.validate_book_depth10_frame
+    )
+    price_col, size_col = (
+        ("bid_price", "bid_size") if data_type == "quotes" else ("bid_price_0", "bid_size_0")
+    )
+    for key, frame in frames.items():
+        df = frame.sort("ts_event", maintain_order=True)
+        if df.height == 0:
+            continue
+        if data_type == "quotes":
+            n = df.height
+            df = df.unique(maintain_order=True)
+            if n - df.height:
+                _count(stats, "exact_duplicate", n - df.height)
+        df = df.with_columns((pl.col("ts_event") // _DAY_NS).alias("_day"))
+        pp = max(infer_decimals(df[price_col]), infer_decimals(df[price_col.replace("bid", "ask")]))
+        sp = infer_decimals(df[size_col])
+        parts = [
+            (date.fromordinal(date(1970, 1, 1).toordinal() + int(d)), p.drop("_day"))  # type: ignore[arg-type]
+            for (d,), p in df.group_by("_day", maintain_order=True)
+        ]
+        if data_type == "book_depth10":
+            parts = _with_midnight_state(parts)
+        for day, part in parts:
+            path = layout.tick_path(day, key, data_type)
+            dest = readers.object_name(ucs, t_ticks, path)
+            part = validate(part, f"{source} → {dest}", day=day, allow_empty=False)
+            replaced = bool(ucs.exists_sync(t_ticks, path))
+            if replaced:
+                msg = (
+                    f"{dest}: replaced the existing {data_type} file ({part.height} rows imported)"
+                )
+                log.warning(msg)
+                report["warnings"].append(msg)
+            ucs.upload_to_gcs_sync(
+                t_ticks, path, parquet_io.tick_to_parquet_bytes(part, data_type), format="parquet"
+            )
+            row = schemas.default_instrument_row(key, price_precision=pp, size_precision=sp)
+            if ensure_instrument(ucs, day, row):
+                report["instruments_added"].append({"day": day.isoformat(), "instrument_key": key})
+            entry = _day_entry(day, part, dest, replaced, instrument_key=key, data_type=data_type)
+            report["days"].append(entry)
+            report["rows_written"] += part.height
+            stats["rows_written"] += part.height
+    report["days"].sort(key=lambda d: (d["day"], d["instrument_key"], d.get("data_type", "trades")))
+    return report
+
+
+def _new_tick_report(files: Sequence[Path | str], source: str) -> dict[str, Any]:
+    report = _new_report(files, source)
+    report["data_types"] = {
+        dt: {"rows_read": 0, "rows_written": 0, "dropped": {}} for dt in layout.TICK_DATA_TYPES
+    }
+    return report
+
+
+def import_tardis_files(
+    ucs: Any, files: Sequence[Path | str], *, book_interval_ms: int = DEFAULT_BOOK_INTERVAL_MS
+) -> dict[str, Any]:
+    """Tardis CSVs of any supported type, detected from each file's header (plain or .gz).
+
+    ``trades`` → trades; ``quotes`` → quotes; ``book_snapshot_N`` → book_depth10 (top 10 kept);
+    ``incremental_book_L2`` → the book rebuilt from its snapshot + updates, written as
+    book_depth10 snapshots at most one per ``book_interval_ms`` (0: after every message).
+    """
+    if not files:
+        raise ValueError("import_tardis: no input files")
+    if book_interval_ms < 0:
+        raise ValueError(f"--book-interval-ms must be >= 0, got {book_interval_ms}")
+    report = _new_tick_report(files, "tardis")
+    report["book_interval_ms"] = book_interval_ms
+    report["kinds"] = {}
+    frames: dict[str, dict[str, pl.DataFrame]] = {dt: {} for dt in layout.TICK_DATA_TYPES}
+    for f in files:
+        data = read_input_bytes(Path(f))
+        kind, depth = detect_tardis_type(data, str(f))
+        report["kinds"][str(f)] = f"book_snapshot_{depth}" if kind == "book_snapshot" else kind
+        if kind == "trades":
+            parsed = parse_tardis_trades(data, str(f))
+            dt: TickType = "trades"
+        elif kind == "quotes":
+            parsed = parse_tardis_quotes(data, str(f))
+            dt = "quotes"
+        elif kind == "book_snapshot":
+            parsed = parse_tardis_book_snapshot(data, str(f), depth)
+            dt = "book_depth10"
+        else:
+            n_rows = data.count(b"\n")
+            report["data_types"]["book_depth10"]["updates_read"] = (
+                report["data_types"]["book_depth10"].get("updates_read", 0) + n_rows
+            )
+            parsed = parse_tardis_incremental(data, str(f), book_interval_ms, report)
+            dt = "book_depth10"
+        n = sum(df.height for df in parsed.values())
+        report["rows_read"] += n
+        report["data_types"][dt]["rows_read"] += n
+        _merge(frames[dt], parsed)
+    source = str(files[0]) if len(files) == 1 else f"{len(files)} Tardis files"
+    if frames["trades"]:
+        write_trades_days(ucs, frames["trades"], source, report)
+        report["data_types"]["trades"]["rows_written"] = sum(
+            d["rows"] for d in report["days"] if "data_type" not in d
+        )
+    for dt, cleaner in (("quotes", clean_quotes), ("book_depth10", clean_book)):
+        if frames[dt]:
+            stats = report["data_types"][dt]
+            cleaned = {k: cleaner(v, stats) for k, v in frames[dt].items()}
+            write_tick_days(ucs, dt, cleaned, source, report)  # type: ignore[arg-type]
+    return _finish(report)
+
+
+def _finish(report: dict[str, Any]) -> dict[str, Any]:
+    """Drop the data types the import did not touch from the report."""
+    report["data_types"] = {
+        k: v
+        for k, v in report["data_types"].items()
+        if v["rows_read"] or v["rows_written"] or v["dropped"]
+    }
+    for d in report["days"]:
+        d.setdefault("data_type", "trades")
+    return report
+
+
+def check_binance_file_symbol(path: Path | str, instrument_key: str) -> None:
+    """Binance public-data files are named `SYMBOL-type-date`: another symbol's file is an error."""
+    m = _BINANCE_FILE_RE.match(Path(path).name)
+    if not m:
+        return
+    _v, _t, base, quote = layout.parse_instrument_key(instrument_key)
+    symbol = schemas.default_instrument_row(instrument_key)["venue_symbol"]
+    if m.group(1) not in (symbol, f"{base}{quote}"):
+        raise DataValidationError(
+            str(path),
+            f"the file is named for symbol {m.group(1)!r} but is imported as {instrument_key} "
+            f"(symbol {symbol!r})",
+            column="symbol",
+            value=m.group(1),
+        )
+
+
+def is_binance_book_ticker(data: bytes) -> bool:
+    return "best_bid_price" in [c.lower() for c in _header(data)]
+
+
+def parse_binance_book_ticker(data: bytes, name: str) -> pl.DataFrame:
+    """A Binance public-data `bookTicker` CSV → quotes (ts_event = transaction_time)."""
+    raw = _read_tardis(data, name, BINANCE_BOOK_TICKER_COLUMNS)
+    t = _cast_checked(raw, "transaction_time", pl.Int64, name, "an integer epoch time")
+    e = _cast_checked(raw, "event_time", pl.Int64, name, "an integer epoch time")
+    raw = raw.with_columns(t, e)
+    ts, _unit = _time_unit_to_ns(raw, "transaction_time", name)
+    ti, _unit = _time_unit_to_ns(raw, "event_time", name)
+    prices = _floats(
+        raw, ("best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty"), name
+    )
+    return raw.select(ts.alias("ts_event"), ti.alias("ts_init"), *prices).rename(
+        {
+            "best_bid_price": "bid_price",
+            "best_bid_qty": "bid_size",
+            "best_ask_price": "ask_price",
+            "best_ask_qty": "ask_size",
+        }
+    )
+
+
+def import_binance_files(
+    ucs: Any, files: Sequence[Path | str], instrument_key: str, kind: BinanceKind | None = None
+) -> dict[str, Any]:
+    """Binance public data: `trades` / `aggTrades` (as :func:`import_binance`) and `bookTicker`.
+
+    Each file's type is detected from its header; a file named for another symbol is refused.
+    """
+    layout.validate_instrument_key(instrument_key)
+    if not files:
+        raise ValueError("import_binance: no input files")
+    for f in files:
+        check_binance_file_symbol(f, instrument_key)
+    datas = {str(f): read_input_bytes(Path(f)) for f in files}
+    tickers = [f for f in files if is_binance_book_ticker(datas[str(f)])]
+    trades = [f for f in files if f not in tickers]
+    report = _new_tick_report(files, "binance")
+    report["kinds"] = {}
+    if trades:
+        frames: dict[str, pl.DataFrame] = {}
+        for f in trades:
+            df, k = parse_binance_trades(datas[str(f)], str(f), kind)
+            report["kinds"][str(f)] = k
+            report["rows_read"] += df.height
+            report["data_types"]["trades"]["rows_read"] += df.height
+            _merge(frames, {instrument_key: df})
+        source = str(trades[0]) if len(trades) == 1 else f"{len(trades)} Binance files"
+        write_trades_days(ucs, frames, source, report)
+        report["data_types"]["trades"]["rows_written"] = report["rows_written"]
+    if tickers:
+        stats = report["data_types"]["quotes"]
+        parts = []
+        for f in tickers:
+            df = parse_binance_book_ticker(datas[str(f)], str(f))
+            report["kinds"][str(f)] = "bookTicker"
+            report["rows_read"] += df.height
+            stats["rows_read"] += df.height
+            parts.append(df)
+        q = clean_quotes(pl.concat(parts), stats)
+        source = str(tickers[0]) if len(tickers) == 1 else f"{len(tickers)} Binance files"
+        write_tick_days(ucs, "quotes", {instrument_key: q}, source, report)
+    return _finish(report)
+
+
+def capture_instrument_key(cap: capture.Capture, instrument_key: str | None, name: str) -> str:
+    """The key given, or the one the capture implies (USD-M diffs carry `pu`; spot's do not)."""
+    symbols = set()
+    for frame in (cap.depth, cap.tickers, cap.trades):
+        if frame.height and "s" in frame.columns:
+            symbols |= set(frame["s"].drop_nulls().unique().to_list())
+    if instrument_key is not None:
+        layout.validate_instrument_key(instrument_key)
+        venue_symbol = schemas.default_instrument_row(instrument_key)["venue_symbol"]
+        capture.check_symbol(cap, venue_symbol, name)
+        return instrument_key
+    if len(symbols) != 1:
+        raise DataValidationError(
+            name,
+            f"the capture holds symbols {sorted(symbols)}; import one symbol at a time and name it "
+            "with --instrument",
+        )
+    futures = (
+        cap.depth.height > 0
+        and not cap.spot
+        or "T" in cap.tickers.columns
+        and (cap.tickers.height > 0 and cap.tickers["T"].null_count() < cap.tickers.height)
+    )
+    base, quote = split_symbol(next(iter(symbols)), name)
+    venue = "BINANCE-FUTURES:PERPETUAL" if futures else "BINANCE:SPOT"
+    return layout.validate_instrument_key(f"{venue}:{base}-{quote}")
+
+
+def import_capture(
+    ucs: Any,
+    files: Sequence[Path | str],
+    instrument_key: str | None = None,
+    *,
+    book_interval_ms: int = DEFAULT_BOOK_INTERVAL_MS,
+) -> dict[str, Any]:
+    """Binance websocket captures → trades, quotes and book_depth10 day files.
+
+    All files of one call are one stream in the given order (a capture split at midnight keeps
+    its book). The book follows Binance's update-id rules; every sequence gap is reported with
+    its time and the diffs it cost, and no snapshot is written until the next REST snapshot line.
+    """
+    if not files:
+        raise ValueError("import_capture: no input files")
+    if book_interval_ms < 0:
+        raise ValueError(f"--book-interval-ms must be >= 0, got {book_interval_ms}")
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: input file does not exist")
+    name = str(paths[0]) if len(paths) == 1 else f"{len(paths)} capture files"
+    cap = capture.parse_capture(paths)
+    key = capture_instrument_key(cap, instrument_key, name)
+    report = _new_tick_report(files, "capture")
+    report.update(
+        instrument_key=key,
+        market="spot" if cap.spot else "usd-m futures",
+        lines=cap.lines,
+        lines_skipped=cap.skipped,
+        clock_offset_ms=round(cap.clock_offset_ns / 1e6, 3),
+        book_interval_ms=book_interval_ms,
+    )
+    trades = capture.trades_frame(cap, report["data_types"]["trades"])
+    report["data_types"]["trades"]["rows_read"] = cap.trades.height
+    report["rows_read"] += cap.trades.height
+    if trades.height:
+        write_trades_days(ucs, {key: trades}, name, report)
+        report["data_types"]["trades"]["rows_written"] = report["rows_written"]
+    qstats = report["data_types"]["quotes"]
+    qstats["rows_read"] = cap.tickers.height
+    report["rows_read"] += cap.tickers.height
+    quotes = clean_quotes(capture.quotes_frame(cap).drop("u"), qstats)
+    if cap.spot and quotes.height:
+        qstats["ts_event_from_local_clock"] = quotes.height  # spot bookTicker has no exchange time
+    if quotes.height:
+        write_tick_days(ucs, "quotes", {key: quotes}, name, report)
+    bstats = report["data_types"]["book_depth10"]
+    seq = capture.sequence(cap)
+    bstats.update(
+        depth_messages=cap.depth.height,
+        snapshots=cap.snapshots.height,
+        depth_applied=seq.applied.height,
+        gaps=seq.gaps,
+    )
+    bstats["rows_read"] = cap.depth.height + cap.snapshots.height
+    report["rows_read"] += bstats["rows_read"]
+    for reason, n in seq.dropped.items():
+        _count(bstats, reason, n)
+    if seq.gaps:
+        msg = (
+            f"{len(seq.gaps)} depth sequence gap(s): the book is unknown from "
+            f"{seq.gaps[0]['from_iso']} until the next snapshot line; no book written there"
+        )
+        log.warning(msg)
+        report["warnings"].append(msg)
+    if seq.applied.height:
+        book = _rebuilt(capture.level_updates(cap, seq), book_interval_ms, bstats)
+        book = clean_book(book.drop("msg"), bstats)
+        write_tick_days(ucs, "book_depth10", {key: book}, name, report)
+    elif cap.depth.height:
+        report["warnings"].append(
+            f"{name}: {cap.depth.height} depth diffs but no usable snapshot: no book written"
+        )
+    return _finish(report)
