@@ -27,9 +27,9 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 gc.freeze()
 atexit.register(gc.freeze)
 
-from assets import backtest, catalog, inputs, runtime
+from assets import backtest, catalog, comparison, inputs, runtime
 from assets.checks import ALL_CHECKS
-from assets.jobs import backtest_job
+from assets.jobs import backtest_job, comparison_job
 from assets.schedules import t_plus_1_schedule
 from assets.sensors import inputs_ready_sensor
 from resources.io_manager import UCSIOManager
@@ -40,9 +40,9 @@ ucs = UCSResource.configure_at_launch()
 settings = BacktestSettings.configure_at_launch()
 
 defs = Definitions(
-    assets=load_assets_from_modules([inputs, catalog, backtest]),
+    assets=load_assets_from_modules([inputs, catalog, backtest, comparison]),
     asset_checks=ALL_CHECKS,
-    jobs=[backtest_job],
+    jobs=[backtest_job, comparison_job],
     schedules=[t_plus_1_schedule],
     sensors=[inputs_ready_sensor],
     # In-process steps: the backtest itself runs in its own spawned process, and one process

@@ -158,6 +158,7 @@ def submit(
     batch: str | None = None,
     workspace: Any | None = None,
     workspace_file: str | Path = WORKSPACE_FILE,
+    configs_dir: str | None = None,
 ) -> list[str]:
     """Create and submit one run per spec to the instance's run coordinator; returns run ids.
 
@@ -167,7 +168,8 @@ def submit(
     """
     if workspace is None:
         with code_location_workspace(instance, workspace_file) as ws:
-            return submit(instance, specs, trigger=trigger, batch=batch, workspace=ws)
+            return submit(instance, specs, trigger=trigger, batch=batch, workspace=ws,
+                          configs_dir=configs_dir)  # fmt: skip
 
     from dagster._core.definitions.selector import JobSubsetSelector
 
@@ -183,11 +185,13 @@ def submit(
             op_selection=None,
         )
     )
-    configs = {n: load_config(n) for n in {s.config_name for s in specs}}
+    configs = {n: load_config(n, configs_dir) for n in {s.config_name for s in specs}}
     run_ids = []
     plan_snapshot = None
     for spec in specs:
         run_config = spec.run_config()
+        if configs_dir:  # a sweep's variant files (``backtest sweep --dagster``)
+            run_config["resources"]["backtest"]["config"]["configs_dir"] = configs_dir
         config = configs[spec.config_name]
         tags = {
             **remote_job.tags,
@@ -255,12 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one run per chunk of days (state carries within a chunk); default: one run",
     )
     parser.add_argument("--trigger", default="cli")
+    parser.add_argument("--batch", default=None, help="backtest/batch tag (default: random)")
+    parser.add_argument(
+        "--configs-dir", default=None, help="configuration files (default: configs)"
+    )
     parser.add_argument("--workspace", default=str(WORKSPACE_FILE))
     parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     args = parser.parse_args(argv)
 
     names = (
-        config_names()
+        config_names(args.configs_dir)
         if args.configs == "all"
         else [n.strip() for n in args.configs.split(",") if n.strip()]
     )
@@ -270,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return 0
     with DagsterInstance.get() as instance:
-        run_ids = submit(instance, specs, trigger=args.trigger, workspace_file=args.workspace)
+        run_ids = submit(instance, specs, trigger=args.trigger, workspace_file=args.workspace,
+                         batch=args.batch, configs_dir=args.configs_dir)  # fmt: skip
     print(f"queued {len(run_ids)} run(s) on {instance.root_directory}")
     for rid in run_ids:
         print(rid)

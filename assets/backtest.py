@@ -284,16 +284,25 @@ def _summary_metadata(
     summary: dict[str, Any],
     equity_table: pa.Table,
 ) -> dict[str, Any]:
-    flat = report.flat_metrics(summary)
     equity = pl.from_arrow(equity_table)
     assert isinstance(equity, pl.DataFrame)
-    md_table = "| metric | value |\n| --- | --- |\n" + "\n".join(
-        f"| {k} | {v} |" for k, v in flat.items()
-    )
+    values = equity["portfolio_value"].to_numpy()
+    drawdown = equity["drawdown_pct"].to_numpy()
     return {
         **_run_metadata(backtest_run),
-        **{k: v for k, v in flat.items() if isinstance(v, int | float) and v is not None},
-        "metrics": MetadataValue.md(md_table),
+        # Text shows inline on the asset page; the Markdown PNG below needs a click.
+        "equity": MetadataValue.text(
+            f"{report.sparkline(values)}  {values[0]:,.2f} → {values[-1]:,.2f}"
+            if values.size
+            else "no equity samples"
+        ),
+        "drawdown (%)": MetadataValue.text(
+            f"{report.sparkline(drawdown)}  worst {drawdown.min():.2f} %"
+            if drawdown.size
+            else "no equity samples"
+        ),
+        **report.people_figures(summary),
+        "headline": MetadataValue.md(report.headline_markdown(summary)),
         "equity_curve": MetadataValue.md(report.equity_markdown(equity, backtest_run.run_id)),
         "summary": MetadataValue.text(
             ResultWriter(client, backtest_run.run_id).uri("summary.json")

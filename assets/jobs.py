@@ -6,7 +6,7 @@ key, run config and tags) and a day launched by one is recognised by the other.
 
 from datetime import date
 
-from dagster import RunRequest, define_asset_job
+from dagster import AssetSelection, RunRequest, define_asset_job
 
 from assets.partitions import daily_partitions
 from backtest_pipeline.config import BacktestConfig
@@ -14,7 +14,8 @@ from launch import backtest_tags, k8s_config_tag
 
 backtest_job = define_asset_job(
     "backtest_job",
-    selection="*",
+    # every day-partitioned asset; the comparison of a batch is a job of its own
+    selection=AssetSelection.all() - AssetSelection.groups("comparison"),
     partitions_def=daily_partitions,
     description="Inputs → catalog → one backtest over the run's days (run config picks the configuration).",
 )
@@ -32,3 +33,10 @@ def run_request(config_name: str, config: BacktestConfig, day: date, source: str
             **k8s_config_tag(config.full_day),
         },
     )
+
+
+comparison_job = define_asset_job(
+    "comparison_job",
+    selection=AssetSelection.groups("comparison"),
+    description="The runs of a sweep's batch compared (run config: ops.run_comparison.config.batch).",
+)

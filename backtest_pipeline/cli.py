@@ -147,14 +147,7 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     t.add_column("k", style="bold")
     t.add_column("v")
 
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "—"
-        if isinstance(v, float):
-            return f"{v:,.4f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
+    from backtest_pipeline.results.report import plain as fmt
 
     sections = (
         (pnl, "net_pnl gross_pnl total_fees funding_paid"),
@@ -342,6 +335,235 @@ def bench_cmd(
     err.print(format_table(out))
     if as_json:
         print(json.dumps(figures(out)))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Base run configuration YAML (see configs/)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="KEY=V1,V2,… over a dotted key, e.g. risk.max_order_quantity=1,5"
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Sweep YAML: grid, variants, config, start, end")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="First UTC day")] = None,
+    end: Annotated[str | None, typer.Option(help="Last UTC day (inclusive)")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Batch id (default: derived from the sweep)")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Variants run at once in processes (0: one per CPU core)")
+    ] = 0,
+    dagster: Annotated[
+        bool, typer.Option("--dagster", help="Queue the variants on the Dagster instance")
+    ] = False,
+    configs_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--configs-out", help="--dagster: where variant YAMLs go (default .sweeps/BATCH)"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run variants already done")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan")] = False,
+    root: RootOpt = None,
+) -> None:
+    """Run variants of one configuration over the same days, tagged with one batch id."""
+    from backtest_pipeline.config import BacktestConfig
+    from backtest_pipeline.sweep import grid as grid_mod
+    from backtest_pipeline.sweep import runs
+
+    try:
+        spec = grid_mod.read_sweep_file(file) if file else {"grid": {}, "variants": []}
+        base_path = config or (Path(str(spec["config"])) if spec.get("config") else None)
+        if base_path is None:
+            _fail("no base configuration: give --config or `config:` in the sweep file", 2)
+            return
+        if file and not base_path.is_absolute() and not base_path.exists():
+            base_path = file.parent / base_path
+        grid = dict(spec["grid"])
+        for opt in set_ or []:
+            key, values = grid_mod.parse_set(opt)
+            grid[key] = values
+        s, e = start or spec.get("start"), end or spec.get("end")
+        if s is None or e is None:
+            _fail("give --start and --end (or start:/end: in the sweep file)", 2)
+        sweep = grid_mod.build_sweep(
+            BacktestConfig.from_yaml(base_path),
+            _parse_date(str(s), "--start"),
+            _parse_date(str(e), "--end"),
+            grid,
+            spec["variants"],
+            batch or spec.get("batch"),
+        )
+    except (ValueError, FileNotFoundError, layout.LayoutError) as exc:
+        _fail(str(exc), 2)
+        return
+    t = Table(
+        title=f"sweep {sweep.batch}: {len(sweep.variants)} variants, {sweep.start}..{sweep.end}"
+    )
+    for col in ("#", "variant", "run_id"):
+        t.add_column(col)
+    for v in sweep.variants:
+        t.add_row(str(v.index), v.label, v.run_id)
+    console.print(t)
+    for dup, first in sweep.duplicates:
+        console.print(f"[yellow]variant {dup} is the same configuration as {first}: run once[/]")
+    if dry_run:
+        return
+    ucs = _ucs(root)
+    if dagster:
+        _sweep_on_dagster(ucs, sweep, configs_out, force)
+        return
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task("variants", total=len(sweep.variants))
+
+        def note(o: runs.Outcome) -> None:
+            progress.advance(task)
+            style = {"FAILED": "red", "SKIPPED": "dim"}.get(o.status, "green")
+            progress.console.print(f"[{style}]{o.status:9s}[/] {o.run_id}  {o.label}  {o.detail}")
+
+        outcomes = runs.run_local(ucs, sweep, workers=workers, force=force, on_outcome=note)
+    failed = [o for o in outcomes if o.status == "FAILED"]
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("COMPLETED", "SKIPPED", "FAILED")}
+    console.print(
+        f"batch {sweep.batch}: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
+    )
+    console.print(f"compare them: backtest compare --batch {sweep.batch}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _sweep_on_dagster(ucs: Any, sweep: Any, configs_out: Path | None, force: bool) -> None:
+    """Queue the variants through ``launch`` (a subprocess: the library imports no Dagster)."""
+    import subprocess
+
+    from backtest_pipeline.sweep import runs
+
+    if not os.environ.get("DAGSTER_HOME"):
+        _fail("--dagster needs DAGSTER_HOME (the instance whose queue runs the variants)", 2)
+    out_dir = (configs_out or Path(".sweeps") / sweep.batch).resolve()
+    names = runs.write_variant_configs(sweep, out_dir)
+    todo = [v for v in sweep.variants if force or not runs.unchanged(ucs, v, sweep)]
+    for v in sweep.variants:
+        if v not in todo:
+            console.print(f"[dim]SKIPPED   {v.run_id}  {v.label}  results exist unchanged[/]")
+    runs.write_manifest(ucs, sweep, "dagster")
+    if not todo:
+        console.print(f"batch {sweep.batch}: nothing to queue")
+        return
+    cmd = [
+        sys.executable, "-m", "launch", "--configs", ",".join(names[v.run_id] for v in todo),
+        "--configs-dir", str(out_dir), "--start", sweep.start.isoformat(),
+        "--end", sweep.end.isoformat(), "--batch", sweep.batch, "--trigger", "sweep",
+    ]  # fmt: skip
+    env = {**os.environ, "BACKTEST_STORAGE_ROOT": ucs.root}
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode:
+        _fail(f"launch exited with {proc.returncode}; nothing more was queued", 1)
+    console.print(f"queued {len(todo)} run(s) tagged backtest/batch={sweep.batch}")
+    console.print(f"once they finish: backtest compare --batch {sweep.batch}")
+
+
+@app.command("compare")
+def compare_cmd(
+    run_ids: Annotated[list[str] | None, typer.Argument(help="run_ids to compare")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Compare the runs of a sweep's batch")
+    ] = None,
+    comparison_id: Annotated[
+        str | None, typer.Option("--id", help="Comparison id (default: the batch, or cmp-HASH)")
+    ] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank runs side by side and write comparisons/{id}/runs.parquet and comparison.html."""
+    from backtest_pipeline.comparison import store
+    from backtest_pipeline.comparison import table as cmp
+
+    if bool(run_ids) == bool(batch):
+        _fail("give either RUN_ID… or --batch NAME", 2)
+    ucs = _ucs(root)
+    try:
+        if batch:
+            comparison = cmp.batch_comparison(ucs, batch)
+            if comparison_id:
+                comparison = cmp.Comparison(
+                    comparison_id, comparison.runs, comparison.differing_keys, comparison.equity
+                )
+        else:
+            comparison = cmp.build_comparison(ucs, run_ids or [], comparison_id)
+        locations = store.write_comparison(ucs, comparison)
+    except (ValueError, layout.LayoutError) as exc:
+        _fail(str(exc), 2)
+        return
+    if as_json:
+        print(json.dumps({"comparison_id": comparison.comparison_id, "results": locations,
+                          "runs": comparison.runs.to_dicts()}, default=str))  # fmt: skip
+        return
+    _print_comparison(comparison)
+    console.print("[bold]comparison:[/]")
+    for name, uri in locations.items():
+        console.print(f"  {name:16s} {uri}")
+
+
+def _short_label(diff_json: str) -> str:
+    """``latency.base_ms=5, max_order_quantity=1``: the last two parts of each differing key."""
+    diff = json.loads(diff_json or "{}")
+    return ", ".join(f"{'.'.join(k.split('.')[-2:])}={v}" for k, v in diff.items()) or "(same)"
+
+
+def _print_comparison(comparison: Any) -> None:
+    from backtest_pipeline.comparison import html as fmt
+    from backtest_pipeline.comparison.table import ALGOS, eq_column
+
+    rows = comparison.runs.to_dicts()
+    ranges = sorted({f"{r['start']}..{r['end']}" for r in rows if r["start"]})
+    one_range = len(ranges) <= 1
+    cols = (("net_pnl", "net PnL", fmt.money), ("sharpe_ratio", "Sharpe", fmt.num2),
+            ("sortino_ratio", "Sortino", fmt.num2), ("max_drawdown_pct", "max DD", fmt.pct),
+            ("total_trades", "trades", fmt.count))  # fmt: skip
+    title = f"comparison {comparison.comparison_id} — ranked by net PnL"
+    t = Table(title=title + (f" — {ranges[0]}" if one_range and ranges else ""))
+    t.add_column("#", justify="right", min_width=2, no_wrap=True)
+    t.add_column("run_id", no_wrap=True)
+    t.add_column("config differences", overflow="fold", min_width=24, ratio=1)
+    if not one_range:
+        t.add_column("range", no_wrap=True)
+    for _, head, _ in cols:
+        t.add_column(head, justify="right", no_wrap=True, min_width=len(head))
+    for r in rows:
+        label = _short_label(r["config_diff"])
+        if r["status"] != "COMPLETED":
+            label = f"[red]{r['status']}[/] {label}"
+        rng = [] if one_range else [f"{r['start']}..{r['end']}"]
+        t.add_row(str(r["rank"]), r["run_id"], label, *rng, *(f(r[c]) for c, _, f in cols))
+    console.print(t)
+    q = Table(title="execution quality by algo: fill ratio · shortfall mean / p90 (bps)")
+    q.add_column("#", justify="right")
+    for a in ALGOS:
+        q.add_column(a, justify="right", no_wrap=True)
+    for r in rows:
+        cells = []
+        for a in ALGOS:
+            fr, mean, p90 = (r[eq_column(a, k)] for k in ("fill_ratio", "shortfall_mean_bps",
+                                                         "shortfall_p90_bps"))  # fmt: skip
+            cells.append(
+                "—" if fr is None and mean is None
+                else f"{fmt.ratio(fr)} · {fmt.num2(mean)} / {fmt.num2(p90)}"
+            )  # fmt: skip
+        q.add_row(str(r["rank"]), *cells)
+    console.print(q)
 
 
 def main() -> None:  # pragma: no cover

@@ -12,10 +12,18 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from backtest_pipeline import layout
 
@@ -99,6 +107,44 @@ _HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
 }
 
 
+class AlgoConfig(_Strict):
+    """How the execution algos work a signal: the knobs a sweep varies besides risk and venues.
+
+    The defaults are the behaviour of the product before these knobs existed, and a configuration
+    that leaves them all at their defaults omits the whole section from its JSON, so its
+    ``run_id`` and stored configuration stay those of earlier runs.
+    """
+
+    twap_slices: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="TWAP children per operation; None: window / twap_slice_s",
+    )
+    limit_price_source: Literal["signal", "last"] = Field(
+        "signal",
+        description="signal: the signal's limit_price, else the last trade; last: always the "
+        "last trade of the venue (the signal's limit_price ignored)",
+    )
+    limit_offset_bps: float = Field(
+        0.0,
+        ge=-1000,
+        le=1000,
+        description="LIMIT price moved away from the reference by this many bps (positive: "
+        "passive — a buy below, a sell above; negative: more aggressive)",
+    )
+    execution_window_scale: float = Field(
+        1.0, gt=0, le=1000, description="every signal's execution_window_s multiplied by this"
+    )
+    execution_window_s: float | None = Field(
+        None, gt=0, description="every signal's execution_window_s replaced by this (then scaled)"
+    )
+
+    @property
+    def changes_windows(self) -> bool:
+        return self.execution_window_s is not None or self.execution_window_scale != 1.0
+
+
 class BacktestConfig(_Strict):
     """A backtest configuration as stored in `configs/*.yaml`."""
 
@@ -123,6 +169,15 @@ class BacktestConfig(_Strict):
     # type present on every day of the run (depth > quotes > trades); a named type must exist
     # for every instrument on every day (docs/execution.md, *Market data and fills*).
     market_data: MarketDataChoice = "auto"
+    algo: AlgoConfig = AlgoConfig()
+
+    @model_serializer(mode="wrap")
+    def _omit_default_algo(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``algo`` out at its defaults: runs from before the knobs keep their run_id."""
+        data = handler(self)
+        if self.algo == AlgoConfig() and isinstance(data, dict):
+            data.pop("algo", None)
+        return data
 
     @field_validator("strategy_id")
     @classmethod
@@ -188,16 +243,7 @@ class BacktestConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BacktestConfig:
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"config file {p} does not exist") from exc
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {p} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {p} must hold a mapping, got {type(raw).__name__}")
-        return cls.model_validate(raw)
+        return cls.model_validate(read_yaml_mapping(path, "config file"))
 
 
 RunStatus = Literal["COMPLETED", "FAILED"]
@@ -244,3 +290,23 @@ def load_config(name: str, configs_dir: str | Path | None = None) -> BacktestCon
             f"configuration {name!r}: {path} does not exist; known: {config_names(configs_dir)}"
         )
     return BacktestConfig.from_yaml(path)
+
+
+def read_yaml_mapping(
+    path: str | Path, what: str, error: type[Exception] = ValueError
+) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with errors that name the file and the problem.
+
+    A missing file stays a ``FileNotFoundError`` unless the caller's own error type is asked for
+    (a sweep reports every bad input as one error type)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        missing = FileNotFoundError if error is ValueError else error
+        raise missing(f"{what} {p} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{what} {p} must hold a mapping, got {type(raw).__name__}")
+    return raw

@@ -271,3 +271,22 @@ def asset_path(asset_key: str, partition_key: str | None) -> str:
     return (
         f"dagster_assets/{asset_key}/{validate_component(partition_key, 'partition key')}.parquet"
     )
+
+
+# ---- batches and comparisons (results bucket) ------------------------------------------------
+
+COMPARISON_OBJECTS: Final[tuple[str, ...]] = ("runs.parquet", "comparison.html")
+
+
+def batch_path(batch: str) -> str:
+    """A sweep's membership: the base configuration, the grid and the run_id of every variant."""
+    return f"batches/{validate_component(batch, 'batch')}/batch.json"
+
+
+def comparison_path(comparison_id: str, name: str) -> str:
+    """``comparisons/{comparison_id}/runs.parquet`` (one row per run) or ``comparison.html``."""
+    if name not in COMPARISON_OBJECTS:
+        raise LayoutError(
+            f"{name!r} is not a comparison object; expected one of {COMPARISON_OBJECTS}"
+        )
+    return f"comparisons/{validate_component(comparison_id, 'comparison id')}/{name}"

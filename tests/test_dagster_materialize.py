@@ -87,7 +87,23 @@ def _assert_graph(ucs: UnifiedCloudService, root: str) -> None:
     summary_meta = metadata(rng, "backtest_summary")
     assert summary_meta["equity_curve"].startswith("![")
     assert "data:image/png;base64," in summary_meta["equity_curve"]
-    assert summary_meta["days_covered"] == 3 and "net_pnl" in summary_meta
+    assert summary_meta["days_covered"] == 3
+    # figures for people: money to the cent with its currency, % and bps in the names, the
+    # equity as an inline sparkline that runs from the first to the last portfolio value
+    stored = ucs.download_from_gcs_sync(
+        layout.target("results"), layout.result_path(rid, "summary.json")
+    )
+    ccy = stored["config"]["account_currency"]
+    assert summary_meta[f"net_pnl ({ccy})"] == round(stored["pnl"]["net_pnl"], 2)
+    assert summary_meta["max_drawdown (%)"] == round(stored["metrics"]["max_drawdown_pct"], 2)
+    assert summary_meta["avg_slippage (bps)"] == round(
+        stored["execution_stats"]["avg_slippage_bps"], 2
+    )
+    pv = _read(ucs, rid, "equity_curve.parquet")["portfolio_value"]
+    spark, first, _, last = summary_meta["equity"].split()
+    assert set(spark) <= set("▁▂▃▄▅▆▇█") and len(spark) == min(48, len(pv))
+    assert (first, last) == (f"{pv[0]:,.2f}", f"{pv[-1]:,.2f}")
+    assert f"| Net PnL | {stored['pnl']['net_pnl']:,.2f} {ccy} |" in summary_meta["headline"]
     assert summary_meta["report"] == ucs.uri(
         layout.target("results"), layout.result_path(rid, "report.html")
     )

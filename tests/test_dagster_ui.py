@@ -191,7 +191,9 @@ def test_ui_shows_graph_and_backtest_metadata(dagster_dev: int) -> None:
     dom = _chromium([budget, "--dump-dom", page])
     assert "backtest_summary" in dom
     assert run_id in dom, "the run_id metadata is not shown on the asset page"
-    assert "net_pnl" in dom and "ticks_per_second" in dom
+    assert "net_pnl (USDT)" in dom and "ticks_per_second" in dom
+    # the equity curve is visible on the page itself, as the sparkline text metadata
+    assert any(block * 3 in dom for block in "▁▂▃▄▅▆▇█"), "no equity sparkline on the page"
     assert "report.html" in dom, "the link to the run's report is not shown on the asset page"
     _chromium([budget, size, f"--screenshot={ARTIFACTS / 'dagster_backtest_summary.png'}", page])
     assert (ARTIFACTS / "dagster_asset_graph.png").stat().st_size > 10_000

@@ -157,8 +157,8 @@ def test_long_series_are_reduced_keeping_every_extreme() -> None:
 
 
 def test_figures_are_formatted_to_the_precision_the_report_states() -> None:
+    from backtest_pipeline.results.formatting import format_figure
     from backtest_pipeline.results.operations import format_tca_value
-    from backtest_pipeline.results.report import format_figure
 
     assert format_figure("money", 1234.567, "USDT") == "1,234.57 USDT"
     assert format_figure("share", 0.4092) == "40.9 %"

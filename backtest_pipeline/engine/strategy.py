@@ -125,7 +125,14 @@ class ExecutionStrategy(Strategy):
         self.oms = OMS()
         self.risk = PreTradeRisk(config.risk, config.account_currency)
         self.router = SmartRouter(config.primary_venue, config.router_drift_bps_per_s)
-        self.orch = Orchestrator(self, group_of, config.twap_slice_s)
+        self.orch = Orchestrator(
+            self,
+            group_of,
+            config.twap_slice_s,
+            twap_slices=config.algo.twap_slices,
+            limit_price_source=config.algo.limit_price_source,
+            limit_offset_bps=config.algo.limit_offset_bps,
+        )
         self.fills: list[tuple[Any, ...]] = []
         self.funding_rows: list[tuple[Any, ...]] = []
         self.signals_seen = 0

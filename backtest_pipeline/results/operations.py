@@ -34,6 +34,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from backtest_pipeline.results.formatting import format_figure
+
 MARKET_DATA_TYPES: Final[tuple[str, ...]] = ("depth", "quotes", "trades")
 STATUSES: Final[tuple[str, ...]] = ("FILLED", "PARTIAL", "UNFILLED", "REJECTED", "SUPERSEDED")
 #: A quantity this close (relative) to the target counts as all of it (float dust of lot sums).
@@ -496,13 +498,5 @@ def tca_markdown(tca: Mapping[str, Mapping[str, Any]]) -> str:
 
 def format_tca_value(key: str, value: Any) -> str:
     """How a TCA figure is shown to people: counts whole, money rounded, bps to 2 places."""
-    if value is None:
-        return "—"
-    if key == "operations":
-        return f"{int(value):,}"
-    if key == "intended_notional":
-        return f"{value:,.0f}"
-    if key == "fill_ratio":
-        return f"{value:.3f}"
-    text = f"{value:,.2f}"
-    return "0.00" if text == "-0.00" else text  # float dust of a mean of zeros
+    kind = {"operations": "count", "intended_notional": "money0", "fill_ratio": "ratio"}
+    return format_figure(kind.get(key, "num2"), value)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from backtest_pipeline.results.formatting import format_figure
+
 
 def equity_png(equity: pl.DataFrame, title: str = "equity") -> bytes:
     """A small PNG of portfolio value (and drawdown) over time."""
@@ -43,12 +45,17 @@ def equity_png(equity: pl.DataFrame, title: str = "equity") -> bytes:
         for ax in (ax1, ax2):
             ax.tick_params(labelsize=7)
         fig.autofmt_xdate()
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return figure_png(fig)
     finally:
         plt.close(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure laid out and encoded as PNG bytes, for a data URI in Markdown."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def equity_markdown(equity: pl.DataFrame, title: str = "equity") -> str:
@@ -77,6 +84,87 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float | int | str | None]
         if k in stats:
             out[k] = stats[k]
     return out
+
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+# How each flat figure is labelled and rounded for people (asset metadata, the UI): money to the
+# cent in the account currency, ratios to 3 places, percentages and bps named as such.
+FIGURE_UNITS: dict[str, tuple[str, str]] = {
+    "gross_pnl": ("gross_pnl", "money"),
+    "net_pnl": ("net_pnl", "money"),
+    "total_fees": ("total_fees", "money"),
+    "funding_paid": ("funding_paid", "money"),
+    "sharpe_ratio": ("sharpe_ratio", "ratio"),
+    "sortino_ratio": ("sortino_ratio", "ratio"),
+    "profit_factor": ("profit_factor", "ratio"),
+    "max_drawdown_pct": ("max_drawdown (%)", "pct"),
+    "win_rate": ("win_rate (%)", "share"),
+    "avg_slippage_bps": ("avg_slippage (bps)", "bps"),
+    "wall_time_s": ("wall_time (s)", "seconds"),
+    "engine_time_s": ("engine_time (s)", "seconds"),
+}
+
+
+def sparkline(values: np.ndarray, width: int = 48) -> str:
+    """A one-line unicode plot: visible in any text field (the Dagster UI shows text metadata
+    inline, images only behind a click). Each character is the mean of its slice of the series."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return ""
+    chunks = np.array_split(v, min(width, v.size))
+    means = np.array([c.mean() for c in chunks])
+    lo, hi = float(means.min()), float(means.max())
+    if hi == lo:
+        return SPARK_BLOCKS[0] * len(means)
+    idx = np.rint((means - lo) / (hi - lo) * (len(SPARK_BLOCKS) - 1)).astype(int)
+    return "".join(SPARK_BLOCKS[i] for i in idx)
+
+
+def people_figures(summary: dict[str, Any]) -> dict[str, float | int]:
+    """The run's figures rounded and labelled with their unit, for a UI's metadata: numbers stay
+    numbers (Dagster plots them across materializations), only their names say the unit."""
+    ccy = str(
+        summary.get("account_currency")
+        or (summary.get("config") or {}).get("account_currency", "USDT")
+    )
+    stats = summary.get("execution_stats") or {}
+    flat = {**flat_metrics(summary), "avg_slippage_bps": stats.get("avg_slippage_bps")}
+    out: dict[str, float | int] = {}
+    for key, value in flat.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        label, kind = FIGURE_UNITS.get(key, (key, "count"))
+        if kind == "money":
+            out[f"{label} ({ccy})"] = round(float(value), 2)
+        elif kind == "share":
+            out[label] = round(100 * float(value), 2)
+        elif kind in ("pct", "bps", "seconds"):
+            out[label] = round(float(value), 2)
+        elif kind == "ratio":
+            out[label] = round(float(value), 3)
+        else:
+            out[label] = int(value) if float(value).is_integer() else round(float(value), 1)
+    return out
+
+
+def headline_markdown(summary: dict[str, Any]) -> str:
+    """The report's headline figures as a two-column Markdown table, formatted as the report."""
+    ccy = str(
+        summary.get("account_currency")
+        or (summary.get("config") or {}).get("account_currency", "USDT")
+    )
+    figures = {**(summary.get("pnl") or {}), **(summary.get("metrics") or {})}
+    rows = [
+        f"| {label} | {format_figure(kind, figures.get(key), ccy)} |"
+        for key, label, kind in HEADLINE
+    ]
+    slip = (summary.get("execution_stats") or {}).get("avg_slippage_bps")
+    rows.append(f"| Avg slippage | {'—' if slip is None else f'{slip:.2f} bps'} |")
+    return "| figure | value |\n| --- | --- |\n" + "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,21 +206,6 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px;max-height:480px}
 svg text{font:11px system-ui,sans-serif;fill:#444}.note{color:#666;font-size:12px}
 """
-
-
-def format_figure(kind: str, value: Any, currency: str = "") -> str:
-    """How a headline figure is shown: money to the cent, ratios to 3 places, shares as %."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if kind == "money":
-        return f"{value:,.2f} {currency}".strip()
-    if kind == "ratio":
-        return f"{value:,.3f}"
-    if kind == "pct":
-        return f"{value:.2f} %"
-    if kind == "share":
-        return f"{100 * value:.1f} %"
-    return f"{int(value):,}"
 
 
 def _epoch_ns(df: pl.DataFrame, col: str = "ts_event") -> np.ndarray:
@@ -393,7 +466,7 @@ def render_report_html(
                  "ticks_per_second", "peak_rss_mb")  # fmt: skip
     stats_html = _table(
         ["statistic", "value"],
-        [[f"<td>{k}</td>", f'<td data-key="{k}">{escape(_plain(stats.get(k)))}</td>'] for k in stat_keys if k in stats],
+        [[f"<td>{k}</td>", f'<td data-key="{k}">{escape(plain(stats.get(k)))}</td>'] for k in stat_keys if k in stats],
     )  # fmt: skip
     inputs = summary.get("inputs") or []
     inputs_html = _table(
@@ -434,7 +507,8 @@ IS = implementation shortfall = fill ratio × (execution cost + fees) + opportun
 """
 
 
-def _plain(v: Any) -> str:
+def plain(v: Any) -> str:
+    """A value as the CLI and the report print it: floats to 4 places, ints grouped."""
     if v is None:
         return "—"
     if isinstance(v, float):

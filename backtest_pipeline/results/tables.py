@@ -86,88 +86,50 @@ MARK_COLUMNS: Final[dict[str, pl.DataType]] = {
 _TS: Final[pa.DataType] = pa.timestamp("ns", tz="UTC")
 
 
-def _f(name: str, dtype: pa.DataType, nullable: bool = False) -> pa.Field:
-    return pa.field(name, dtype, nullable=nullable)
+_TYPES: Final[dict[str, pa.DataType]] = {
+    "string": pa.string(),
+    "float64": pa.float64(),
+    "int64": pa.int64(),
+    "ts": _TS,
+}
+
+
+def _schema(columns: str) -> pa.Schema:
+    """A schema written as the docs write it (``name:type``, ``?`` = nullable), so the code and
+    docs/outputs.md can be held side by side column for column."""
+    fields = []
+    for spec in columns.split():
+        name, _, kind = spec.partition(":")
+        fields.append(pa.field(name, _TYPES[kind.rstrip("?")], nullable=kind.endswith("?")))
+    return pa.schema(fields)
 
 
 _SCHEMAS: Final[dict[str, pa.Schema]] = {
-    "orders": pa.schema(
-        [
-            _f("order_id", pa.string()),
-            _f("operation_id", pa.string()),
-            _f("instrument_key", pa.string()),
-            _f("side", pa.string()),
-            _f("order_type", pa.string()),
-            _f("quantity", pa.float64()),
-            _f("price", pa.float64(), nullable=True),
-            _f("status", pa.string()),
-            _f("created_at", _TS),
-            _f("updated_at", _TS),
-            _f("rejection_reason", pa.string(), nullable=True),
-        ]
+    "orders": _schema(
+        "order_id:string operation_id:string instrument_key:string side:string "
+        "order_type:string quantity:float64 price:float64? status:string created_at:ts "
+        "updated_at:ts rejection_reason:string?"
     ),
-    "fills": pa.schema(
-        [
-            _f("fill_id", pa.string()),
-            _f("order_id", pa.string()),
-            _f("instrument_key", pa.string()),
-            _f("side", pa.string()),
-            _f("quantity", pa.float64()),
-            _f("price", pa.float64()),
-            _f("fee", pa.float64()),
-            _f("fee_currency", pa.string()),
-            _f("ts_event", _TS),
-            _f("venue", pa.string()),
-        ]
+    "fills": _schema(
+        "fill_id:string order_id:string instrument_key:string side:string quantity:float64 "
+        "price:float64 fee:float64 fee_currency:string ts_event:ts venue:string"
     ),
-    "positions": pa.schema(
-        [
-            _f("ts_event", _TS),
-            _f("instrument_key", pa.string()),
-            _f("quantity", pa.float64()),
-            _f("avg_entry_price", pa.float64(), nullable=True),
-            _f("current_price", pa.float64()),
-            _f("unrealized_pnl", pa.float64()),
-            _f("realized_pnl", pa.float64()),
-        ]
+    "positions": _schema(
+        "ts_event:ts instrument_key:string quantity:float64 avg_entry_price:float64? "
+        "current_price:float64 unrealized_pnl:float64 realized_pnl:float64"
     ),
-    "equity_curve": pa.schema(
-        [
-            _f("ts_event", _TS),
-            _f("portfolio_value", pa.float64()),
-            _f("cash_balance", pa.float64()),
-            _f("margin_used", pa.float64()),
-            _f("unrealized_pnl", pa.float64()),
-            _f("drawdown_pct", pa.float64()),
-        ]
+    "equity_curve": _schema(
+        "ts_event:ts portfolio_value:float64 cash_balance:float64 margin_used:float64 "
+        "unrealized_pnl:float64 drawdown_pct:float64"
     ),
-    "operations": pa.schema(
-        [
-            _f("operation_id", pa.string()),
-            _f("signal_id", pa.string()),
-            _f("instrument_key", pa.string()),
-            _f("algo", pa.string()),
-            _f("side", pa.string()),
-            _f("ts_signal", _TS),
-            _f("ts_end", _TS),
-            _f("target_quantity", pa.float64()),
-            _f("filled_quantity", pa.float64()),
-            _f("fill_ratio", pa.float64()),
-            _f("status", pa.string()),
-            _f("orders", pa.int64()),
-            _f("market_data", pa.string()),
-            _f("arrival_price", pa.float64()),
-            _f("arrival_spread_bps", pa.float64(), nullable=True),
-            _f("avg_fill_price", pa.float64(), nullable=True),
-            _f("end_price", pa.float64()),
-            _f("market_vwap", pa.float64(), nullable=True),
-            _f("execution_cost_bps", pa.float64(), nullable=True),
-            _f("fees_bps", pa.float64(), nullable=True),
-            _f("opportunity_cost_bps", pa.float64()),
-            _f("implementation_shortfall_bps", pa.float64()),
-            _f("vwap_slippage_bps", pa.float64(), nullable=True),
-            _f("duration_s", pa.float64()),
-        ]
+    "operations": _schema(
+        "operation_id:string signal_id:string instrument_key:string algo:string side:string "
+        "ts_signal:ts ts_end:ts target_quantity:float64 filled_quantity:float64 "
+        "fill_ratio:float64 status:string orders:int64 market_data:string "
+        "arrival_price:float64 arrival_spread_bps:float64? avg_fill_price:float64? "
+        "end_price:float64 market_vwap:float64? execution_cost_bps:float64? fees_bps:float64? "
+        "opportunity_cost_bps:float64 implementation_shortfall_bps:float64 "
+        "vwap_slippage_bps:float64? duration_s:float64"
     ),
 }
 

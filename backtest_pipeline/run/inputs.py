@@ -25,6 +25,7 @@ from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
+from backtest_pipeline.signals.windows import apply_execution_window
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.storage.parquet_ranges import (
     merge_ranges,
@@ -116,7 +117,9 @@ def load_day(
         )
         signals = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
     else:
-        signals = readers.read_signals(ucs, day, config.strategy_id)
+        signals = apply_execution_window(
+            readers.read_signals(ucs, day, config.strategy_id), config.algo
+        )
         inputs.append(
             InputRecord(t_sig.gcs_bucket, spath, sinfo.generation, sinfo.size, sinfo.size)
         )

@@ -41,6 +41,7 @@ from backtest_pipeline.run.inputs import (
 from backtest_pipeline.run.inputs import load_funding as read_funding_inputs
 from backtest_pipeline.run.runner import record_failure
 from backtest_pipeline.signals.intervals import signal_intervals
+from backtest_pipeline.signals.windows import apply_execution_window
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
@@ -125,7 +126,10 @@ def load_signals(ucs: UnifiedCloudService, config: BacktestConfig, day: date) ->
     except ObjectNotFoundError:
         log.warning("no signals for strategy %s on %s", config.strategy_id, day)
         return with_inputs(_empty_signals(), [])
-    return with_inputs(readers.read_signals(ucs, day, config.strategy_id), [rec])
+    signals = apply_execution_window(
+        readers.read_signals(ucs, day, config.strategy_id), config.algo
+    )
+    return with_inputs(signals, [rec])
 
 
 def compute_intervals(

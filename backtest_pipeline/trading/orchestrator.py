@@ -11,8 +11,10 @@ Rules:
   position is the *filled* position at signal time (orders still in flight are not netted).
 - MARKET: one market order now.
 - LIMIT: one limit order now (``limit_price`` or, when null, the last trade price of the venue it
-  is routed to).
-- TWAP: ``n = max(2, floor(window / twap_slice_s))`` market children of equal lot-multiples at
+  is routed to). With ``limit_price_source="last"`` the signal's price is ignored; with
+  ``limit_offset_bps`` the price moves that far from its reference (the signal's price, else the
+  signal instrument's last trade at signal time), away from the market for a positive offset.
+- TWAP: ``n = max(2, floor(window / twap_slice_s))`` (or ``twap_slices`` when set) market children of equal lot-multiples at
   ``ts + i·window/n`` (i = 0..n−1); the last absorbs the rounding. ``n`` shrinks when the quantity
   has fewer lots than slices.
 - Whatever the algo, at ``ts + execution_window_s`` every order of the operation still working is
@@ -135,12 +137,22 @@ class Orchestrator:
         ctx: ExecutionContext,
         group_of: Callable[[str], str],
         twap_slice_s: float = 10.0,
+        twap_slices: int | None = None,
+        limit_price_source: str = "signal",
+        limit_offset_bps: float = 0.0,
     ) -> None:
         if twap_slice_s <= 0:
             raise ValueError(f"twap_slice_s must be > 0, got {twap_slice_s}")
+        if twap_slices is not None and twap_slices < 1:
+            raise ValueError(f"twap_slices must be >= 1, got {twap_slices}")
+        if limit_price_source not in ("signal", "last"):
+            raise ValueError(f"limit_price_source {limit_price_source!r} not 'signal' or 'last'")
         self.ctx = ctx
         self.group_of = group_of
         self.twap_slice_s = twap_slice_s
+        self.twap_slices = twap_slices
+        self.limit_price_source = limit_price_source
+        self.limit_offset_bps = limit_offset_bps
         self.operations: dict[str, Operation] = {}
         self._active: dict[str, Operation] = {}
         self._order_op: dict[str, str] = {}
@@ -172,16 +184,31 @@ class Orchestrator:
         if sig.algo == "MARKET":
             self._child(op, qty, "MARKET", None)
         elif sig.algo == "LIMIT":
-            self._child(op, qty, "LIMIT", sig.limit_price)
+            self._child(op, qty, "LIMIT", self._limit_price(op))
         else:
             self._twap(op, units, lot, min_qty)
         end = sig.ts_event + _ns(sig.execution_window_s)
         self._alert(op, _END, end, lambda op=op: self._end_window(op))
         return op
 
+    def _limit_price(self, op: Operation) -> float | None:
+        """The LIMIT price asked for; None lets the host join the routed venue's last trade."""
+        sig = op.signal
+        ref = sig.limit_price if self.limit_price_source == "signal" else None
+        if self.limit_offset_bps == 0.0:
+            return ref
+        if ref is None:
+            ref = op.ref_prices.get(sig.instrument_key)
+        if ref is None:
+            ref = next(iter(op.ref_prices.values()), None)
+        if ref is None:
+            return None
+        away = -1.0 if op.order_quantity > 0 else 1.0
+        return ref * (1.0 + away * self.limit_offset_bps / 10_000.0)
+
     def _twap(self, op: Operation, units: int, lot: float, min_qty: float) -> None:
         window_ns = _ns(op.signal.execution_window_s)
-        n = max(2, int(op.signal.execution_window_s // self.twap_slice_s))
+        n = self.twap_slices or max(2, int(op.signal.execution_window_s // self.twap_slice_s))
         min_units = max(1, math.ceil(min_qty / lot - 1e-9))
         n = max(1, min(n, units // min_units))
         each = units // n
