@@ -679,3 +679,90 @@ def test_auto_keeps_one_book_type_per_venue(local_ucs: UnifiedCloudService) -> N
             local_ucs.upload_to_gcs_sync(tgt, path(DAY1, key), b"x")
     got = resolve_market_data(local_ucs, config([BTC, eth, bybit]), [DAY1])
     assert got == {BTC: "quotes", eth: "trades", bybit: "depth"}
+
+
+def test_real_capture_imported_and_run_on_its_rebuilt_book(
+    shared_data: object, local_ucs: UnifiedCloudService, tmp_path: object
+) -> None:
+    """The capture through the product's importer and a whole run: every fill explained.
+
+    Market orders: never through the touch and their VWAP equal to walking the stored snapshot
+    in force at arrival. Limit orders: only at prices the stored book or the tape offered at or
+    through the limit during the order's life.
+    """
+    from pathlib import Path
+
+    from backtest_pipeline.data.importers import import_capture, import_signals
+
+    path = Path(str(shared_data)) / CAPTURE
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    import_capture(local_ucs, [path])
+    t_ticks = layout.target("ticks")
+    raw = local_ucs.download_from_gcs_sync(t_ticks, layout.book_depth10_path(CAPTURE_DAY, BTC))
+    book = raw if isinstance(raw, pl.DataFrame) else pl.from_arrow(raw)
+    raw_t = local_ucs.download_from_gcs_sync(t_ticks, layout.trades_path(CAPTURE_DAY, BTC))
+    tape = raw_t if isinstance(raw_t, pl.DataFrame) else pl.from_arrow(raw_t)
+    assert isinstance(book, pl.DataFrame) and isinstance(tape, pl.DataFrame)
+    book = book.with_columns(pl.col("ts_event").cast(pl.Int64))
+    tape = tape.with_columns(pl.col("ts_event").cast(pl.Int64))
+    t0 = int(book["ts_event"][0])
+    rows: list[dict[str, object]] = []
+    position = 0.0
+    for i in range(16):  # every 20 s: market orders of 0.5–8 BTC, a passive limit every 4th
+        ts = t0 + (8 + 20 * i) * 1_000_000_000
+        step = (1 if i % 2 == 0 else -1) * (0.5 + 2.5 * (i % 4))
+        algo, limit = "MARKET", None
+        if i % 4 == 3:
+            j = int(np.searchsorted(book["ts_event"].to_numpy(), ts, side="right")) - 1
+            algo, step = "LIMIT", 1.0
+            limit = float(book["bid_price_0"][j])  # join the bid: fills only if the market comes
+        position += step
+        rows.append({"signal_id": f"c{i}", "ts_event": ts, "instrument_key": BTC,
+                     "target_position": position, "execution_window_s": 10.0, "algo": algo,
+                     "limit_price": limit})  # fmt: skip
+    sig_file = Path(str(tmp_path)) / "signals.parquet"
+    signals(*rows).write_parquet(sig_file)
+    import_signals(local_ucs, sig_file, "capture")
+    cfg = config([BTC], strategy_id="capture")
+    res = run_backtest(cfg, CAPTURE_DAY, CAPTURE_DAY, ucs=local_ucs, write_results=False)
+    assert res.summary["execution_stats"]["market_data"] == {BTC: "depth"}
+    assert res.summary["execution_stats"]["orders_unresolved"] == 0
+    fills = res.fills.join(
+        res.orders.select("order_id", "order_type", pl.col("price").alias("limit")), on="order_id"
+    ).with_columns(pl.col("ts_event").cast(pl.Int64))
+    book_ts = book["ts_event"].to_numpy()
+    walked = checked_limits = 0
+    for (oid,), part in fills.group_by(["order_id"], maintain_order=True):
+        side, kind = part["side"][0], part["order_type"][0]
+        s = "ask" if side == "BUY" else "bid"
+        prices, qtys = part["price"].to_list(), part["quantity"].to_list()
+        if kind == "MARKET":
+            i = int(np.searchsorted(book_ts, int(part["ts_event"][0]), side="right")) - 1
+            levels = [(float(book[f"{s}_price_{k}"][i]), float(book[f"{s}_size_{k}"][i]))
+                      for k in range(10) if book[f"{s}_price_{k}"][i] is not None]  # fmt: skip
+            touch = levels[0][0]
+            assert (min(prices) >= touch) if side == "BUY" else (max(prices) <= touch), oid
+            total = sum(qtys)
+            filled, expected = walk(levels, total)
+            assert filled == pytest.approx(total), oid
+            got = sum(p * q for p, q in zip(prices, qtys, strict=True)) / total
+            assert got == pytest.approx(expected, rel=1e-12), oid
+            walked += len(set(prices)) > 1
+        else:
+            limit = float(part["limit"][0])
+            order = res.orders.filter(pl.col("order_id") == oid).row(0, named=True)
+            lo, hi = int(order["created_at"]), int(part["ts_event"].max())
+            life_tape = tape.filter(pl.col("ts_event").is_between(lo, hi))
+            life_book = book.filter(pl.col("ts_event").is_between(lo - 10**10, hi))
+            through = (pl.col("price") <= limit) if side == "BUY" else (pl.col("price") >= limit)
+            offered = set(life_tape.filter(through)["price"].to_list())
+            for k in range(10):
+                col = life_book[f"{s}_price_{k}"].drop_nulls()
+                offered |= {
+                    p for p in col.to_list() if (p <= limit if side == "BUY" else p >= limit)
+                }
+            assert set(prices) <= offered, (oid, prices, limit)
+            checked_limits += 1
+    assert walked >= 3
+    assert checked_limits >= 1
