@@ -766,3 +766,18 @@ def test_real_capture_imported_and_run_on_its_rebuilt_book(
             checked_limits += 1
     assert walked >= 3
     assert checked_limits >= 1
+
+
+def test_a_custom_day_loader_runs_auto_on_trades_and_refuses_a_named_book(
+    book_store: tuple[UnifiedCloudService, list[date]],
+) -> None:
+    """The Dagster path hands in its own loader (trades only): no silent downgrade of a request."""
+    from backtest_pipeline.run.inputs import load_day
+
+    ucs, days = book_store
+    res = run_backtest(config([BTC], strategy_id="demo-strategy"), days[0], days[0], ucs=ucs,
+                       write_results=False, day_loader=load_day)  # fmt: skip
+    assert res.summary["execution_stats"]["market_data"] == {BTC: "trades"}
+    with pytest.raises(BacktestFailed, match="market_data: depth is not available on this path"):
+        run_backtest(config([BTC], strategy_id="demo-strategy", market_data="depth"), days[0],
+                     days[0], ucs=ucs, write_results=False, day_loader=load_day)  # fmt: skip
