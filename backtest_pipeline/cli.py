@@ -97,12 +97,30 @@ def sample_data(
     console.print_json(json.dumps(report, default=str))
 
 
-@import_app.command("tardis")
-def import_tardis_cmd(files: list[Path], root: RootOpt = None) -> None:
-    """Tardis.dev `trades` CSV files (plain or .gz) → canonical day files."""
-    from backtest_pipeline.data.importers import import_tardis
+BookIntervalOpt = Annotated[
+    int,
+    typer.Option(
+        "--book-interval-ms",
+        min=0,
+        help="Rebuilt books are written as one 10-level snapshot per this many ms at most "
+        "(the last state of each interval; 0 = after every update message)",
+    ),
+]
 
-    _run_import(lambda: import_tardis(_ucs(root), files))
+
+@import_app.command("tardis")
+def import_tardis_cmd(
+    files: list[Path],
+    root: RootOpt = None,
+    book_interval_ms: BookIntervalOpt = 100,
+) -> None:
+    """Tardis.dev CSVs (plain or .gz): `trades`, `quotes`, `book_snapshot_N`, `incremental_book_L2`.
+
+    The type of each file is read from its header.
+    """
+    from backtest_pipeline.data.importers import import_tardis_files
+
+    _run_import(lambda: import_tardis_files(_ucs(root), files, book_interval_ms=book_interval_ms))
 
 
 @import_app.command("binance")
@@ -113,11 +131,37 @@ def import_binance_cmd(
     ],
     root: RootOpt = None,
 ) -> None:
-    """Binance public-data `trades` / `aggTrades` CSV or ZIP → canonical day files."""
-    from backtest_pipeline.data.importers import import_binance
+    """Binance public-data `trades` / `aggTrades` / `bookTicker` CSV or ZIP → canonical day files."""
+    from backtest_pipeline.data.importers import import_binance_files
 
     _run_import(
-        lambda: import_binance(_ucs(root), files, layout.validate_instrument_key(instrument))
+        lambda: import_binance_files(_ucs(root), files, layout.validate_instrument_key(instrument))
+    )
+
+
+@import_app.command("capture")
+def import_capture_cmd(
+    files: list[Path],
+    instrument: Annotated[
+        str | None,
+        typer.Option(
+            "--instrument",
+            help="Instrument key; default: from the capture's symbol (USD-M or spot by its "
+            "depth messages)",
+        ),
+    ] = None,
+    root: RootOpt = None,
+    book_interval_ms: BookIntervalOpt = 100,
+) -> None:
+    """Binance websocket captures (`local_ns {json}` a line, plain or .gz) → trades, quotes, book.
+
+    Files of one call are one stream, in the order given. Depth sequence gaps are reported;
+    no book is written from a gap until the next REST snapshot line.
+    """
+    from backtest_pipeline.data.importers import import_capture
+
+    _run_import(
+        lambda: import_capture(_ucs(root), files, instrument, book_interval_ms=book_interval_ms)
     )
 
 

@@ -228,7 +228,7 @@ def trades_frame(cap: Capture, report: dict[str, Any]) -> pl.DataFrame:
     """@trade messages (or @aggTrade when no @trade stream was captured) → canonical trades."""
     tr = cap.trades
     if tr.height == 0:
-        return pl.DataFrame(schema=schemas.TRADES_SCHEMA)
+        return schemas.empty_frame(schemas.TRADES_SCHEMA)
     has_trade = bool((tr["kind"] == "trade").any())
     if has_trade and bool((tr["kind"] == "aggTrade").any()):
         n = int((tr["kind"] == "aggTrade").sum())
@@ -249,7 +249,9 @@ def quotes_frame(cap: Capture) -> pl.DataFrame:
     """@bookTicker messages → quotes (unsorted, unvalidated), with their update id kept."""
     tk = cap.tickers
     if tk.height == 0:
-        return pl.DataFrame(schema={**dict(schemas.QUOTES_SCHEMA.items()), "u": pl.Int64})
+        return schemas.empty_frame(schemas.QUOTES_SCHEMA).with_columns(
+            pl.lit(0, pl.Int64).alias("u")
+        )
     return tk.select(
         exchange_ns(tk, cap.clock_offset_ns).alias("ts_event"),
         "ts_init",

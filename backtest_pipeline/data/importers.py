@@ -790,7 +790,7 @@ def _rebuilt(updates: books.LevelUpdates, interval_ms: int, stats: dict[str, Any
     """Rebuild, drop repeated tops, order times; count what was left out."""
     stats["updates_applied"] = stats.get("updates_applied", 0) + int(updates.msg.size)
     if updates.msg_ts_event.size == 0:
-        return pl.DataFrame(schema=schemas.BOOK_DEPTH10_SCHEMA)
+        return schemas.empty_frame(schemas.BOOK_DEPTH10_SCHEMA)
     res = books.rebuild(updates, interval_ms * 1_000_000)
     for reason, n in res.dropped.items():
         _count(stats, reason, n)

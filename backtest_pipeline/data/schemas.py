@@ -833,6 +833,13 @@ def validate_bars(table: pa.Table | pl.DataFrame, object_name: str) -> pl.DataFr
     return df
 
 
+def empty_frame(schema: pa.Schema) -> pl.DataFrame:
+    """A zero-row polars frame of a canonical schema."""
+    out = pl.from_arrow(schema.empty_table())
+    assert isinstance(out, pl.DataFrame)
+    return out
+
+
 def to_arrow(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     """A conformed frame as an Arrow table with exactly the canonical schema (string, not large)."""
     table = df.select(schema.names).to_arrow()
