@@ -562,9 +562,14 @@ def compare_cmd(
 
 
 def _short_label(diff_json: str) -> str:
-    """``latency.base_ms=5, max_order_quantity=1``: the last two parts of each differing key."""
+    """``base_ms=5, max_order_quantity=1``: the last part of each differing key (the full keys
+    are in runs.parquet and comparison.html), whole numbers without their ``.0``."""
     diff = json.loads(diff_json or "{}")
-    return ", ".join(f"{'.'.join(k.split('.')[-2:])}={v}" for k, v in diff.items()) or "(same)"
+
+    def value(v: Any) -> str:
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+    return ", ".join(f"{k.split('.')[-1]}={value(v)}" for k, v in diff.items()) or "(same)"
 
 
 def _print_comparison(comparison: Any) -> None:
@@ -578,23 +583,24 @@ def _print_comparison(comparison: Any) -> None:
             ("sortino_ratio", "Sortino", fmt.num2), ("max_drawdown_pct", "max DD", fmt.pct),
             ("total_trades", "trades", fmt.count))  # fmt: skip
     title = f"comparison {comparison.comparison_id} — ranked by net PnL"
+    # The config differences are what a reader ranks by, so they get the width; run_ids (long,
+    # alike) follow as a legend, which keeps the table readable in an 80-column terminal or log.
     t = Table(title=title + (f" — {ranges[0]}" if one_range and ranges else ""))
     t.add_column("#", justify="right", min_width=2, no_wrap=True)
-    t.add_column("run_id", no_wrap=True)
-    t.add_column("config differences", overflow="fold", min_width=24, ratio=1)
+    t.add_column("config differences", overflow="fold", min_width=20, ratio=1)
     if not one_range:
         t.add_column("range", no_wrap=True)
     for _, head, _ in cols:
         t.add_column(head, justify="right", no_wrap=True, min_width=len(head))
     for r in rows:
-        label = _short_label(r["config_diff"])
+        label = _short_label(r["config_diff"]) or "(base)"
         if r["status"] != "COMPLETED":
             label = f"[red]{r['status']}[/] {label}"
         rng = [] if one_range else [f"{r['start']}..{r['end']}"]
-        t.add_row(str(r["rank"]), r["run_id"], label, *rng, *(f(r[c]) for c, _, f in cols))
+        t.add_row(str(r["rank"]), label, *rng, *(f(r[c]) for c, _, f in cols))
     console.print(t)
-    q = Table(title="execution quality by algo: fill ratio · shortfall mean / p90 (bps)")
-    q.add_column("#", justify="right")
+    q = Table(title="execution quality by algo: fill ratio, shortfall mean / p90 (bps)")
+    q.add_column("#", justify="right", min_width=2, no_wrap=True)
     for a in ALGOS:
         q.add_column(a, justify="right", no_wrap=True)
     for r in rows:
@@ -604,10 +610,13 @@ def _print_comparison(comparison: Any) -> None:
                                                          "shortfall_p90_bps"))  # fmt: skip
             cells.append(
                 "—" if fr is None and mean is None
-                else f"{fmt.ratio(fr)} · {fmt.num2(mean)} / {fmt.num2(p90)}"
+                else f"{'—' if fr is None else f'{100 * fr:.0f}%'} "
+                f"{fmt.num2(mean)}/{fmt.num2(p90)}"
             )  # fmt: skip
         q.add_row(str(r["rank"]), *cells)
     console.print(q)
+    for r in rows:
+        console.print(f"  #{r['rank']:<3} {r['run_id']}", soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover
