@@ -781,3 +781,27 @@ def test_a_custom_day_loader_runs_auto_on_trades_and_refuses_a_named_book(
     with pytest.raises(BacktestFailed, match="market_data: depth is not available on this path"):
         run_backtest(config([BTC], strategy_id="demo-strategy", market_data="depth"), days[0],
                      days[0], ucs=ucs, write_results=False, day_loader=load_day)  # fmt: skip
+
+
+def test_day_windows_carry_each_book_row_once_within_its_window() -> None:
+    from backtest_pipeline.config import FeeOverride
+    from backtest_pipeline.engine.driver import PreparedDay
+    from backtest_pipeline.engine.instruments import build_instrument
+
+    tr = trades([(t(DAY1, s), 100.0, 0.1, "buy") for s in range(1, 40)])
+    snaps = [(t(DAY1, 0.5 + s), ladder(99.9, -TICK, [1.0]), ladder(100.1, TICK, [1.0]))
+             for s in range(0, 40, 3)]  # fmt: skip
+    depth = cv.depth_columns(depth_table(snaps))
+    inst = {BTC: build_instrument(instrument_row(BTC), FeeOverride())}
+    lo_day, hi_day = layout.day_bounds_ns(DAY1)
+    prepared = PreparedDay({BTC: tr}, inst, lo_day, hi_day, {BTC: depth})
+    windows = list(prepared.windows(7))
+    assert len(windows) > 3
+    seen = []
+    for lo, hi, ticks, books in windows:
+        for obj in books.get(BTC, []):
+            assert lo <= obj.ts_event < hi
+            seen.append(obj.ts_event)
+        for obj in ticks.get(BTC, []):
+            assert lo <= obj.ts_event < hi
+    assert seen == [s[0] for s in snaps]
