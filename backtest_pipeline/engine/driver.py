@@ -586,6 +586,7 @@ def _run_day(
     """
     n = 0
     seconds = 0.0
+    depth_keys = prepared.depth_keys
     for start_ns, end_ns, ticks, books in prepared.windows(max_ticks):
         t0 = time.perf_counter()
         added = False
@@ -594,7 +595,7 @@ def _run_day(
             if ticks.get(key):
                 # An L2 venue refuses a run whose data has trades of an instrument but no book
                 # rows; a window between two snapshots has none and keeps the book in force.
-                validate = not (prepared.depth_keys and key in prepared.depth_keys) or key in books
+                validate = key not in depth_keys or key in books
                 engine.add_data(ticks[key], sort=False, validate=validate)
                 n += len(ticks[key])
                 added = True
@@ -673,7 +674,8 @@ def run_engine(
 
     Every execution knob (TWAP slice, router drift, spot shorting, models) comes from
     ``config``; ``market_data`` says per instrument key which data its venue's book is built
-    from (``run/inputs.resolve_market_data``; absent keys run on trades, today's model). After the last day the end-of-run sweep cancels whatever is still working, so
+    from (``run/inputs.resolve_market_data``; absent keys run on trades, today's model). After
+    the last day the end-of-run sweep cancels whatever is still working, so
     every order of the output has a final status.
 
     For a time shard (``run/shards.py``) that continues another, ``warmup_days`` (≥ 0)
