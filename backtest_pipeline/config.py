@@ -82,7 +82,7 @@ class FillModelConfig(_Strict):
     # filled twice until a new snapshot re-states it).
     depth_liquidity_consumption: bool = True
     # Nautilus's `queue_position` for resting limit orders. None = by data type: on with quotes
-    # (the queue ahead is the displayed size, worked off by trades and size drops); off with
+    # (the queue ahead is the displayed size, worked off by trades at its price); off with
     # depth (1.231 clears every queue at each OrderBookDepth10 snapshot, putting an order back
     # at the front) and with trades (no displayed size to queue behind).
     queue_position: bool | None = None
