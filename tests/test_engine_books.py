@@ -805,3 +805,21 @@ def test_day_windows_carry_each_book_row_once_within_its_window() -> None:
         for obj in ticks.get(BTC, []):
             assert lo <= obj.ts_event < hi
     assert seen == [s[0] for s in snaps]
+
+
+@pytest.mark.parametrize("mode", ["quotes", "depth"])
+def test_a_crossing_book_fills_a_resting_limit_as_documented(mode: str) -> None:
+    """Pins the documented difference: L1 fills a crossed limit whole, L2 what the level shows."""
+    if mode == "quotes":
+        book = quotes_table([(t(DAY1, 1), 100.0, 1.0, 100.5, 1.0),
+                             (t(DAY1, 15), 99.9, 1.0, 100.0, 0.4)])  # fmt: skip
+    else:
+        book = depth_table([(t(DAY1, 1), ladder(100.0, -TICK, [1.0]), ladder(100.5, TICK, [1.0])),
+                            (t(DAY1, 15), ladder(99.9, -TICK, [1.0]), ladder(100.0, TICK, [0.4]))])  # fmt: skip
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.0, "execution_window_s": 20.0, "algo": "LIMIT",
+                    "limit_price": 100.1})  # fmt: skip
+    fills = run_day([(t(DAY1, 2), 100.0, 0.1, "sell")], sigs, mode, book)
+    assert fills["ts_event"].unique().to_list() == [t(DAY1, 15)]
+    assert fills["price"].max() <= 100.1
+    assert fills["quantity"].sum() == pytest.approx(1.0 if mode == "quotes" else 0.4)
