@@ -73,10 +73,10 @@ class FillModelConfig(_Strict):
 
     prob_fill_on_limit: float = Field(1.0, ge=0, le=1)
     prob_slippage: float = Field(0.0, ge=0, le=1)
-    # L1 books (trades, quotes). Off by default: in 1.231 a market order that meets an L1 level
-    # marked consumed gets neither a fill nor an event (trade-built books: until a print of a
-    # different size; quote books: the second of two market orders on one quote), see
-    # tests/test_engine_run.py and tests/test_engine_books.py. Turn on to study queue effects.
+    # L1 books (trades, quotes). Off by default: in 1.231, on trade-built books a market order
+    # that meets a level marked consumed gets neither a fill nor an event (until a print of a
+    # different size), and on quote books a resting limit misses every print of the same size
+    # after the first (upstream #5017); see tests/test_engine_run.py, tests/test_engine_books.py.
     liquidity_consumption: bool = False
     # L2 books (`book_depth10`): on by default, as measured correct there (a level's size is not
     # filled twice until a new snapshot re-states it).

@@ -823,3 +823,33 @@ def test_a_crossing_book_fills_a_resting_limit_as_documented(mode: str) -> None:
     assert fills["ts_event"].unique().to_list() == [t(DAY1, 15)]
     assert fills["price"].max() <= 100.1
     assert fills["quantity"].sum() == pytest.approx(1.0 if mode == "quotes" else 0.4)
+
+
+@pytest.mark.parametrize(
+    ("consumption", "queue", "expected"),
+    [
+        (False, None, [(13, 0.2), (14, 0.6), (15, 0.4)]),  # the default: behind the 1.0 shown
+        (False, False, [(12, 0.6), (13, 0.6)]),  # no queue: the first prints fill it
+        (True, False, [(12, 0.6)]),  # upstream #5017: identical prints after the first missed
+        (True, None, [(13, 0.2)]),
+    ],
+)
+def test_quotes_limit_under_identical_prints_as_documented(
+    consumption: bool, queue: bool | None, expected: list[tuple[int, float]]
+) -> None:
+    """Pins why liquidity consumption stays off on quotes (and what queue positions do)."""
+    book = quotes_table([(t(DAY1, 1), 100.0, 1.0, 100.5, 1.0)])
+    tape = [(t(DAY1, 2), 100.0, 0.1, "sell")] + [
+        (t(DAY1, s), 100.0, 0.6, "sell") for s in (12, 13, 14, 15, 16)
+    ]
+    sigs = signals({"signal_id": "s1", "ts_event": t(DAY1, 10), "instrument_key": BTC,
+                    "target_position": 1.2, "execution_window_s": 20.0, "algo": "LIMIT",
+                    "limit_price": 100.0})  # fmt: skip
+    fm = {"liquidity_consumption": consumption, "queue_position": queue}
+    fills = run_day(tape, sigs, "quotes", book, fill_model=fm)
+    got = [
+        ((ts - t(DAY1, 0)) // 1_000_000_000, q)
+        for ts, q in fills.select("ts_event", "quantity").rows()
+    ]
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    assert [g[1] for g in got] == pytest.approx([e[1] for e in expected])
