@@ -935,7 +935,8 @@ def _log_caveats(config: BacktestConfig, books: Mapping[str, MarketData]) -> Non
             )
             if fm.liquidity_consumption:
                 msg += (
-                    " (1.231: a market order meeting a consumed quote can get no fill and no event)"
+                    " (1.231: a resting limit misses every print of the same size after the"
+                    " first, upstream #5017)"
                 )
         else:
             continue  # today's model: documented in docs/execution.md, nothing new to say
