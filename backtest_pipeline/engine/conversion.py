@@ -770,24 +770,24 @@ def _encode_quotes(out: np.ndarray, iid: np.ndarray, pp: int, sp: int, c: QuoteC
 
 
 def _encode_depths(out: np.ndarray, iid: np.ndarray, pp: int, sp: int, c: DepthColumns) -> None:
+    """Write the snapshots' structs into ``out``, all ten levels of a side at once."""
     out[:, 0:16] = iid
     words = out.view(np.uint64)
     counts = out[:, _D_BID_COUNTS:_D_FLAGS].view(np.uint32)  # bid then ask counts, 10 each
+    levels = np.arange(_D_LEVELS)
     for s, (base, prices, sizes, side) in enumerate(
         ((_D_BIDS, c.bid_price, c.bid_size, 1), (_D_ASKS, c.ask_price, c.ask_size, 2))
     ):
-        for lvl in range(_D_LEVELS):
-            o = base + lvl * _BO_ITEM
-            present = ~np.isnan(prices[:, lvl])
-            p = np.where(present, prices[:, lvl], 0.0)
-            q = np.where(present, sizes[:, lvl], 0.0)
-            _put_fixed(out, o + 16, p, pp)
-            _put_fixed(out, o + 48, q, sp)
-            out[:, o] = np.where(present, side, 0)
-            out[:, o + 32] = np.where(present, pp, 0)
-            out[:, o + 64] = np.where(present, sp, 0)
-            words[:, (o + 80) // 8] = 0
-            counts[:, s * _D_LEVELS + lvl] = present
+        o = base + levels * _BO_ITEM  # each level's BookOrder_t
+        present = ~np.isnan(prices)
+        for field, values, prec in ((16, prices, pp), (48, sizes, sp)):
+            low, high = _fixed_raw(np.where(present, values, 0.0), prec)
+            words[:, (o + field) // 8] = low
+            words[:, (o + field) // 8 + 1] = high
+            out[:, o + field + 16] = np.where(present, np.uint8(prec), np.uint8(0))
+        out[:, o] = np.where(present, np.uint8(side), np.uint8(0))
+        words[:, (o + 80) // 8] = 0
+        counts[:, s * _D_LEVELS : (s + 1) * _D_LEVELS] = present
     out[:, _D_FLAGS] = DEPTH_FLAGS
     words[:, _D_SEQUENCE // 8] = 0
     words[:, _D_TS_EVENT // 8] = c.ts_event
