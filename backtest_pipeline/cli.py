@@ -74,6 +74,14 @@ def sample_data(
     signal_coverage: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.10,
     seed: Annotated[int, typer.Option()] = 0,
     strategy_id: Annotated[str, typer.Option()] = "demo-strategy",
+    book: Annotated[
+        bool,
+        typer.Option(
+            "--book",
+            help="Also write quotes and a 10-level book built from the trades (trades at the "
+            "touch, varying spread, depth a large order walks); other files are unchanged",
+        ),
+    ] = False,
 ) -> None:
     """Generate realistic sample instruments, trades, funding and signals into the layout."""
     from backtest_pipeline.data.sample import generate_sample_data
@@ -90,6 +98,7 @@ def sample_data(
             signal_coverage=signal_coverage,
             seed=seed,
             strategy_id=strategy_id,
+            book=book,
         )
     except (ValueError, layout.LayoutError) as exc:
         _fail(str(exc), 2)

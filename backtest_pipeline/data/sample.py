@@ -255,6 +255,116 @@ def generate_trades(
     return table, log_mid
 
 
+BOOK_BUCKET_MS: Final = 100  # one book state per 100 ms with trades (the importers' default)
+LEVEL_NOTIONAL: Final = 30_000.0  # median resting notional at the touch; deeper levels hold more
+
+
+def generate_book(
+    instrument_key: str, day: date | str, trades: pa.Table, log_mid: np.ndarray, seed: int = 0
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A 10-level book and its top of book (quotes) consistent with the day's sample trades.
+
+    Built *from* the trades, so the trades stay exactly what :func:`generate_trades` makes:
+
+    * every trade is at the touch of the book in force: a buy aggressor's first fill is the best
+      ask, a sell's the best bid, and a sweep's deeper fills are at the ask/bid levels it walked;
+    * every level the trades of a 100 ms interval take holds at least what they took (so the
+      tape never trades more than the book showed), and a level's size grows with its depth;
+    * the spread varies: 1 tick where both sides trade within the interval (as on a liquid
+      perpetual), wider (Poisson, scaled by the second's volatility) where only one side trades
+      or nothing does.
+
+    One book row per 100 ms interval holding trades (stamped at the interval's start, so it is in
+    force before its trades), plus one per quiet second; levels are on consecutive ticks.
+    """
+    day = layout.parse_day(day)
+    spec = schemas.default_instrument_row(instrument_key)
+    tick, lot = float(spec["tick_size"]), float(spec["lot_size"])
+    pp, sp = int(spec["price_precision"]), int(spec["size_precision"])
+    rng = _rng(seed, day, "book", instrument_key)
+    day_ns = _day_number(day) * _SEC_PER_DAY * _NS
+    bucket_ns = BOOK_BUCKET_MS * 1_000_000
+
+    ts = trades.column("ts_event").to_numpy()
+    t_bucket = (ts - day_ns) // bucket_ns
+    per_sec = 1000 // BOOK_BUCKET_MS
+    quiet = np.setdiff1d(
+        np.arange(_SEC_PER_DAY, dtype=np.int64) * per_sec, t_bucket // per_sec * per_sec
+    )
+    quiet = quiet[~np.isin(quiet // per_sec, t_bucket // per_sec)]
+    buckets = np.union1d(np.unique(t_bucket), quiet)
+    n = buckets.size
+    row = np.searchsorted(buckets, t_bucket)
+    sec = buckets // per_sec
+
+    # The trade generator's own reference: bid = floor(mid / tick) in each second.
+    ref = np.floor(np.exp(log_mid) / tick).astype(np.int64)
+    buy = pc_is_buy(trades)
+    price_ticks = np.round(trades.column("price").to_numpy() / tick).astype(np.int64)
+    t_ref = ref[(ts - day_ns) // _NS]
+    depth = np.where(buy, price_ticks - (t_ref + 1), t_ref - price_ticks)
+    has_buy = np.bincount(row, weights=buy, minlength=n) > 0
+    has_sell = np.bincount(row, weights=~buy, minlength=n) > 0
+
+    vol = np.abs(np.diff(log_mid, prepend=log_mid[0]))
+    vol_factor = vol[sec] / (np.median(vol) + 1e-12)
+    spread = 1 + rng.poisson(np.clip(0.5 * vol_factor, 0.1, 4.0), n)
+    b = ref[sec]
+    bid0 = np.where(has_sell, b, np.where(has_buy, b + 1 - spread, b - (spread - 1) // 2))
+    ask0 = np.where(has_buy, b + 1, np.where(has_sell, b + spread, bid0 + spread))
+
+    levels = np.arange(schemas.BOOK_LEVELS)
+    mid_price = np.exp(log_mid[sec])
+    base_notional = rng.lognormal(np.log(LEVEL_NOTIONAL), 0.8, (2, n, schemas.BOOK_LEVELS))
+    base_notional *= 1.0 + 0.25 * levels
+    lots = np.maximum(np.round(base_notional / mid_price[None, :, None] / lot), 1)
+    # Resting size persists: a level is refreshed in ~30 % of the rows, else keeps its size.
+    refresh = rng.random(lots.shape) < 0.3
+    refresh[:, 0, :] = True
+    last = np.maximum.accumulate(np.where(refresh, np.arange(n)[None, :, None], 0), axis=1)
+    lots = np.take_along_axis(lots, last, axis=1)
+    # What the interval's trades took at each (side, level): the book must have shown it.
+    deep = (depth >= 0) & (depth < schemas.BOOK_LEVELS)
+    took = np.zeros((2, n, schemas.BOOK_LEVELS))
+    size_lots = np.round(trades.column("size").to_numpy() / lot)
+    np.add.at(took, (buy[deep].astype(np.int64), row[deep], depth[deep]), size_lots[deep])
+    # took[1] = buys (they take asks), took[0] = sells (they take bids).
+    bid_lots = np.maximum(lots[0], np.ceil(took[0] * 1.1))
+    ask_lots = np.maximum(lots[1], np.ceil(took[1] * 1.1))
+
+    bid_px = np.round((bid0[:, None] - levels) * tick, pp)
+    ask_px = np.round((ask0[:, None] + levels) * tick, pp)
+    ts_event = day_ns + buckets * bucket_ns
+    latency = rng.lognormal(np.log(2e6), 0.6, n).astype(np.int64)
+    from backtest_pipeline.data.books import snapshot_frame
+
+    book = snapshot_frame(
+        ts_event,
+        ts_event + latency,
+        bid_px,
+        np.round(bid_lots * lot, sp),
+        ask_px,
+        np.round(ask_lots * lot, sp),
+    )
+    quotes = book.select(
+        "ts_event",
+        "ts_init",
+        pl.col("bid_price_0").alias("bid_price"),
+        pl.col("bid_size_0").alias("bid_size"),
+        pl.col("ask_price_0").alias("ask_price"),
+        pl.col("ask_size_0").alias("ask_size"),
+    )
+    changed = pl.any_horizontal(
+        pl.col(c).ne_missing(pl.col(c).shift(1)).fill_null(True)
+        for c in ("bid_price", "bid_size", "ask_price", "ask_size")
+    )
+    return book, quotes.filter(changed)
+
+
+def pc_is_buy(trades: pa.Table) -> np.ndarray:
+    return np.asarray(trades.column("side").to_numpy(zero_copy_only=False) == "buy")
+
+
 def generate_funding(
     instrument_key: str, day: date | str, log_mid: np.ndarray, seed: int = 0
 ) -> pl.DataFrame:
@@ -384,8 +494,12 @@ def generate_sample_data(
     signal_coverage: float = 0.10,
     seed: int = 0,
     strategy_id: str = "demo-strategy",
+    book: bool = False,
 ) -> dict[str, Any]:
     """Write `days` days of sample data through `ucs`; return a summary (counts, paths, timings).
+
+    With ``book`` each instrument-day also gets quotes and a 10-level book built from its trades
+    (:func:`generate_book`); everything else is byte-identical to a run without it.
 
     Per day: instruments.parquet (reference set + requested keys), and for each requested
     instrument (default: Binance BTCUSDT perpetual) trades, funding (perpetuals), derived 1-minute
@@ -474,6 +588,22 @@ def generate_sample_data(
                 bars = bars_from_trades(trades)
                 put(t_ticks, bpath, parquet_io.table_to_parquet_bytes(bars, schemas.BARS_SCHEMA))
                 entry["paths"].append(ucs.uri(t_ticks, bpath))
+            if book and trades.num_rows:
+                t0 = time.perf_counter()
+                depth10, quotes = generate_book(key, day, trades, log_mid, seed)
+                qpath, dpath = layout.quotes_path(day, key), layout.book_depth10_path(day, key)
+                quotes = schemas.validate_quotes(quotes, ucs.uri(t_ticks, qpath), day=day)
+                depth10 = schemas.validate_book_depth10(depth10, ucs.uri(t_ticks, dpath), day=day)
+                q_bytes = parquet_io.quotes_to_parquet_bytes(quotes)
+                d_bytes = parquet_io.book_depth10_to_parquet_bytes(depth10)
+                summary["book_seconds"] = summary.get("book_seconds", 0.0) + (
+                    time.perf_counter() - t0
+                )
+                put(t_ticks, qpath, q_bytes)
+                put(t_ticks, dpath, d_bytes)
+                entry["paths"] += [ucs.uri(t_ticks, qpath), ucs.uri(t_ticks, dpath)]
+                entry.setdefault("quotes", {})[key] = quotes.height
+                entry.setdefault("book_depth10", {})[key] = depth10.height
             signal_parts.append(
                 generate_signals(key, day, log_mid, coverage=signal_coverage, seed=seed)
             )
