@@ -260,3 +260,31 @@ def test_bad_tardis_book_values_name_row(ucs: UnifiedCloudService, tmp_path: Pat
     with pytest.raises(DataValidationError, match="strictly increasing") as exc:
         importers.import_tardis_files(ucs, [f2])
     assert exc.value.column == "ask_price_2" and exc.value.row == 0
+
+
+def test_incremental_without_snapshot_writes_no_book(
+    ucs: UnifiedCloudService, tmp_path: Path
+) -> None:
+    rows = [(10 * k, False, "bid", 100.0, float(k)) for k in range(1, 6)]
+    report = importers.import_tardis_files(ucs, [incremental_csv(tmp_path / "i.csv", rows)])
+    stats = report["data_types"]["book_depth10"]
+    assert stats["dropped"] == {"updates_before_first_snapshot": 5}
+    assert stats["rows_written"] == 0 and report["days"] == []
+
+
+def test_incremental_across_midnight_carries_the_state(
+    ucs: UnifiedCloudService, tmp_path: Path
+) -> None:
+    day_us = 86_400_000_000
+    rows = [r for r in incremental_rows() if r[0] < 300_000]
+    late = [(day_us - 1_000_000 + t, s, side, p, a) for t, s, side, p, a in rows]
+    late.append((day_us + 250_000, False, "ask", 100.5, 9.0))  # 00:00:00.25 the next day
+    report = importers.import_tardis_files(ucs, [incremental_csv(tmp_path / "m.csv", late)])
+    days = [(d["day"], d["data_type"]) for d in report["days"]]
+    assert days == [("2024-03-01", "book_depth10"), ("2024-03-02", "book_depth10")]
+    first = readers.read_book_depth10(ucs, DAY, KEY)
+    nxt = readers.read_book_depth10(ucs, "2024-03-02", KEY)
+    midnight = layout.day_bounds_ns("2024-03-02")[0]
+    assert nxt["ts_event"].to_list()[0] == midnight
+    assert nxt.drop("ts_event", "ts_init").row(0) == first.drop("ts_event", "ts_init").row(-1)
+    assert nxt["ask_size_0"][1] == 9.0

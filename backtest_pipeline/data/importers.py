@@ -954,7 +954,7 @@ def import_tardis_files(
     report["book_interval_ms"] = book_interval_ms
     report["kinds"] = {}
     frames: dict[str, dict[str, pl.DataFrame]] = {dt: {} for dt in layout.TICK_DATA_TYPES}
-    for f in files:
+    for n_file, f in enumerate(files):
         data = read_input_bytes(Path(f))
         kind, depth = detect_tardis_type(data, str(f))
         report["kinds"][str(f)] = f"book_snapshot_{depth}" if kind == "book_snapshot" else kind
@@ -973,6 +973,11 @@ def import_tardis_files(
                 report["data_types"]["book_depth10"].get("updates_read", 0) + n_rows
             )
             parsed = parse_tardis_incremental(data, str(f), book_interval_ms, report)
+            # Each file is its own rebuild: no state is carried from one file to the next.
+            parsed = {
+                k: (v.with_columns(pl.col("seg") + n_file * 1_000_000_000) if v.height else v)
+                for k, v in parsed.items()
+            }
             dt = "book_depth10"
         n = sum(df.height for df in parsed.values())
         report["rows_read"] += n

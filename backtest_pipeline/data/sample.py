@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 
 from backtest_pipeline import layout
-from backtest_pipeline.data import parquet_io, schemas
+from backtest_pipeline.data import books, parquet_io, schemas
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def generate_book(
 
     # The trade generator's own reference: bid = floor(mid / tick) in each second.
     ref = np.floor(np.exp(log_mid) / tick).astype(np.int64)
-    buy = pc_is_buy(trades)
+    buy = is_buy_side(trades)
     price_ticks = np.round(trades.column("price").to_numpy() / tick).astype(np.int64)
     t_ref = ref[(ts - day_ns) // _NS]
     depth = np.where(buy, price_ticks - (t_ref + 1), t_ref - price_ticks)
@@ -336,9 +336,7 @@ def generate_book(
     ask_px = np.round((ask0[:, None] + levels) * tick, pp)
     ts_event = day_ns + buckets * bucket_ns
     latency = rng.lognormal(np.log(2e6), 0.6, n).astype(np.int64)
-    from backtest_pipeline.data.books import snapshot_frame
-
-    book = snapshot_frame(
+    book = books.snapshot_frame(
         ts_event,
         ts_event + latency,
         bid_px,
@@ -361,7 +359,8 @@ def generate_book(
     return book, quotes.filter(changed)
 
 
-def pc_is_buy(trades: pa.Table) -> np.ndarray:
+def is_buy_side(trades: pa.Table) -> np.ndarray:
+    """Aggressor side of each trade as a boolean array (True = buy)."""
     return np.asarray(trades.column("side").to_numpy(zero_copy_only=False) == "buy")
 
 
