@@ -65,15 +65,46 @@ class RiskLimits(_Strict):
 
 
 class FillModelConfig(_Strict):
-    """Nautilus `FillModel` probabilities and liquidity tracking (see spec execution.md)."""
+    """Nautilus `FillModel` probabilities, liquidity tracking and queue position.
+
+    Defaults follow what NautilusTrader 1.231 was measured to do with each data type
+    (docs/execution.md, *Market data and fills*).
+    """
 
     prob_fill_on_limit: float = Field(1.0, ge=0, le=1)
     prob_slippage: float = Field(0.0, ge=0, le=1)
-    # Off by default: in 1.231, with trade-tick-only books the consumed size of a price level is
-    # reset only by a trade of a different size at that level, which leaves market orders hanging
-    # (see tests/test_engine_run.py for the pinned reproduction). Turn on to study queue effects.
+    # L1 books (trades, quotes). Off by default: in 1.231, on trade-built books a market order
+    # that meets a level marked consumed gets neither a fill nor an event (until a print of a
+    # different size), and on quote books a resting limit misses every print of the same size
+    # after the first (upstream #5017); see tests/test_engine_run.py, tests/test_engine_books.py.
     liquidity_consumption: bool = False
+    # L2 books (`book_depth10`): on by default, as measured correct there (a level's size is not
+    # filled twice until a new snapshot re-states it).
+    depth_liquidity_consumption: bool = True
+    # Nautilus's `queue_position` for resting limit orders. None = by data type: on with quotes
+    # (the queue ahead is the displayed size, worked off by trades at its price); off with
+    # depth (1.231 clears every queue at each OrderBookDepth10 snapshot, putting an order back
+    # at the front) and with trades (no displayed size to queue behind).
+    queue_position: bool | None = None
     random_seed: int = 42
+
+    def queue_position_for(self, book: MarketData) -> bool:
+        """Whether a venue whose book comes from ``book`` tracks queue positions."""
+        if self.queue_position is not None:
+            return self.queue_position
+        return book == "quotes"
+
+
+MarketData = Literal["depth", "quotes", "trades"]
+MarketDataChoice = Literal["auto", "depth", "quotes", "trades"]
+
+#: Fields added after run ids were first derived. At their defaults they are left out of the
+#: hash, so every configuration written before them keeps its run_id (and its results' place).
+_HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
+    ("market_data",): "auto",
+    ("fill_model", "depth_liquidity_consumption"): True,
+    ("fill_model", "queue_position"): None,
+}
 
 
 class AlgoConfig(_Strict):
@@ -134,6 +165,10 @@ class BacktestConfig(_Strict):
     router_drift_bps_per_s: float = Field(0.0, ge=0)
     allow_spot_short: bool = False
     use_bars_for_marks: bool = True
+    # Which market data the venues' books are built from, per instrument: `auto` = the richest
+    # type present on every day of the run (depth > quotes > trades); a named type must exist
+    # for every instrument on every day (docs/execution.md, *Market data and fills*).
+    market_data: MarketDataChoice = "auto"
     algo: AlgoConfig = AlgoConfig()
 
     @model_serializer(mode="wrap")
@@ -187,11 +222,22 @@ class BacktestConfig(_Strict):
         """Sorted, default-complete JSON: the same configuration always hashes the same."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
+    def hash_json(self) -> str:
+        """:meth:`canonical_json` without the later fields still at their defaults (run ids)."""
+        data = self.model_dump(mode="json")
+        for path, default in _HASH_NEUTRAL_DEFAULTS.items():
+            parent = data
+            for part in path[:-1]:
+                parent = parent[part]
+            if parent.get(path[-1]) == default:
+                del parent[path[-1]]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
     def run_id(self, start: date | str, end: date | str) -> str:
         """`BT-YYYYMMDD-YYYYMMDD-<hash>`: a re-run of the same work overwrites instead of piling up."""
         s, e = layout.parse_day(start), layout.parse_day(end)
         digest = hashlib.sha256(
-            f"{self.canonical_json()}|{s.isoformat()}|{e.isoformat()}".encode()
+            f"{self.hash_json()}|{s.isoformat()}|{e.isoformat()}".encode()
         ).hexdigest()[:8]
         return f"BT-{s:%Y%m%d}-{e:%Y%m%d}-{digest}"
 

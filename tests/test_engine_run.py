@@ -557,7 +557,7 @@ def test_windows_split_between_timestamps_and_keep_every_row() -> None:
     windows = list(prepared.windows(4))
     assert len(windows) > 2
     seen: dict[str, list[str]] = {BTC: [], BTC_BYBIT: []}
-    for i, (lo, hi, ticks) in enumerate(windows):
+    for i, (lo, hi, ticks, _books) in enumerate(windows):
         assert lo < hi and (i == 0 or lo == windows[i - 1][1])
         for key, ts in ticks.items():
             assert all(lo <= x.ts_event < hi for x in ts)
@@ -566,6 +566,6 @@ def test_windows_split_between_timestamps_and_keep_every_row() -> None:
     assert seen[BTC] == a.column("trade_id").to_pylist()
     assert seen[BTC_BYBIT] == b.column("trade_id").to_pylist()
     # the five equal timestamps land in one window
-    assert sum(1 for _, _, tk in windows for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)) == 5
-    assert len({i for i, (_, _, tk) in enumerate(windows)
+    assert sum(1 for _, _, tk, _b in windows for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)) == 5
+    assert len({i for i, (_, _, tk, _b) in enumerate(windows)
                 for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)}) == 1  # fmt: skip

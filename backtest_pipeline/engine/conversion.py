@@ -1,4 +1,5 @@
-"""Columnar trades → Nautilus ``TradeTick`` objects, and the per-second marks derived from them.
+"""Columnar market data → Nautilus ``TradeTick``/``QuoteTick``/``OrderBookDepth10`` objects, and
+the per-second marks derived from trades.
 
 The engine only accepts Cython ``TradeTick`` objects; building them one Python row at a time
 costs more than the backtest itself. The fast path (:func:`struct_ticks`) writes the engine's
@@ -14,16 +15,21 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from nautilus_trader.model import objects as _objects
-from nautilus_trader.model.data import TradeTick
+from nautilus_trader.model.data import BookOrder, OrderBookDepth10, QuoteTick, TradeTick
+from nautilus_trader.model.enums import OrderSide
 from nautilus_trader.model.instruments import Instrument
+from nautilus_trader.model.objects import Price, Quantity
 
 log = logging.getLogger(__name__)
 
@@ -529,4 +535,381 @@ def sorted_marks(table: pa.Table | pl.DataFrame, instrument_key: str) -> pl.Data
             ),
             "price": pl.Series(price[last], dtype=pl.Float64),
         }
+    )
+
+
+# ---- quotes and 10-level book snapshots ------------------------------------------------------
+#
+# The same struct path for ``QuoteTick_t`` and ``OrderBookDepth10_t`` (1.231, x86-64, measured on
+# the installed wheel by locating known values in the bytes of Nautilus-built objects):
+#
+#   QuoteTick_t (160 bytes): 0 InstrumentId_t; 16 bid_price, 48 ask_price, 80 bid_size,
+#     112 ask_size (each a fixed-point i128/u128 raw with its precision byte 16 bytes later);
+#     144 ts_event, 152 ts_init.
+#   BookOrder_t (96 bytes): 0 side u8; 16 price raw (+16 precision); 48 size raw (+16
+#     precision); 80 order_id u64.
+#   OrderBookDepth10_t (2048 bytes): 0 InstrumentId_t; 16 bids[10]; 976 asks[10];
+#     1936 bid_counts u32[10]; 1976 ask_counts u32[10]; 2016 flags u8; 2024 sequence u64;
+#     2032 ts_event; 2040 ts_init.
+#
+# A missing level (null price in ``book_depth10``) is Nautilus's null order: every byte zero
+# (side NO_ORDER_SIDE), which its matching engine skips. Every call re-builds a sample with
+# Nautilus's own constructors and compares the meaningful bytes, as for trades.
+
+_Q_ITEM = 160
+_Q_FIELDS = (16, 48, 80, 112)  # bid_price, ask_price, bid_size, ask_size
+_Q_TS_EVENT, _Q_TS_INIT = 144, 152
+Q_MEANINGFUL = np.zeros(_Q_ITEM, dtype=bool)
+Q_MEANINGFUL[0:16] = True
+for _f in _Q_FIELDS:
+    Q_MEANINGFUL[_f : _f + 17] = True
+Q_MEANINGFUL[144:160] = True
+
+_D_ITEM, _D_LEVELS, _BO_ITEM = 2048, 10, 96
+_D_BIDS, _D_ASKS, _D_BID_COUNTS, _D_ASK_COUNTS = 16, 976, 1936, 1976
+_D_FLAGS, _D_SEQUENCE, _D_TS_EVENT, _D_TS_INIT = 2016, 2024, 2032, 2040
+#: Every row is a whole book: F_SNAPSHOT (32) | F_LAST (128). The snapshot flag is what makes the
+#: matching engine forget consumed liquidity when a new book arrives.
+DEPTH_FLAGS = 32 | 128
+D_MEANINGFUL = np.zeros(_D_ITEM, dtype=bool)
+D_MEANINGFUL[0:16] = True
+for _lvl in range(_D_LEVELS):
+    for _base in (_D_BIDS, _D_ASKS):
+        _o = _base + _lvl * _BO_ITEM
+        D_MEANINGFUL[_o : _o + 1] = True
+        D_MEANINGFUL[_o + 16 : _o + 33] = True
+        D_MEANINGFUL[_o + 48 : _o + 65] = True
+        D_MEANINGFUL[_o + 80 : _o + 88] = True
+D_MEANINGFUL[_D_BID_COUNTS : _D_FLAGS + 1] = True
+D_MEANINGFUL[_D_SEQUENCE:_D_ITEM] = True
+
+QUOTE_COLUMNS = ("bid_price", "ask_price", "bid_size", "ask_size")
+DEPTH_SIDES = ("bid", "ask")
+
+
+def _depth_column(side: str, what: str, level: int) -> str:
+    return f"{side}_{what}_{level}"
+
+
+DEPTH_COLUMNS = tuple(
+    _depth_column(side, what, i)
+    for side in DEPTH_SIDES
+    for what in ("price", "size")
+    for i in range(_D_LEVELS)
+)
+
+
+@dataclass(frozen=True)
+class QuoteColumns:
+    """One array per ``QuoteTick`` field: prices and sizes float64, times uint64 ns."""
+
+    bid_price: np.ndarray
+    ask_price: np.ndarray
+    bid_size: np.ndarray
+    ask_size: np.ndarray
+    ts_event: np.ndarray
+    ts_init: np.ndarray
+
+    def take(self, rows: np.ndarray) -> QuoteColumns:
+        return QuoteColumns(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return len(self.ts_event)
+
+
+@dataclass(frozen=True)
+class DepthColumns:
+    """A 10-level snapshot per row: ``(n, 10)`` float64 arrays, NaN where a level is missing."""
+
+    bid_price: np.ndarray
+    bid_size: np.ndarray
+    ask_price: np.ndarray
+    ask_size: np.ndarray
+    ts_event: np.ndarray
+    ts_init: np.ndarray
+
+    def take(self, rows: np.ndarray) -> DepthColumns:
+        return DepthColumns(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return len(self.ts_event)
+
+
+def _float_column(table: pa.Table, name: str) -> np.ndarray:
+    """A float64 column with nulls as NaN (Arrow's null bitmap, not a sentinel value)."""
+    col = table.column(name).cast(pa.float64())
+    return col.fill_null(math.nan).to_numpy() if col.null_count else col.to_numpy()
+
+
+def _times(table: pa.Table, use_ts_init: bool) -> tuple[np.ndarray, np.ndarray]:
+    ts_event = _ns_array(table.column("ts_event"))
+    if use_ts_init and "ts_init" in table.column_names:
+        return ts_event, _ns_array(table.column("ts_init"))
+    return ts_event, ts_event
+
+
+def _arrow(table: pa.Table | pl.DataFrame) -> pa.Table:
+    return table if isinstance(table, pa.Table) else table.to_arrow()
+
+
+def quote_columns(table: pa.Table | pl.DataFrame, *, use_ts_init: bool = False) -> QuoteColumns:
+    """The quote arrays of a ``quotes`` table (schema of docs/storage.md, validated upstream)."""
+    t = _arrow(table)
+    missing = {"ts_event", *QUOTE_COLUMNS} - set(t.column_names)
+    if missing:
+        raise ValueError(f"quotes table lacks columns {sorted(missing)}; has {t.column_names}")
+    ts_event, ts_init = _times(t, use_ts_init)
+    return QuoteColumns(*(_float_column(t, c) for c in QUOTE_COLUMNS), ts_event, ts_init)
+
+
+def depth_columns(table: pa.Table | pl.DataFrame, *, use_ts_init: bool = False) -> DepthColumns:
+    """The level arrays of a ``book_depth10`` table (schema of docs/storage.md)."""
+    t = _arrow(table)
+    missing = {"ts_event", *DEPTH_COLUMNS} - set(t.column_names)
+    if missing:
+        raise ValueError(f"book_depth10 table lacks columns {sorted(missing)}")
+    ts_event, ts_init = _times(t, use_ts_init)
+    n = t.num_rows
+
+    def levels(side: str, what: str) -> np.ndarray:
+        out = np.empty((n, _D_LEVELS), dtype=np.float64)
+        for i in range(_D_LEVELS):
+            out[:, i] = _float_column(t, _depth_column(side, what, i))
+        return out
+
+    return DepthColumns(
+        levels("bid", "price"), levels("bid", "size"), levels("ask", "price"),
+        levels("ask", "size"), ts_event, ts_init,
+    )  # fmt: skip
+
+
+def top_of_book(d: DepthColumns) -> QuoteColumns:
+    """Level 0 of each snapshot as quotes (for references and the L1 view of a book)."""
+    return QuoteColumns(
+        d.bid_price[:, 0], d.ask_price[:, 0], d.bid_size[:, 0], d.ask_size[:, 0],
+        d.ts_event, d.ts_init,
+    )  # fmt: skip
+
+
+def nautilus_quotes(instrument: Instrument, c: QuoteColumns) -> list[QuoteTick]:
+    """Nautilus's own bulk constructor (the reference the struct path is checked against)."""
+    return QuoteTick.from_raw_arrays_to_list(
+        instrument.id,
+        instrument.price_precision,
+        instrument.size_precision,
+        _writable(c.bid_price, np.float64),
+        _writable(c.ask_price, np.float64),
+        _writable(c.bid_size, np.float64),
+        _writable(c.ask_size, np.float64),
+        _writable(c.ts_event, np.uint64),
+        _writable(c.ts_init, np.uint64),
+    )
+
+
+def nautilus_depths(instrument: Instrument, c: DepthColumns) -> list[OrderBookDepth10]:
+    """Snapshots built object by object with Nautilus's constructors (reference, slow)."""
+    pp, sp = instrument.price_precision, instrument.size_precision
+    null = BookOrder(OrderSide.NO_ORDER_SIDE, Price.from_raw(0, 0), Quantity.from_raw(0, 0), 0)
+    out: list[OrderBookDepth10] = []
+    for r in range(len(c)):
+        sides = []
+        for prices, sizes, side in (
+            (c.bid_price[r], c.bid_size[r], OrderSide.BUY),
+            (c.ask_price[r], c.ask_size[r], OrderSide.SELL),
+        ):
+            orders = [
+                BookOrder(side, Price(float(p), pp), Quantity(float(q), sp), 0)
+                if not math.isnan(p)
+                else null
+                for p, q in zip(prices, sizes, strict=True)
+            ]
+            sides.append(orders)
+        counts = [[0 if math.isnan(p) else 1 for p in c.bid_price[r]],
+                  [0 if math.isnan(p) else 1 for p in c.ask_price[r]]]  # fmt: skip
+        out.append(
+            OrderBookDepth10(
+                instrument.id,
+                sides[0],
+                sides[1],
+                counts[0],
+                counts[1],
+                DEPTH_FLAGS,
+                0,
+                int(c.ts_event[r]),
+                int(c.ts_init[r]),
+            )  # fmt: skip
+        )
+    return out
+
+
+def _bytes_of(cls: Any, items: list[Any], item: int) -> np.ndarray:
+    cap = cls.capsule_from_list(items)
+    vec = _CVec.from_address(_capsule_ptr(cap, None))
+    raw = ctypes.string_at(vec.ptr, len(items) * item)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(items), item)
+
+
+def _put_fixed(out: np.ndarray, offset: int, values: np.ndarray, precision: int) -> None:
+    """A fixed-point field (raw at ``offset``, precision byte 16 later) for each row of ``out``."""
+    words = out.view(np.uint64)
+    low, high = _fixed_raw(values, precision)
+    words[:, offset // 8], words[:, offset // 8 + 1] = low, high
+    out[:, offset + 16] = precision
+
+
+def _encode_quotes(out: np.ndarray, iid: np.ndarray, pp: int, sp: int, c: QuoteColumns) -> None:
+    out[:, 0:16] = iid
+    for off, values, prec in zip(
+        _Q_FIELDS, (c.bid_price, c.ask_price, c.bid_size, c.ask_size), (pp, pp, sp, sp),
+        strict=True,
+    ):  # fmt: skip
+        _put_fixed(out, off, values, prec)
+    words = out.view(np.uint64)
+    words[:, _Q_TS_EVENT // 8] = c.ts_event
+    words[:, _Q_TS_INIT // 8] = c.ts_init
+
+
+def _encode_depths(out: np.ndarray, iid: np.ndarray, pp: int, sp: int, c: DepthColumns) -> None:
+    """Write the snapshots' structs into ``out``, all ten levels of a side at once."""
+    out[:, 0:16] = iid
+    words = out.view(np.uint64)
+    counts = out[:, _D_BID_COUNTS:_D_FLAGS].view(np.uint32)  # bid then ask counts, 10 each
+    levels = np.arange(_D_LEVELS)
+    for s, (base, prices, sizes, side) in enumerate(
+        ((_D_BIDS, c.bid_price, c.bid_size, 1), (_D_ASKS, c.ask_price, c.ask_size, 2))
+    ):
+        o = base + levels * _BO_ITEM  # each level's BookOrder_t
+        present = ~np.isnan(prices)
+        for field, values, prec in ((16, prices, pp), (48, sizes, sp)):
+            low, high = _fixed_raw(np.where(present, values, 0.0), prec)
+            words[:, (o + field) // 8] = low
+            words[:, (o + field) // 8 + 1] = high
+            out[:, o + field + 16] = np.where(present, np.uint8(prec), np.uint8(0))
+        out[:, o] = np.where(present, np.uint8(side), np.uint8(0))
+        words[:, (o + 80) // 8] = 0
+        counts[:, s * _D_LEVELS : (s + 1) * _D_LEVELS] = present
+    out[:, _D_FLAGS] = DEPTH_FLAGS
+    words[:, _D_SEQUENCE // 8] = 0
+    words[:, _D_TS_EVENT // 8] = c.ts_event
+    words[:, _D_TS_INIT // 8] = c.ts_init
+
+
+def _aligned_n(n: int, item: int) -> np.ndarray:
+    raw = np.zeros(n * item + 16, dtype=np.uint8)
+    shift = -raw.ctypes.data % 16
+    return raw[shift : shift + n * item].reshape(n, item)
+
+
+def _wrap_as(cls: Any, buf: np.ndarray, n: int) -> list[Any]:
+    vec = _CVec(buf.ctypes.data, n, n)
+    capsule = _capsule_new(ctypes.addressof(vec), None, None)  # no destructor: numpy owns it
+    items = cls.list_from_capsule(capsule)
+    del capsule
+    return items
+
+
+def _values_ok(c: QuoteColumns | DepthColumns, pp: int, sp: int) -> bool:
+    """Whether the struct path encodes every value as Nautilus would (else its constructor)."""
+    if pp > _FIXED_PRECISION or sp > _FIXED_PRECISION:
+        return False
+    if isinstance(c, QuoteColumns):
+        prices, sizes = (
+            np.concatenate([c.bid_price, c.ask_price]),
+            np.concatenate([c.bid_size, c.ask_size]),
+        )
+    else:
+        present = ~np.isnan(np.concatenate([c.bid_price, c.ask_price]))
+        prices = np.concatenate([c.bid_price, c.ask_price])[present]
+        sizes = np.concatenate([c.bid_size, c.ask_size])[present]
+    return bool(
+        _in_range(prices, pp, _PRICE_MAX).all()
+        and (prices > 0).all()
+        and _in_range(sizes, sp, _QUANTITY_MAX).all()
+    )
+
+
+def _struct_build(
+    instrument: Instrument,
+    c: QuoteColumns | DepthColumns,
+    cls: Any,
+    item: int,
+    meaningful: np.ndarray,
+    reference: Callable[[Instrument, Any], list[Any]],
+    encode: Callable[[np.ndarray, np.ndarray, int, int, Any], None],
+) -> list[Any] | None:
+    """Objects of ``cls`` built from C structs, or None where Nautilus's constructor must do it."""
+    pp, sp = instrument.price_precision, instrument.size_precision
+    if fast_path_disabled or not _values_ok(c, pp, sp):
+        return None
+    n = len(c)
+    sample = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE)).astype(np.int64))
+    want = _bytes_of(cls, reference(instrument, c.take(sample)), item)
+    got = _aligned_n(len(sample), item)
+    encode(got, want[0, 0:16], pp, sp, c.take(sample))
+    if not np.array_equal(want[:, meaningful], got[:, meaningful]):
+        _disable(f"a sample of {cls.__name__} rows disagrees with Nautilus's constructor")
+        return None
+    chunk = max(1, CHUNK * _ITEM // item)
+    buf = _aligned_n(min(n, chunk), item)
+    items: list[Any] = []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        part = buf[: stop - start]
+        encode(part, want[0, 0:16], pp, sp, c.take(np.arange(start, stop)))
+        items.extend(_wrap_as(cls, part, stop - start))
+    return items
+
+
+def quotes_to_ticks(instrument: Instrument, c: QuoteColumns) -> list[QuoteTick]:
+    """All rows as ``QuoteTick``s of ``instrument`` (struct path, checked; else Nautilus's)."""
+    if len(c) == 0:
+        return []
+    fast = _struct_build(
+        instrument, c, QuoteTick, _Q_ITEM, Q_MEANINGFUL, nautilus_quotes, _encode_quotes
+    )
+    return fast if fast is not None else nautilus_quotes(instrument, c)
+
+
+def depths_to_snapshots(instrument: Instrument, c: DepthColumns) -> list[OrderBookDepth10]:
+    """All rows as ``OrderBookDepth10`` snapshots of ``instrument`` (struct path, checked)."""
+    if len(c) == 0:
+        return []
+    fast = _struct_build(
+        instrument, c, OrderBookDepth10, _D_ITEM, D_MEANINGFUL, nautilus_depths, _encode_depths
+    )
+    return fast if fast is not None else nautilus_depths(instrument, c)
+
+
+def quotes_restored_after_trades(quotes: QuoteColumns, trade_ts: np.ndarray) -> QuoteColumns:
+    """The quotes plus, after each trade, the quote in force again at the trade's instant.
+
+    On an ``L1_MBP`` venue Nautilus 1.231 also moves the book to every trade tick (both sides at
+    the trade's price and size) until the next quote: a market buy arriving after a sell print
+    at the bid would fill at the bid, below the ask in force (measured, see docs/execution.md).
+    Re-stating the quote at the trade's timestamp (fed after the trade) keeps the trade's own
+    matching of resting orders and restores the book the quotes show. A trade with a quote of
+    its own instant needs none; a trade before the first quote has nothing to restore.
+    """
+    if len(quotes) == 0 or trade_ts.size == 0:
+        return quotes
+    qts = quotes.ts_event.view(np.int64)
+    tts = np.unique(trade_ts.view(np.int64))
+    idx = np.searchsorted(qts, tts, side="right") - 1
+    keep = idx >= 0
+    keep &= qts[np.maximum(idx, 0)] != tts  # a quote at that very instant follows the trade
+    idx, tts = idx[keep], tts[keep]
+    if idx.size == 0:
+        return quotes
+    extra = quotes.take(idx)
+    ts = tts.view(np.uint64)
+    extra = QuoteColumns(
+        extra.bid_price, extra.ask_price, extra.bid_size, extra.ask_size, ts, ts.copy()
+    )
+    merged_ts = np.concatenate([qts, tts])
+    order = np.argsort(merged_ts, kind="stable")
+    return QuoteColumns(
+        *(
+            np.concatenate([getattr(quotes, f), getattr(extra, f)])[order]
+            for f in QuoteColumns.__dataclass_fields__
+        )
     )

@@ -146,6 +146,9 @@ class ExecutionStrategy(Strategy):
         self.risk_log: list[tuple[OrderIntent, RiskSnapshot, str | None]] | None = None
         self.lost: list[str] = []  # orders the venue dropped without an event (see on_order_event)
         self.stale_book_orders = 0  # orders sent while the venue's book predated the interval
+        # Instruments whose venue book comes from quotes or snapshots: each interval starts from
+        # the one in force before it, so that book is always the market's, never stale.
+        self.book_keys: set[str] = set()
         self._lookback_ns = round(config.lookback_s * 1e9)
         self.ending = False  # set by run_engine just before engine.end(): arms the SWEEP alerts
         self.swept: list[str] = []  # orders cancelled by the end-of-run sweep
@@ -408,7 +411,7 @@ class ExecutionStrategy(Strategy):
         print instead (filled at a price that traded, a little late). Full-day runs always see
         the true last trade.
         """
-        if self.run_config.full_day:
+        if self.run_config.full_day or key in self.book_keys:
             return True
         iid = self.iids.get(key)
         tick = self.cache.trade_tick(iid) if iid is not None else None

@@ -12,8 +12,8 @@ Conventions (they are part of the contract, keep them in sync with the docs):
 * Fills are processed in ``ts_event`` order, ties in the order given (stable sort): the engine's
   order is the truth for simultaneous fills. ``seq`` is the index of a fill in that order.
 * Netting accounting per instrument: the average entry price is quantity-weighted on increases,
-  unchanged on reductions, reset to the fill price on a flip, and **NaN while flat** (there is no
-  entry price; 0 would look like a price). A position within ``FLAT_TOLERANCE`` (relative to
+  unchanged on reductions, reset to the fill price on a flip, and NaN while flat in the accounting
+  (there is no entry price; 0 would look like a price), written as null in ``positions.parquet``. A position within ``FLAT_TOLERANCE`` (relative to
   the sizes involved) of zero is snapped to exactly flat so float dust never keeps a trip open.
 * Realized PnL is price PnL only (quantity × price difference, all instruments linear); fees and
   funding are kept separate and only meet in the cash balance.
@@ -115,7 +115,7 @@ _SCHEMAS: Final[dict[str, pa.Schema]] = {
         "price:float64 fee:float64 fee_currency:string ts_event:ts venue:string"
     ),
     "positions": _schema(
-        "ts_event:ts instrument_key:string quantity:float64 avg_entry_price:float64 "
+        "ts_event:ts instrument_key:string quantity:float64 avg_entry_price:float64? "
         "current_price:float64 unrealized_pnl:float64 realized_pnl:float64"
     ),
     "equity_curve": _schema(
@@ -560,11 +560,12 @@ def build_positions(
             pl.col("ts_event").cast(pl.Int64).cast(UTC_NS),
             pl.col("instrument_key").cast(pl.String),
         )
+    # A flat position has no entry price: null in the output (NaN only inside the accounting).
     return (
         pl.concat(parts, how="vertical")
         .sort(["pos", "instrument_key"], maintain_order=True)
         .drop("pos")
-        .with_columns(pl.col("ts_event").cast(UTC_NS))
+        .with_columns(pl.col("ts_event").cast(UTC_NS), pl.col("avg_entry_price").fill_nan(None))
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.data import readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
@@ -88,9 +88,16 @@ def trade_keys_for_day(
 
 
 def load_day(
-    ucs: UnifiedCloudService, config: BacktestConfig, day: date
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    day: date,
+    market_data: Mapping[str, MarketData] | None = None,
 ) -> tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]:
-    """Everything one day of the run needs, read and validated."""
+    """Everything one day of the run needs, read and validated.
+
+    ``market_data`` (from :func:`resolve_market_data`) adds each instrument's quotes or
+    10-level snapshots over the same intervals as its trades.
+    """
     inputs: list[InputRecord] = []
     t_instr, t_sig = layout.target("instruments"), layout.target("signals")
 
@@ -124,6 +131,7 @@ def load_day(
     intervals = signal_intervals(signals, day, config.lookback_s, config.grace_s)
     by_key: dict[str, pl.DataFrame] = {}
     trades = {}
+    books: dict[str, dict[str, pa.Table]] = {"quotes": {}, "depth": {}}
     for key in keys:
         ranges = ranges_for_key(config, intervals, key, day)
         if not ranges:
@@ -132,6 +140,12 @@ def load_day(
         table, fetched = fetch_trades(ucs, day, key, ranges, needed_by=signals.height)
         trades[key] = table
         inputs.append(fetched)
+        kind = (market_data or {}).get(key, "trades")
+        if kind != "trades":
+            books[kind][key], fetched = fetch_ticks(
+                ucs, day, key, BOOK_DATA_TYPES[kind], ranges, needed_by=signals.height
+            )
+            inputs.append(fetched)
 
     available = set(instruments.get_column("instrument_key").to_list())
     funding, funding_inputs = load_funding(ucs, config, day, available)
@@ -146,6 +160,8 @@ def load_day(
         trades=trades,
         funding=funding,
         bars=bars or None,
+        quotes=books["quotes"],
+        depth=books["depth"],
     )
     return day_input, inputs, by_key
 
@@ -326,6 +342,14 @@ def fetch_ticks(
     )
 
 
+#: The tick data type behind each book mode, richest first (``auto`` takes the first present).
+BOOK_DATA_TYPES: dict[str, layout.TickDataType] = {"depth": "book_depth10", "quotes": "quotes"}
+
+
+class MarketDataMissing(ValueError):
+    """A run asked for a market data type that some of its days lack (the objects are named)."""
+
+
 def tick_types_present(ucs: UnifiedCloudService, day: date, key: str) -> list[layout.TickDataType]:
     """The tick data types stored for `key` on `day`, poorest first (trades, quotes, book)."""
     t_ticks = layout.target("ticks")
@@ -334,6 +358,58 @@ def tick_types_present(ucs: UnifiedCloudService, day: date, key: str) -> list[la
         for dt in layout.TICK_DATA_TYPES
         if ucs.exists_sync(t_ticks, layout.tick_path(day, key, dt))
     ]
+
+
+def resolve_market_data(
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date]
+) -> dict[str, MarketData]:
+    """Per instrument of the run, the market data its venue's book is built from.
+
+    ``auto``: the richest type whose object exists on every day of the run that has the
+    instrument's trades (depth, then quotes, then trades). Nautilus sets the book type per
+    venue, so a venue runs on depth only if all its instruments can; otherwise its depth
+    instruments fall back to quotes (or trades), with a warning. A named type must exist for
+    every instrument on every such day: else :class:`MarketDataMissing` lists every missing
+    object. ``trades`` is today's model and reads nothing more.
+    """
+    choice = config.market_data
+    if choice == "trades":
+        return dict.fromkeys(config.instruments, "trades")
+    t_ticks = layout.target("ticks")
+    missing: dict[str, dict[str, list[str]]] = {}  # key → mode → URIs of the days that lack it
+    for key in config.instruments:
+        missing[key] = {mode: [] for mode in BOOK_DATA_TYPES}
+        for d in days:
+            present = tick_types_present(ucs, d, key)
+            if "trades" not in present:
+                continue  # not traded that day: nothing to build a book for
+            for mode, data_type in BOOK_DATA_TYPES.items():
+                if data_type not in present:
+                    missing[key][mode].append(ucs.uri(t_ticks, layout.tick_path(d, key, data_type)))
+    if choice != "auto":
+        lacking = [uri for key in config.instruments for uri in missing[key][choice]]
+        if lacking:
+            raise MarketDataMissing(
+                f"market_data: {choice} asked for, but {len(lacking)} object(s) do not exist: "
+                + ", ".join(lacking)
+            )
+        return dict.fromkeys(config.instruments, choice)  # type: ignore[arg-type]
+    out: dict[str, MarketData] = {}
+    for key in config.instruments:
+        has = [mode for mode in BOOK_DATA_TYPES if not missing[key][mode]]
+        out[key] = has[0] if has else "trades"  # type: ignore[assignment]
+    for venue in sorted({k.split(":")[0] for k in config.instruments}):
+        members = [k for k in config.instruments if k.split(":")[0] == venue]
+        if any(out[k] == "depth" for k in members) and any(out[k] != "depth" for k in members):
+            for k in members:
+                if out[k] == "depth":
+                    out[k] = "quotes" if not missing[k]["quotes"] else "trades"
+                    log.warning(
+                        "%s has book_depth10 on every day but shares venue %s with instruments "
+                        "without it (Nautilus's book type is per venue): it runs on %s",
+                        k, venue, out[k],
+                    )  # fmt: skip
+    return out
 
 
 @dataclass

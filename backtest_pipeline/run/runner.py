@@ -9,6 +9,7 @@ failure removes this run's Parquet objects and writes a FAILED summary and the l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -24,14 +25,21 @@ import polars as pl
 import psutil
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.results import metrics as metrics_mod
 from backtest_pipeline.results import operations as operations_mod
 from backtest_pipeline.results import report as report_mod
 from backtest_pipeline.results import tables as results_mod
 from backtest_pipeline.results.writer import ResultWriter, failed_summary, utc_now
 from backtest_pipeline.run import shards as shards_mod
-from backtest_pipeline.run.inputs import DayLoader, Prefetcher, ProgressFn, ReadSummary, load_day
+from backtest_pipeline.run.inputs import (
+    DayLoader,
+    Prefetcher,
+    ProgressFn,
+    ReadSummary,
+    load_day,
+    resolve_market_data,
+)
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
@@ -103,19 +111,24 @@ def run_backtest(
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
     try:
+        market_data = _market_data_for(ucs, config, days, custom_loader=day_loader is not None)
+        if day_loader is None:
+            prefetch.loader = functools.partial(load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
         if write_results:
             # A stale result of an earlier attempt must not survive a failed re-run.
             writer.remove()
             writer.write_config(config.model_dump(mode="json"))
         plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
-        refusal = shards_mod.refusal(config) if len(plan) > 1 else None
+        refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
         if refusal:
             log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
         if len(plan) > 1 and refusal is None:
             engine_out, reads = shards_mod.run_sharded(config, plan, ucs, workdir, progress)
         else:
-            engine_out = run_engine(config, iter(prefetch), log_dir=workdir)
+            engine_out = run_engine(
+                config, iter(prefetch), log_dir=workdir, market_data=market_data
+            )
             reads = prefetch.summary()
         result = _build_result(
             config, days, run_id, engine_out, reads, wall0, created_at, locations
@@ -152,6 +165,29 @@ def run_backtest(
         root_logger.removeHandler(handler)
         handler.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _market_data_for(
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, custom_loader: bool
+) -> dict[str, MarketData]:
+    """What each instrument's book is built from; a custom day loader supplies trades only.
+
+    The Dagster path reads its days from a NautilusTrader catalog of trades: with ``auto`` it
+    runs on trades (a warning names what richer data it leaves unused); a named book type is
+    an error rather than a silent downgrade.
+    """
+    if not custom_loader:
+        return resolve_market_data(ucs, config, days)
+    if config.market_data in ("depth", "quotes"):
+        raise ValueError(
+            f"market_data: {config.market_data} is not available on this path (its day loader "
+            "supplies trades only); run it with `backtest run` or use market_data: auto/trades"
+        )
+    if config.market_data == "auto":
+        richer = {k: v for k, v in resolve_market_data(ucs, config, days).items() if v != "trades"}
+        if richer:
+            log.warning("this path runs on trades only; unused book data: %s", richer)
+    return dict.fromkeys(config.instruments, "trades")
 
 
 def record_failure(

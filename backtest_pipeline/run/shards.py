@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -88,8 +89,12 @@ def plan_shards(days: list[date], shards: int, warmup_days: int | None = None) -
     return plans
 
 
-def refusal(config: BacktestConfig) -> str | None:
+def refusal(config: BacktestConfig, market_data: Mapping[str, str] | None = None) -> str | None:
     """Why this run's course depends on more than the hand-off state (None: it may be sharded)."""
+    books = sorted(k for k, v in (market_data or {}).items() if v != "trades")
+    if books:
+        # Not yet proven exact: consumed levels and queue positions live in the venue's book.
+        return f"instruments {books} run on quotes or depth books (shards run trades only)"
     fm = config.fill_model
     if fm.prob_fill_on_limit not in (0.0, 1.0) or fm.prob_slippage not in (0.0, 1.0):
         return "the fill model draws random numbers, whose state no shard can know"
