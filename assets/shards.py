@@ -37,11 +37,11 @@ from backtest_pipeline import layout
 from backtest_pipeline.run import runner, stages
 from backtest_pipeline.run import shards as shards_mod
 from backtest_pipeline.run.shards import ShardPlan
-from launch import POD_RESOURCES, chunk_range
+from launch import POD_RESOURCES, SHARDED_JOB_NAME, chunk_range
 from resources.settings import BacktestSettings, tag_run
 from resources.ucs_resource import UCSResource
 
-JOB_NAME = "sharded_backtest_job"
+JOB_NAME = SHARDED_JOB_NAME
 IO_MANAGER_KEY = "shard_io"
 EXECUTOR_ENV = "BACKTEST_SHARD_EXECUTOR"
 #: Celery settings that make a worker lost in the middle of a shard harmless: the task is
