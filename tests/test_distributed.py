@@ -24,7 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -125,15 +126,20 @@ def _wait_workers(c: Cluster, timeout_s: float = 90) -> None:
     raise TimeoutError(f"celery workers {WORKERS} did not answer within {timeout_s} s")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@contextmanager
+def running_cluster(
+    write_data: Callable[[UnifiedCloudService], None], extra_env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """Redis, Postgres, deploy/celery/'s instance, two workers and a daemon, all stopped after.
+
+    The calling process becomes the launching client (``DAGSTER_HOME`` and the code location's
+    settings in ``os.environ``, restored after). Shared with ``benchmarks/distributed.py``.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="distributed-"))
     home, root = tmp / "dagster_home", tmp / "root"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    ucs = UnifiedCloudService(str(root))
-    generate_sample_data(ucs, TEN_START, TEN_DAYS, trades_per_day=30_000, seed=11)
-    generate_sample_data(ucs, SIXTY_START, SIXTY_DAYS, trades_per_day=1_500, seed=12)
+    write_data(UnifiedCloudService(str(root)))
     saved = dict(os.environ)
     with redis_server() as redis_url, postgres_server() as pg:
         broker, backend = f"{redis_url}/0", f"{redis_url}/1"
@@ -147,8 +153,8 @@ def cluster() -> Iterator[Cluster]:
             "BACKTEST_CELERY_BACKEND": backend,
             "PYTHONPATH": str(REPO),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(extra_env or {}),
         }
-        # the test process is the launching client: same instance, same code location settings
         os.environ.update(env)
         workers: dict[str, subprocess.Popen] = {}
         try:
@@ -166,7 +172,18 @@ def cluster() -> Iterator[Cluster]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _digests(ucs: UnifiedCloudService, run_id: str) -> dict[str, str]:
+def _sample(ucs: UnifiedCloudService) -> None:
+    generate_sample_data(ucs, TEN_START, TEN_DAYS, trades_per_day=30_000, seed=11)
+    generate_sample_data(ucs, SIXTY_START, SIXTY_DAYS, trades_per_day=1_500, seed=12)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with running_cluster(_sample) as c:
+        yield c
+
+
+def digests(ucs: UnifiedCloudService, run_id: str) -> dict[str, str]:
     t = layout.target("results")
     return {
         n: hashlib.sha256(ucs.download_bytes_sync(t, layout.result_path(run_id, n))).hexdigest()
@@ -174,26 +191,29 @@ def _digests(ucs: UnifiedCloudService, run_id: str) -> dict[str, str]:
     }
 
 
-def _one_engine(c: Cluster, start: date, days: int) -> tuple[str, dict[str, str], float]:
+def one_engine(
+    c: Cluster, start: date, days: int, config_name: str = "demo"
+) -> tuple[str, dict[str, str], float]:
     """The reference: the CLI's one-engine run in this process (its run id, digests, wall s)."""
-    config = load_config("demo")
+    config = load_config(config_name)
     end = start + timedelta(days=days - 1)
     t0 = time.perf_counter()
     result = run_backtest(config, start, end, ucs=c.ucs())
     wall = time.perf_counter() - t0
     assert result.fills.height > 0
-    return result.run_id, _digests(c.ucs(), result.run_id), wall
+    return result.run_id, digests(c.ucs(), result.run_id), wall
 
 
-def _submit(c: Cluster, start: date, days: int, **how: object) -> str:
+def submit(start: date, days: int, config_name: str = "demo", **how: object) -> str:
+    """Queue one run through ``launch`` (``shards=`` or ``chunk=``); returns its Dagster run id."""
     end = start + timedelta(days=days - 1)
-    specs = launch.plan(["demo"], start, end, **how)  # type: ignore[arg-type]
+    specs = launch.plan([config_name], start, end, **how)  # type: ignore[arg-type]
     with DagsterInstance.get() as instance:
         (run_id,) = launch.submit(instance, specs, trigger="test")
     return run_id
 
 
-def _wait(run_id: str, timeout_s: float = 600) -> DagsterRunStatus:
+def wait(run_id: str, timeout_s: float = 600) -> DagsterRunStatus:
     with DagsterInstance.get() as instance:
         return local_queue.wait_for_runs(instance, [run_id], timeout_s=timeout_s)[run_id]
 
@@ -221,7 +241,7 @@ def _failure_message(run_id: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference_10(cluster: Cluster) -> tuple[str, dict[str, str], float]:
-    return _one_engine(cluster, TEN_START, TEN_DAYS)
+    return one_engine(cluster, TEN_START, TEN_DAYS)
 
 
 def test_ten_day_run_on_two_celery_workers_equals_the_one_engine_run(
@@ -229,11 +249,11 @@ def test_ten_day_run_on_two_celery_workers_equals_the_one_engine_run(
 ) -> None:
     bt_id, want, one_engine_s = reference_10
     t0 = time.perf_counter()
-    run_id = _submit(cluster, TEN_START, TEN_DAYS, shards=2)
-    status = _wait(run_id)
+    run_id = submit(TEN_START, TEN_DAYS, shards=2)
+    status = wait(run_id)
     wall = time.perf_counter() - t0
     assert status == DagsterRunStatus.SUCCESS, _failure_message(run_id)
-    assert _digests(cluster.ucs(), bt_id) == want
+    assert digests(cluster.ucs(), bt_id) == want
     summary = cluster.ucs().download_from_gcs_sync(
         layout.target("results"), layout.result_path(bt_id, "summary.json")
     )
@@ -271,7 +291,7 @@ def test_a_worker_killed_mid_shard_is_retried_on_the_other_worker(
 ) -> None:
     bt_id, want, _ = reference_10
     app = _celery_app(cluster)
-    run_id = _submit(cluster, TEN_START, TEN_DAYS, shards=2)
+    run_id = submit(TEN_START, TEN_DAYS, shards=2)
     deadline = time.monotonic() + 300
     victim: tuple[str, psutil.Process] | None = None
     while victim is None and time.monotonic() < deadline:
@@ -288,10 +308,10 @@ def test_a_worker_killed_mid_shard_is_retried_on_the_other_worker(
     assert engine.is_running()
     os.kill(pool_process.pid, signal.SIGKILL)
     try:
-        status = _wait(run_id)
+        status = wait(run_id)
         assert status == DagsterRunStatus.SUCCESS, _failure_message(run_id)
         assert not engine.is_running()  # the engine died with the worker process that ran it
-        assert _digests(cluster.ucs(), bt_id) == want
+        assert digests(cluster.ucs(), bt_id) == want
         ran_on = _workers_of_steps(run_id)
         twice = {k: ws for k, ws in ran_on.items() if k.startswith("run_shard[") and len(ws) > 1}
         assert len(twice) == 1, ran_on  # the killed shard started twice ...
@@ -302,11 +322,11 @@ def test_a_worker_killed_mid_shard_is_retried_on_the_other_worker(
 
 
 def test_sixty_day_chunked_backfill_equals_the_one_engine_run(cluster: Cluster) -> None:
-    bt_id, want, _ = _one_engine(cluster, SIXTY_START, SIXTY_DAYS)
-    run_id = _submit(cluster, SIXTY_START, SIXTY_DAYS, chunk="month")
-    status = _wait(run_id)
+    bt_id, want, _ = one_engine(cluster, SIXTY_START, SIXTY_DAYS)
+    run_id = submit(SIXTY_START, SIXTY_DAYS, chunk="month")
+    status = wait(run_id)
     assert status == DagsterRunStatus.SUCCESS, _failure_message(run_id)
-    assert _digests(cluster.ucs(), bt_id) == want
+    assert digests(cluster.ucs(), bt_id) == want
     ran_on = _workers_of_steps(run_id)
     assert {k for k in ran_on if k.startswith("run_shard[")} == {"run_shard[s0]", "run_shard[s1]"}
     summary = cluster.ucs().download_from_gcs_sync(
