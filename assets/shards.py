@@ -16,7 +16,6 @@ backend from ``$BACKTEST_CELERY_BROKER`` / ``$BACKTEST_CELERY_BACKEND``) or ``k8
 
 import os
 from collections.abc import Iterator
-from typing import Any
 
 from dagster import (
     Config,
@@ -34,6 +33,7 @@ from dagster import (
 from pydantic import Field
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.run import runner, stages
 from backtest_pipeline.run import shards as shards_mod
 from backtest_pipeline.run.shards import ShardPlan
@@ -91,7 +91,7 @@ def shard_executor() -> ExecutorDefinition:
     raise ValueError(f"${EXECUTOR_ENV}={name!r}: expected multiprocess, in_process, celery or k8s")
 
 
-def plan_for(config: Any, run: ShardedRunConfig) -> list[ShardPlan]:
+def plan_for(config: BacktestConfig, run: ShardedRunConfig) -> list[ShardPlan]:
     """The run's shards: calendar chunks, or ``run.shards`` even ranges; one if refused."""
     days = layout.days_between(run.start, run.end)
     if shards_mod.refusal(config):
