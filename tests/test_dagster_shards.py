@@ -160,3 +160,33 @@ def test_chunked_run_across_month_boundaries_holding_positions(
     )
     info = summary["execution_stats"]["shards"]
     assert info["count"] + len(info["merged_boundaries"]) == 2, info
+
+
+@pytest.mark.slow  # the failing shard is retried twice (RetryPolicy), each an engine process
+def test_a_failing_shard_fails_the_run_cleanly(data: Path, tmp_path: Path) -> None:
+    """A shard whose ticks object is corrupt: retried, then the run fails with the object named
+    in a FAILED summary, no result Parquet left (a stale earlier result removed too)."""
+    root = tmp_path / "root"
+    shutil.copytree(data, root)
+    ucs = UnifiedCloudService(str(root))
+    config = load_config("demo")
+    run_id = config.run_id(START, END)
+    run_backtest(config, START, END, ucs=ucs)  # a complete earlier result that must not survive
+    bad = layout.trades_path(END - timedelta(days=1), config.instruments[0])
+    ucs.upload_to_gcs_sync(layout.target("ticks"), bad, b"PAR1 truncated", format="bytes")
+    result = shard_assets.sharded_backtest_job.execute_in_process(
+        run_config=run_config(START, END, shards=2),
+        resources=_resources(str(root)),
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failed = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_key for e in failed] == ["run_shard[s1]"]
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 2
+    t = layout.target("results")
+    summary = ucs.download_from_gcs_sync(t, layout.result_path(run_id, "summary.json"))
+    assert summary["status"] == "FAILED" and bad in summary["error"]
+    for name in layout.RESULT_PARQUETS:
+        assert not ucs.exists_sync(t, layout.result_path(run_id, name))
