@@ -10,7 +10,7 @@ import atexit
 import gc
 import warnings
 
-from dagster import Definitions, PreviewWarning, load_assets_from_modules
+from dagster import Definitions, JobDefinition, PreviewWarning, load_assets_from_modules
 
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
@@ -32,8 +32,10 @@ from assets.checks import ALL_CHECKS
 from assets.jobs import backtest_job, comparison_job
 from assets.schedules import t_plus_1_schedule
 from assets.sensors import inputs_ready_sensor
+from assets.shards import IO_MANAGER_KEY, sharded_backtest_job
 from resources.io_manager import UCSIOManager
 from resources.settings import BacktestSettings
+from resources.step_io import UCSPickleIOManager
 from resources.ucs_resource import UCSResource
 
 ucs = UCSResource.configure_at_launch()
@@ -42,7 +44,7 @@ settings = BacktestSettings.configure_at_launch()
 defs = Definitions(
     assets=load_assets_from_modules([inputs, catalog, backtest, comparison]),
     asset_checks=ALL_CHECKS,
-    jobs=[backtest_job, comparison_job],
+    jobs=[backtest_job, comparison_job, sharded_backtest_job],
     schedules=[t_plus_1_schedule],
     sensors=[inputs_ready_sensor],
     # In-process steps: the backtest itself runs in its own spawned process, and one process
@@ -53,7 +55,18 @@ defs = Definitions(
         "ucs": ucs,
         "backtest": settings,
         "io_manager": UCSIOManager(ucs=ucs, settings=settings),
+        # the sharded job's step outputs (shard plans), readable from any worker
+        IO_MANAGER_KEY: UCSPickleIOManager(ucs=ucs),
     },
 )
 
 gc.freeze()  # the code location is built: its objects live as long as the process
+
+
+def sharded_job() -> JobDefinition:
+    """The sharded job with the code location's resources, for ``build_reconstructable_job``.
+
+    Python callers that execute it on a multi-process executor (tests, benchmarks) need a target
+    each step process can import by name: ``build_reconstructable_job("definitions", "sharded_job")``.
+    """
+    return defs.get_job_def(sharded_backtest_job.name)

@@ -12,14 +12,19 @@ Every run carries the tags the UI filters on and the queue limits by: ``backtest
 ``backtest/strategy``, ``backtest/trigger`` and ``backtest/batch`` (one value per sweep/backfill),
 plus Dagster's partition tags (``dagster/partition`` for one day, the range tags otherwise).
 
-A chunk of days is ONE run and ONE backtest over the chunk (single-run backfill policy), so
-positions and balances carry across the days of a chunk but restart at a chunk boundary. Chunking
-by year (5 runs for five years) keeps that reset rare; by month (60 runs) spreads a five-year
-backfill over more machines. ``--chunk none`` is the spec's single run over the whole range.
+A chunked backfill (``--chunk year|quarter|month|day``) is ONE backtest per configuration: one run
+of ``sharded_backtest_job`` whose shards are the calendar chunks. The chunks run as steps in
+parallel (wherever the executor runs steps), each starting a warm-up day early, and hand state on
+exactly: the stitch compares each boundary's state with the one its predecessor ended with and
+re-runs a boundary that does not match, so the result is the one-engine run's, positions and
+balances carried across every chunk boundary. ``--shards N`` is the same job with N even time
+shards. Without either, a configuration's range is one run of the asset job ``backtest_job``
+(one engine in one step).
 
 CLI (``DAGSTER_HOME`` names the instance; the daemon of ``scripts/dagster-dev.sh`` launches)::
 
     uv run python -m launch --configs demo --start 2020-01-01 --end 2024-12-31 --chunk year
+    uv run python -m launch --configs demo --start 2024-01-01 --end 2024-03-31 --shards 4
     uv run python -m launch --configs all --start 2024-01-01 --end 2024-01-01
 """
 
@@ -40,6 +45,7 @@ from backtest_pipeline.config import config_names, load_config
 
 Chunk = Literal["none", "year", "quarter", "month", "day"]
 JOB_NAME = "backtest_job"
+SHARDED_JOB_NAME = "sharded_backtest_job"
 REPO_ROOT = Path(__file__).resolve().parent
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
@@ -49,20 +55,45 @@ RANGE_END = "dagster/asset_partition_range_end"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of ``backtest_job``: a configuration over the days ``start..end`` (inclusive)."""
+    """One run: a configuration over the days ``start..end`` (inclusive), as ONE backtest.
+
+    ``chunk`` / ``shards`` make it a run of ``sharded_backtest_job`` (calendar chunks or even
+    time shards as steps, stitched exactly); otherwise it is a run of ``backtest_job``.
+    """
 
     config_name: str
     start: date
     end: date
+    chunk: Chunk = "none"
+    shards: int = 1
+
+    @property
+    def sharded(self) -> bool:
+        return self.chunk != "none" or self.shards > 1
+
+    @property
+    def job_name(self) -> str:
+        return SHARDED_JOB_NAME if self.sharded else JOB_NAME
 
     def partition_tags(self) -> dict[str, str]:
-        """One day → ``dagster/partition`` (as the schedule does); several → the range tags."""
+        """One day → ``dagster/partition`` (as the schedule does); several → the range tags.
+
+        The sharded job is not partitioned: its range is in its op config and in the
+        ``backtest/start`` / ``backtest/end`` tags instead.
+        """
+        if self.sharded:
+            return {"backtest/start": self.start.isoformat(), "backtest/end": self.end.isoformat()}
         if self.start == self.end:
             return {"dagster/partition": self.start.isoformat()}
         return {RANGE_START: self.start.isoformat(), RANGE_END: self.end.isoformat()}
 
     def run_config(self) -> dict[str, Any]:
-        return {"resources": {"backtest": {"config": {"config_name": self.config_name}}}}
+        resources = {"backtest": {"config": {"config_name": self.config_name}}}
+        if not self.sharded:
+            return {"resources": resources}
+        op = {"start": self.start.isoformat(), "end": self.end.isoformat()}
+        op |= {"chunk": self.chunk} if self.chunk != "none" else {"shards": self.shards}
+        return {"resources": resources, "ops": {"plan_shards": {"config": op}}}
 
 
 def backtest_tags(config_name: str, strategy_id: str, trigger: str) -> dict[str, str]:
@@ -126,10 +157,21 @@ def chunk_range(start: date | str, end: date | str, chunk: Chunk) -> list[tuple[
 
 
 def plan(
-    configs: Sequence[str], start: date | str, end: date | str, chunk: Chunk = "none"
+    configs: Sequence[str],
+    start: date | str,
+    end: date | str,
+    chunk: Chunk = "none",
+    shards: int = 1,
 ) -> list[RunSpec]:
-    """Every (configuration, chunk) run of a sweep/backfill, configurations outermost."""
-    return [RunSpec(name, s, e) for name in configs for s, e in chunk_range(start, end, chunk)]
+    """One run per configuration of a sweep/backfill: the whole range, one backtest each.
+
+    ``chunk`` or ``shards`` > 1 split that backtest into steps of one run (``RunSpec.sharded``).
+    """
+    s, e = layout.parse_day(start), layout.parse_day(end)
+    chunk_range(s, e, chunk)  # refuses an empty range or an unknown chunk now, not in the run
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return [RunSpec(name, s, e, chunk, shards) for name in configs]
 
 
 @contextmanager
@@ -177,22 +219,26 @@ def submit(
     (location_name,) = workspace.code_location_names
     location = workspace.get_code_location(location_name)
     (repo,) = location.get_repositories().values()
-    remote_job = location.get_job(
-        JobSubsetSelector(
-            location_name=location_name,
-            repository_name=repo.name,
-            job_name=JOB_NAME,
-            op_selection=None,
+    remote_jobs = {
+        name: location.get_job(
+            JobSubsetSelector(
+                location_name=location_name,
+                repository_name=repo.name,
+                job_name=name,
+                op_selection=None,
+            )
         )
-    )
+        for name in sorted({s.job_name for s in specs})
+    }
     configs = {n: load_config(n, configs_dir) for n in {s.config_name for s in specs}}
     run_ids = []
-    plan_snapshot = None
+    plan_snapshots: dict[str, Any] = {}
     for spec in specs:
         run_config = spec.run_config()
         if configs_dir:  # a sweep's variant files (``backtest sweep --dagster``)
             run_config["resources"]["backtest"]["config"]["configs_dir"] = configs_dir
         config = configs[spec.config_name]
+        remote_job = remote_jobs[spec.job_name]
         tags = {
             **remote_job.tags,
             **backtest_tags(spec.config_name, config.strategy_id, trigger),
@@ -200,18 +246,20 @@ def submit(
             **k8s_config_tag(config.full_day),
             **spec.partition_tags(),
         }
-        if plan_snapshot is None:
+        if spec.job_name not in plan_snapshots:
             # The plan depends on the job and the selection, not on which configuration the
-            # resource loads: build it once (a code-server round trip) for the whole batch.
-            plan_snapshot = location.get_execution_plan(
+            # resource loads nor on the days (the shards are dynamic outputs): build it once per
+            # job (a code-server round trip) for the whole batch.
+            plan_snapshots[spec.job_name] = location.get_execution_plan(
                 remote_job,
                 run_config,
                 step_keys_to_execute=None,
                 known_state=None,
                 instance=instance,
             ).execution_plan_snapshot
+        plan_snapshot = plan_snapshots[spec.job_name]
         run = instance.create_run(
-            job_name=JOB_NAME,
+            job_name=spec.job_name,
             run_config=run_config,
             step_keys_to_execute=plan_snapshot.step_keys_to_execute,
             tags=tags,
@@ -245,7 +293,7 @@ UNSET_RUN_FIELDS = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m launch",
-        description="Queue backtest_job runs (configurations × chunks of days) on $DAGSTER_HOME.",
+        description="Queue one backtest run per configuration on $DAGSTER_HOME.",
     )
     parser.add_argument(
         "--configs", required=True, help="comma list of configs/*.yaml stems, or 'all'"
@@ -256,7 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--chunk",
         default="none",
         choices=["none", "year", "quarter", "month", "day"],
-        help="one run per chunk of days (state carries within a chunk); default: one run",
+        help="one backtest whose calendar chunks run as parallel steps, stitched exactly",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="one backtest in N even time shards run as parallel steps, stitched exactly",
     )
     parser.add_argument("--trigger", default="cli")
     parser.add_argument("--batch", default=None, help="backtest/batch tag (default: random)")
@@ -272,9 +326,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.configs == "all"
         else [n.strip() for n in args.configs.split(",") if n.strip()]
     )
-    specs = plan(names, args.start, args.end, args.chunk)
+    specs = plan(names, args.start, args.end, args.chunk, args.shards)
     for s in specs:
-        print(f"{s.config_name}\t{s.start}\t{s.end}\t{(s.end - s.start).days + 1} days")
+        parts = (
+            f"{len(chunk_range(s.start, s.end, s.chunk))} {s.chunk} chunks"
+            if s.chunk != "none"
+            else f"{s.shards} shards"
+        )
+        print(
+            f"{s.config_name}\t{s.start}\t{s.end}\t{(s.end - s.start).days + 1} days"
+            f"\t{s.job_name}\t{parts}"
+        )
     if args.dry_run:
         return 0
     with DagsterInstance.get() as instance:

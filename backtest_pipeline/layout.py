@@ -290,3 +290,35 @@ def comparison_path(comparison_id: str, name: str) -> str:
             f"{name!r} is not a comparison object; expected one of {COMPARISON_OBJECTS}"
         )
     return f"comparisons/{validate_component(comparison_id, 'comparison id')}/{name}"
+
+
+# ---- shards of a distributed run (results bucket) ------------------------------------------
+
+
+def shards_prefix(run_id: str, attempt: str) -> str:
+    """Where one attempt of a sharded run keeps what its steps hand each other.
+
+    The steps of a sharded run may run on different machines: a shard's result, its log and the
+    steps' outputs travel through the results bucket, never a local disk. ``attempt`` (the
+    orchestrator's run id) keeps two attempts of the same backtest ``run_id`` apart.
+    """
+    return f"shards/{validate_run_id(run_id)}/{validate_component(attempt, 'attempt')}/"
+
+
+def shard_result_path(run_id: str, attempt: str, index: int, name: str) -> str:
+    """One object of shard ``index`` (``result.pkl``, ``execution.log``) of an attempt."""
+    if name not in ("result.pkl", "execution.log"):
+        raise LayoutError(f"{name!r} is not a shard object; expected result.pkl or execution.log")
+    if not isinstance(index, int) or index < 0:
+        raise LayoutError(f"shard index {index!r} is not a non-negative integer")
+    return f"{shards_prefix(run_id, attempt)}shard-{index}/{name}"
+
+
+def step_output_path(attempt: str, step_key: str, output_name: str) -> str:
+    """A step's output (a pickled value) under ``shards/steps/{attempt}/``."""
+    step = re.sub(r"[\[\]]", "_", step_key)
+    return (
+        f"shards/steps/{validate_component(attempt, 'attempt')}/"
+        f"{validate_component(step, 'step key')}/"
+        f"{validate_component(output_name, 'output name')}.pkl"
+    )

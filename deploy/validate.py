@@ -11,7 +11,13 @@ can run in CI. What is checked instead, each with Dagster's own config schemas w
   run launcher and run queue sections converted to the instance config the chart renders and
   validated by the same schemas; pod resources parsed as Kubernetes quantities and sized against
   the benchmark's measured peaks; values and ``deploy/dagster.yaml`` must agree.
-* ``deploy/k8s_job_executor.yaml`` — run config for step pods, validated against the executor.
+* ``deploy/k8s_job_executor.yaml`` — run config for step pods, validated against the executor;
+  the code location's sharded job runs on ``k8s_job_executor`` with the ConfigMap's
+  ``BACKTEST_SHARD_EXECUTOR``.
+* ``deploy/celery/`` — the Celery variant: its instance (Postgres, queue, ``DefaultRunLauncher``,
+  an explicit run limit), the workers' config against ``celery_executor``'s schema (late
+  acknowledgement, requeue on a lost worker), and the sharded job on ``celery_executor``. The
+  variant also runs for real in ``tests/test_distributed.py``.
 * the ``dagster-k8s/config`` tag that ``launch`` puts on runs.
 * ``--image`` — the Dockerfile's install steps executed in a fresh temp copy of the files it
   COPYs (``uv sync --locked --no-dev`` from the lock file, then importing the code location).
@@ -93,7 +99,11 @@ DUMMY_ENV = {
     "DAGSTER_PG_PASSWORD": "x",
     "DAGSTER_PG_DB": "dagster",
     "DAGSTER_K8S_NAMESPACE": "backtest",
+    "DAGSTER_PG_PORT": "5432",
+    "BACKTEST_CELERY_BROKER": "redis://redis:6379/0",
+    "BACKTEST_CELERY_BACKEND": "redis://redis:6379/1",
 }
+CELERY = DEPLOY / "celery"
 
 
 class ValidationError(Exception):
@@ -286,6 +296,11 @@ def check_values(
     _require(
         all(isinstance(x, str) for x in data.values()), "ConfigMap data values must be strings"
     )
+    _require(
+        data.get("BACKTEST_SHARD_EXECUTOR") == "k8s",
+        "ConfigMap backtest-pipeline-env: BACKTEST_SHARD_EXECUTOR must be k8s (shard steps as "
+        "Kubernetes Jobs)",
+    )
     return v
 
 
@@ -295,6 +310,81 @@ def check_executor_config(path: Path = DEPLOY / "k8s_job_executor.yaml") -> None
 
     cfg = yaml.safe_load(path.read_text())
     _process(k8s_job_executor.config_schema.config_type, cfg["execution"]["config"], str(path))
+
+
+def check_celery(
+    instance_path: Path = CELERY / "dagster.yaml", worker_path: Path = CELERY / "celery.yaml"
+) -> dict[str, Any]:
+    """The Celery variant's instance and worker config, with Dagster's schemas; returns the
+    worker config (env resolved)."""
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_celery import celery_executor
+    from dagster_postgres import PostgresRunStorage
+
+    def load() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy(instance_path, Path(d) / "dagster.yaml")
+            cfg, _ = dagster_instance_config(d)
+        return dict(cfg)
+
+    _with_env(load)
+    raw = yaml.safe_load(instance_path.read_text())
+    _require(
+        raw.get("run_launcher", {}).get("class") == "DefaultRunLauncher",
+        f"{instance_path}: run_launcher must be DefaultRunLauncher (steps go to Celery)",
+    )
+    _require("postgres" in raw.get("storage", {}), f"{instance_path}: storage is not Postgres")
+    _with_env(
+        _process,
+        PostgresRunStorage.config_type(),
+        {"postgres_db": raw["storage"]["postgres"]["postgres_db"]},
+        "storage.postgres",
+    )
+    _process(
+        QueuedRunCoordinator.config_type(), raw["run_coordinator"]["config"], "run_coordinator"
+    )
+    limit = raw.get("concurrency", {}).get("runs", {}).get("max_concurrent_runs")
+    _require(
+        isinstance(limit, int) and limit > 10,
+        f"{instance_path}: concurrency.runs.max_concurrent_runs must be set deliberately for "
+        f"100+ queued runs (not Dagster's default 10), got {limit!r}",
+    )
+    worker = yaml.safe_load(worker_path.read_text())
+    _require(
+        "config" in worker.get("execution", {}),
+        f"{worker_path}: needs an `execution: config:` block (what dagster-celery -y reads)",
+    )
+    cfg = _with_env(
+        _process, celery_executor.config_schema.config_type, worker["execution"]["config"],
+        str(worker_path),
+    )  # fmt: skip
+    source = cfg.get("config_source") or {}
+    for key in ("task_acks_late", "task_reject_on_worker_lost"):
+        _require(source.get(key) is True, f"{worker_path}: config_source.{key} must be true")
+    for key in ("broker", "backend"):
+        _require(str(cfg.get(key, "")).startswith("redis://"), f"{worker_path}: {key} is not Redis")
+    return cfg
+
+
+def check_shard_executors() -> dict[str, str]:
+    """The sharded job loads on each deployment's executor (the variable the deployments set)."""
+    sys.path.insert(0, str(REPO))
+    from assets.shards import EXECUTOR_ENV, shard_executor
+
+    names = {}
+    saved = os.environ.get(EXECUTOR_ENV)
+    try:
+        for value, want in (("k8s", "k8s"), ("celery", "celery"), ("multiprocess", "multiprocess")):
+            os.environ[EXECUTOR_ENV] = value
+            names[value] = _with_env(shard_executor).name
+            _require(names[value] == want, f"{EXECUTOR_ENV}={value}: executor {names[value]}")
+    finally:
+        if saved is None:
+            os.environ.pop(EXECUTOR_ENV, None)
+        else:
+            os.environ[EXECUTOR_ENV] = saved
+    return names
 
 
 def check_run_tags() -> None:
@@ -421,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     print("deploy/k8s_job_executor.yaml: valid k8s_job_executor config")
     check_run_tags()
     print("dagster-k8s/config run tags: valid, sized from the benchmark")
+    check_celery()
+    print("deploy/celery/: instance (postgres, queue, run limit) and worker config valid")
+    check_shard_executors()
+    print("sharded_backtest_job: loads on k8s_job_executor, celery_executor, multiprocess")
     if shutil.which("helm"):
         print("note: helm found, but rendering needs the chart from its repository (not here)")
     if args.image:

@@ -33,11 +33,34 @@ def test_chunks_cover_the_range_exactly_once(chunk: launch.Chunk, start: str, en
 
 
 def test_plan_and_run_specs() -> None:
+    """A chunked backfill is one run (one backtest) per configuration of the sharded job, whose
+    run config the job accepts; an unchunked range stays one run of the asset job."""
+    from dagster import validate_run_config
+
+    from definitions import defs
+
     specs = launch.plan(["demo", "two_venues"], "2024-01-01", "2024-03-31", chunk="month")
-    assert len(specs) == 6 and specs[0].config_name == "demo"
+    assert [s.config_name for s in specs] == ["demo", "two_venues"]
+    assert {s.job_name for s in specs} == {launch.SHARDED_JOB_NAME}
     assert specs[0].partition_tags() == {
+        "backtest/start": "2024-01-01",
+        "backtest/end": "2024-03-31",
+    }
+    cfg = specs[0].run_config()
+    assert cfg["ops"]["plan_shards"]["config"] == {
+        "start": "2024-01-01",
+        "end": "2024-03-31",
+        "chunk": "month",
+    }
+    job = defs.get_job_def(launch.SHARDED_JOB_NAME)
+    validate_run_config(job, cfg)
+    validate_run_config(
+        job, launch.plan(["demo"], "2024-01-01", "2024-03-31", shards=4)[0].run_config()
+    )
+    plain = launch.plan(["demo"], "2024-01-01", "2024-01-03")[0]
+    assert plain.job_name == launch.JOB_NAME and plain.partition_tags() == {
         launch.RANGE_START: "2024-01-01",
-        launch.RANGE_END: "2024-01-31",
+        launch.RANGE_END: "2024-01-03",
     }
     one = launch.RunSpec("demo", date(2024, 1, 2), date(2024, 1, 2))
     assert one.partition_tags() == {"dagster/partition": "2024-01-02"}

@@ -141,31 +141,33 @@ def test_hundred_runs_through_the_run_queue(queue_env: dict[str, Path]) -> None:
     )
 
 
-def test_five_year_backfill_is_planned_as_yearly_chunks(
+def test_five_year_backfill_is_one_run_of_yearly_chunks(
     queue_env: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """1,826 daily partitions of one configuration → 5 runs (one per calendar year) or 60 (by
-    month), consecutive, nothing lost at the boundaries; the CLI prints that plan.
+    """1,826 daily partitions of one configuration → ONE run of the sharded job whose shards are
+    the 5 calendar years (or 60 months): consecutive, every day once, every chunk but the first
+    starting a warm-up day early; the CLI prints that plan."""
+    from assets.shards import ShardedRunConfig, plan_for
 
-    Not submitted here: creating a run logs one "planned" event per asset and check per day
-    (~23 per day, ~8,400 for a yearly chunk), ~29 ms each on this machine's sqlite instance, so
-    queueing five yearly chunks locally takes minutes (seconds on the Postgres of deploy/)."""
     names = _sweep_configs(queue_env["configs"], 1)
-    specs = launch.plan(names, "2020-01-01", "2024-12-30", chunk="year")
-    days = sum((s.end - s.start).days + 1 for s in specs)
-    assert days == 1826 and len(specs) == 5
-    for a, b in zip(specs, specs[1:], strict=False):
-        assert (b.start - a.end).days == 1
-    assert [(s.start.isoformat(), s.end.isoformat()) for s in specs][-1] == (
-        "2024-01-01",
-        "2024-12-30",
+    (spec,) = launch.plan(names, "2020-01-01", "2024-12-30", chunk="year")
+    assert spec.job_name == launch.SHARDED_JOB_NAME
+    config = load_config(names[0])
+    op = spec.run_config()["ops"]["plan_shards"]["config"]
+    ucs = UnifiedCloudService(str(queue_env["root"]))
+    years = plan_for(config, ShardedRunConfig(**op), ucs)
+    days = [d for p in years for d in p.own_days]
+    assert len(days) == 1826 and len(years) == 5 and len(set(days)) == 1826
+    assert [p.own_days[0].isoformat() for p in years][1:] == [
+        f"{y}-01-01" for y in range(2021, 2025)
+    ]
+    assert [p.warmup for p in years] == [0, 1, 1, 1, 1]
+    assert years[-1].own_days[-1] == date(2024, 12, 30)
+    (monthly,) = launch.plan(names, "2020-01-01", "2024-12-30", chunk="month")
+    months = plan_for(
+        config, ShardedRunConfig(**monthly.run_config()["ops"]["plan_shards"]["config"]), ucs
     )
-    assert specs[0].partition_tags() == {
-        launch.RANGE_START: "2020-01-01",
-        launch.RANGE_END: "2020-12-31",
-    }
-    months = launch.plan(names, "2020-01-01", "2024-12-30", chunk="month")
-    assert len(months) == 60 and sum((s.end - s.start).days + 1 for s in months) == 1826
+    assert len(months) == 60 and sum(len(p.own_days) for p in months) == 1826
     assert (
         launch.main(
             [
@@ -183,37 +185,53 @@ def test_five_year_backfill_is_planned_as_yearly_chunks(
         == 0
     )
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[0].split("\t") == [names[0], "2020-01-01", "2020-12-31", "366 days"]
-    assert len(out) == 5
+    assert out == [
+        f"{names[0]}\t2020-01-01\t2024-12-30\t1826 days\t{launch.SHARDED_JOB_NAME}\t5 year chunks"
+    ]
 
 
-def test_chunked_range_runs_one_backtest_per_chunk(queue_env: dict[str, Path]) -> None:
-    """2024-01-30..2024-02-02 by month: 2 runs (2 + 2 days) queued with range tags and launched
-    by the daemon, each ONE backtest over its chunk (the launch of a chunked backfill, tiny)."""
+def test_chunked_range_is_one_backtest_through_the_queue(queue_env: dict[str, Path]) -> None:
+    """2024-01-30..2024-02-02 by month: ONE queued run of the sharded job, launched by the daemon
+    (multiprocess executor: plan, one step per chunk, stitch), equal to the one-engine run."""
+    import hashlib
+
+    from backtest_pipeline.run.runner import run_backtest
+
     ucs = UnifiedCloudService(str(queue_env["root"]))
     generate_sample_data(ucs, "2024-01-30", 4, trades_per_day=2_000, strategy_id="sweep-s0")
     names = _sweep_configs(queue_env["configs"], 1)
+    config = load_config(names[0])
+    results = layout.target("results")
+    bt_id = config.run_id("2024-01-30", "2024-02-02")
+
+    def digests() -> list[str]:
+        return [
+            hashlib.sha256(
+                ucs.download_bytes_sync(results, layout.result_path(bt_id, n))
+            ).hexdigest()
+            for n in layout.RESULT_PARQUETS
+        ]
+
+    run_backtest(config, "2024-01-30", "2024-02-02", ucs=ucs)
+    want = digests()
     specs = launch.plan(names, "2024-01-30", "2024-02-02", chunk="month")
-    assert [(s.start, s.end) for s in specs] == [
-        (date(2024, 1, 30), date(2024, 1, 31)),
-        (date(2024, 2, 1), date(2024, 2, 2)),
-    ]
     with DagsterInstance.get() as instance:
         run_ids = launch.submit(instance, specs, trigger="backfill")
-        runs = [instance.get_run_by_id(r) for r in run_ids]
-        assert [r.status for r in runs] == [DagsterRunStatus.QUEUED] * 2
-        assert [(r.tags[launch.RANGE_START], r.tags[launch.RANGE_END]) for r in runs] == [
-            ("2024-01-30", "2024-01-31"),
-            ("2024-02-01", "2024-02-02"),
-        ]
-        assert json.loads(runs[0].tags["dagster-k8s/config"])["container_config"]["resources"]
+        (run,) = [instance.get_run_by_id(r) for r in run_ids]
+        assert run.status == DagsterRunStatus.QUEUED and run.job_name == launch.SHARDED_JOB_NAME
+        assert (run.tags["backtest/start"], run.tags["backtest/end"]) == (
+            "2024-01-30",
+            "2024-02-02",
+        )
+        assert json.loads(run.tags["dagster-k8s/config"])["container_config"]["resources"]
         with local_queue.daemon(queue_env["home"], queue_env["tmp"] / "daemon.log") as proc:
-            statuses = local_queue.wait_for_runs(instance, run_ids, timeout_s=300, proc=proc)
+            statuses = local_queue.wait_for_runs(instance, run_ids, timeout_s=400, proc=proc)
         assert set(statuses.values()) == {DagsterRunStatus.SUCCESS}
-        config = load_config(names[0])
-        results = layout.target("results")
-        for spec in specs:
-            bt_id = config.run_id(spec.start, spec.end)
-            summary = ucs.download_from_gcs_sync(results, layout.result_path(bt_id, "summary.json"))
-            assert summary["days"] == [spec.start.isoformat(), spec.end.isoformat()]
+        steps = {
+            e.step_key for e in instance.all_logs(run_ids[0], of_type=DagsterEventType.STEP_SUCCESS)
+        }
+        assert {"run_shard[s0]", "run_shard[s1]", "stitch_shards"} <= steps
+    summary = ucs.download_from_gcs_sync(results, layout.result_path(bt_id, "summary.json"))
+    assert summary["days"] == ["2024-01-30", "2024-01-31", "2024-02-01", "2024-02-02"]
+    assert digests() == want
     assert os.environ["DAGSTER_HOME"] == str(queue_env["home"])

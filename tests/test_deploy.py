@@ -30,7 +30,15 @@ validate = _load()
 
 
 def test_deploy_folder_has_what_users_need() -> None:
-    for name in ("README.md", "Dockerfile", "dagster.yaml", "helm/values.yaml", "validate.py"):
+    for name in (
+        "README.md",
+        "Dockerfile",
+        "dagster.yaml",
+        "helm/values.yaml",
+        "validate.py",
+        "celery/dagster.yaml",
+        "celery/celery.yaml",
+    ):
         assert (DEPLOY / name).is_file(), name
     readme = (DEPLOY / "README.md").read_text()
     for topic in ("Workload Identity", "EXECUTION_STORE_GCS_BUCKET", "runs/min", "Sizing"):
@@ -98,3 +106,37 @@ def test_image_install_steps_from_the_lock_file() -> None:
     assert versions["dagster-k8s"] == versions["dagster-postgres"] == "0.29.27"
     assert versions["nautilus_trader"] == "1.231.0"
     print(f"\nimage install steps: {timings}")
+
+
+def test_celery_variant_and_shard_executors_validate(tmp_path: Path) -> None:
+    """The Celery variant (run for real by tests/test_distributed.py) passes the same schemas;
+    a worker config without late acknowledgement, or an instance left at Dagster's default
+    of 10 concurrent runs, is refused; the sharded job loads on each deployment's executor."""
+    cfg = validate.check_celery()
+    assert cfg["config_source"]["task_acks_late"] is True
+    assert validate.check_shard_executors() == {
+        "k8s": "k8s",
+        "celery": "celery",
+        "multiprocess": "multiprocess",
+    }
+
+    def early_ack(c: dict) -> None:
+        c["execution"]["config"]["config_source"]["task_acks_late"] = False
+
+    with pytest.raises(validate.ValidationError, match="task_acks_late"):
+        validate.check_celery(worker_path=_mutated(tmp_path, "celery/celery.yaml", early_ack))
+
+    def default_limit(c: dict) -> None:
+        del c["concurrency"]
+
+    with pytest.raises(validate.ValidationError, match="max_concurrent_runs"):
+        validate.check_celery(
+            instance_path=_mutated(tmp_path, "celery/dagster.yaml", default_limit)
+        )
+
+    def in_process_shards(v: dict) -> None:
+        (cm,) = [m for m in v["extraManifests"] if m.get("kind") == "ConfigMap"]
+        cm["data"].pop("BACKTEST_SHARD_EXECUTOR")
+
+    with pytest.raises(validate.ValidationError, match="BACKTEST_SHARD_EXECUTOR"):
+        validate.check_values(_mutated(tmp_path, "helm/values.yaml", in_process_shards))

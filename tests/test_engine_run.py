@@ -566,6 +566,8 @@ def test_windows_split_between_timestamps_and_keep_every_row() -> None:
     assert seen[BTC] == a.column("trade_id").to_pylist()
     assert seen[BTC_BYBIT] == b.column("trade_id").to_pylist()
     # the five equal timestamps land in one window
-    assert sum(1 for _, _, tk, _b in windows for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)) == 5
+    assert (
+        sum(1 for _, _, tk, _b in windows for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)) == 5
+    )
     assert len({i for i, (_, _, tk, _b) in enumerate(windows)
                 for x in tk.get(BTC, []) if x.ts_event == t(DAY1, 4)}) == 1  # fmt: skip

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -74,6 +75,10 @@ class BacktestResult:
     intervals: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
+#: What produces a run's engine output: given the run's work directory and its prefetcher.
+Produce = Callable[[Path, Prefetcher, Mapping[str, MarketData]], "tuple[EngineOutput, ReadSummary]"]
+
+
 def run_backtest(
     config: BacktestConfig,
     start: date | str,
@@ -95,6 +100,70 @@ def run_backtest(
     ucs = ucs or UnifiedCloudService()
     days = layout.days_between(start, end)
     run_id = layout.validate_run_id(run_id) if run_id else config.run_id(days[0], days[-1])
+
+    def produce(
+        workdir: Path, prefetch: Prefetcher, market_data: Mapping[str, MarketData]
+    ) -> tuple[EngineOutput, ReadSummary]:
+        from backtest_pipeline.engine.driver import run_engine
+
+        plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
+        refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
+        if refusal:
+            log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
+        if len(plan) > 1 and refusal is None:
+            return shards_mod.run_sharded(config, plan, ucs, workdir, progress)
+        engine_out = run_engine(config, iter(prefetch), log_dir=workdir, market_data=market_data)
+        return engine_out, prefetch.summary()
+
+    return _execute(config, days, ucs, run_id, produce, progress, write_results, day_loader)
+
+
+def stitch_backtest(
+    config: BacktestConfig,
+    stored: Sequence[tuple[shards_mod.ShardPlan, str]],
+    ucs: UnifiedCloudService,
+    run_id: str | None = None,
+) -> BacktestResult:
+    """The results of a run whose shards ran elsewhere (`shards.run_one_shard`), stitched exactly.
+
+    The stitch step of a distributed run: the stored shard results are checked boundary by
+    boundary (a failed boundary is re-run here), then the results are built and written exactly
+    as `run_backtest` builds and writes them, so they are the one-engine run's byte for byte.
+    `stored` pairs each shard's plan with the attempt (orchestrator run id) that stored it.
+    """
+    days = [d for p, _ in sorted(stored, key=lambda s: s[0].index) for d in p.own_days]
+    if not days or days != layout.days_between(days[0], days[-1]):
+        raise ValueError(f"shard plans do not cover {days[0]}..{days[-1]} once each, in order")
+    run_id = layout.validate_run_id(run_id) if run_id else config.run_id(days[0], days[-1])
+
+    def produce(
+        workdir: Path, _prefetch: Prefetcher, _market_data: Mapping[str, MarketData]
+    ) -> tuple[EngineOutput, ReadSummary]:
+        return shards_mod.stitch(config, ucs, stored, run_id, workdir)
+
+    result = _execute(config, days, ucs, run_id, produce, None, True, None)
+    shards_mod.discard(ucs, run_id, [a for _, a in stored])
+    return result
+
+
+def begin_results(ucs: UnifiedCloudService, config: BacktestConfig, run_id: str) -> None:
+    """A run starts: a stale result of an earlier attempt must not survive a failed re-run."""
+    writer = ResultWriter(ucs, run_id)
+    writer.remove()
+    writer.write_config(config.model_dump(mode="json"))
+
+
+def _execute(
+    config: BacktestConfig,
+    days: list[date],
+    ucs: UnifiedCloudService,
+    run_id: str,
+    produce: Produce,
+    progress: ProgressFn | None,
+    write_results: bool,
+    day_loader: DayLoader | None,
+) -> BacktestResult:
+    """Produce the engine output, build the results and write them (or the FAILED summary)."""
     writer = ResultWriter(ucs, run_id)
     locations = writer.locations()
     created_at = utc_now()
@@ -106,30 +175,18 @@ def run_backtest(
     root_logger.setLevel(logging.INFO)
     # Loading NautilusTrader (~1 s) is process start-up, not backtest work: the clock starts once
     # it is imported, as the bare-engine floor's does (`cli_s` of the benchmark times it all).
-    from backtest_pipeline.engine.driver import run_engine
+    import backtest_pipeline.engine.driver  # noqa: F401
 
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
     try:
-        market_data = _market_data_for(ucs, config, days, custom_loader=day_loader is not None)
+        market_data = market_data_for(ucs, config, days, trades_only=day_loader is not None)
         if day_loader is None:
             prefetch.loader = functools.partial(load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
         if write_results:
-            # A stale result of an earlier attempt must not survive a failed re-run.
-            writer.remove()
-            writer.write_config(config.model_dump(mode="json"))
-        plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
-        refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
-        if refusal:
-            log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
-        if len(plan) > 1 and refusal is None:
-            engine_out, reads = shards_mod.run_sharded(config, plan, ucs, workdir, progress)
-        else:
-            engine_out = run_engine(
-                config, iter(prefetch), log_dir=workdir, market_data=market_data
-            )
-            reads = prefetch.summary()
+            begin_results(ucs, config, run_id)
+        engine_out, reads = produce(workdir, prefetch, market_data)
         result = _build_result(
             config, days, run_id, engine_out, reads, wall0, created_at, locations
         )
@@ -167,16 +224,17 @@ def run_backtest(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _market_data_for(
-    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, custom_loader: bool
+def market_data_for(
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, trades_only: bool
 ) -> dict[str, MarketData]:
-    """What each instrument's book is built from; a custom day loader supplies trades only.
+    """What each instrument's book is built from, on a path that may supply trades only.
 
-    The Dagster path reads its days from a NautilusTrader catalog of trades: with ``auto`` it
+    The Dagster path reads its days from a NautilusTrader catalog of trades, and distributed
+    shards replay trades only (their exactness on books is not proven): with ``auto`` such a path
     runs on trades (a warning names what richer data it leaves unused); a named book type is
     an error rather than a silent downgrade.
     """
-    if not custom_loader:
+    if not trades_only:
         return resolve_market_data(ucs, config, days)
     if config.market_data in ("depth", "quotes"):
         raise ValueError(

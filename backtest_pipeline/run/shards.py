@@ -19,18 +19,28 @@ A boundary that fails either test is not guessed at: the shard is merged into it
 and that merged range is run again from the verified state, so the result is always the
 one-engine run's (in the worst case, at the one-engine run's speed). Runs whose course depends
 on more than this state are never sharded (`refusal`).
+
+Two ways to run the same protocol: :func:`run_sharded` runs every shard as a process on this
+machine (the CLI); :func:`run_one_shard` and :func:`stitch` are the same steps for an
+orchestrator that runs each shard wherever it has a worker: a shard's result travels through the
+results bucket (``layout.shards_prefix``), and the stitch reads them back, checks every boundary
+and re-runs a failed one itself. Chunked backfills are sharded runs whose shards are the chunks
+(:func:`plan_chunks`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import pickle
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -40,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.storage.ucs import RetryPolicy, UnifiedCloudService
 from backtest_pipeline.trading.risk import PreTradeRisk
@@ -86,6 +97,33 @@ def plan_shards(days: list[date], shards: int, warmup_days: int | None = None) -
         lo, hi = bounds[i], bounds[i + 1]
         w = min(warmup_days, lo)
         plans.append(ShardPlan(i, tuple(days[lo - w : hi]), w, final=i == n - 1))
+    return plans
+
+
+def plan_chunks(
+    days: Sequence[date],
+    chunks: Sequence[tuple[date, date]],
+    warmup_days: int | None = None,
+) -> list[ShardPlan]:
+    """One shard per chunk ``(first, last)`` of ``days`` (a chunked backfill's calendar chunks).
+
+    The chunks must cover ``days`` consecutively, each day once; every chunk but the first also
+    streams the ``warmup_days`` before it, exactly as :func:`plan_shards` does.
+    """
+    warmup_days = WARMUP_DAYS if warmup_days is None else warmup_days
+    days = list(days)
+    own = [d for a, b in chunks for d in days if a <= d <= b]
+    if not chunks or own != days:
+        raise ValueError(
+            f"chunks {[(str(a), str(b)) for a, b in chunks]} do not cover the days "
+            f"{days[0] if days else None}..{days[-1] if days else None} consecutively, once each"
+        )
+    plans, lo = [], 0
+    for i, (_a, b) in enumerate(chunks):
+        hi = lo + sum(1 for d in days[lo:] if d <= b)
+        w = min(warmup_days, lo)
+        plans.append(ShardPlan(i, tuple(days[lo - w : hi]), w, final=i == len(chunks) - 1))
+        lo = hi
     return plans
 
 
@@ -142,8 +180,22 @@ class ShardFailed(RuntimeError):
     """A shard's process failed; the message carries its error."""
 
 
+def _die_with_parent() -> None:
+    """In the shard process before exec: SIGKILL it when the process that started it dies.
+
+    A worker killed in the middle of a shard must not leave its engine running on the machine
+    (PR_SET_PDEATHSIG, Linux): the orchestrator runs the shard again elsewhere.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def _launch(
-    config: BacktestConfig, ucs: UnifiedCloudService, plan: ShardPlan, workdir: Path
+    config: BacktestConfig,
+    ucs: UnifiedCloudService,
+    plan: ShardPlan,
+    workdir: Path,
+    die_with_parent: bool = False,
 ) -> ShardResult:
     """Run one shard in a fresh interpreter (``python -m`` this module) and collect its result.
 
@@ -164,6 +216,7 @@ def _launch(
             stdout=subprocess.DEVNULL,
             stderr=f,
             check=False,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
         )
     if proc.returncode != 0 or not res.exists():
         tail = err.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -209,34 +262,128 @@ def run_sharded(
     progress: ProgressFn | None = None,
 ) -> tuple[EngineOutput, ReadSummary]:
     """Run ``plans`` in parallel processes; merge and re-run any boundary that is not exact."""
-    risk = PreTradeRisk(config.risk, config.account_currency)
     results: dict[int, ShardResult] = {}
-    pending = list(plans)
-    merges: list[str] = []
-    offsets: dict[str, Decimal] = {}
     # Threads only wait on the shard processes; each process runs one engine.
     with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="shard") as pool:
-        while pending:
-            futures = {p.index: pool.submit(_launch, config, ucs, p, workdir) for p in pending}
-            for i, fut in futures.items():
-                results[i] = fut.result()
-                if progress:
-                    progress("shard", len(results), len(plans), {"shard": results[i].plan.label()})
-            ordered = [results[i] for i in sorted(results)]
-            offsets, pending = {}, []
-            for prev, cur in zip(ordered, ordered[1:], strict=False):
-                ok, offsets, why = _boundary_ok(prev, cur, offsets, risk)
-                if not ok:
-                    merged = _merge(prev.plan, cur.plan)
-                    merges.append(f"{cur.plan.own_days[0]}: {why}")
-                    log.info("boundary %s not exact (%s): re-running %s",
-                             cur.plan.own_days[0], why, merged.label())  # fmt: skip
-                    del results[cur.plan.index]
-                    pending = [merged]
-                    break
-    ordered = [results[i] for i in sorted(results)]
+        futures = {p.index: pool.submit(_launch, config, ucs, p, workdir) for p in plans}
+        for i, fut in futures.items():
+            results[i] = fut.result()
+            if progress:
+                progress("shard", len(results), len(plans), {"shard": results[i].plan.label()})
+
+    def rerun(merged: ShardPlan) -> ShardResult:
+        res = _launch(config, ucs, merged, workdir)
+        if progress:
+            progress("shard", len(plans), len(plans), {"shard": res.plan.label()})
+        return res
+
+    ordered, offsets, merges = _settle(config, results, rerun)
     _join_logs(workdir, ordered)
     return _stitch(config, ordered, offsets, merges)
+
+
+def _settle(
+    config: BacktestConfig,
+    results: dict[int, ShardResult],
+    rerun: Callable[[ShardPlan], ShardResult],
+) -> tuple[list[ShardResult], dict[str, Decimal], list[str]]:
+    """Check every boundary in order; the first one that is not exact is merged and re-run.
+
+    Repeated until every boundary holds: the shards in order, the balance offset of the last
+    one, and why each merged boundary was not exact.
+    """
+    risk = PreTradeRisk(config.risk, config.account_currency)
+    merges: list[str] = []
+    while True:
+        ordered = [results[i] for i in sorted(results)]
+        offsets: dict[str, Decimal] = {}
+        for prev, cur in zip(ordered, ordered[1:], strict=False):
+            ok, offsets, why = _boundary_ok(prev, cur, offsets, risk)
+            if not ok:
+                merged = _merge(prev.plan, cur.plan)
+                merges.append(f"{cur.plan.own_days[0]}: {why}")
+                log.info("boundary %s not exact (%s): re-running %s",
+                         cur.plan.own_days[0], why, merged.label())  # fmt: skip
+                del results[cur.plan.index]
+                results[merged.index] = rerun(merged)
+                break
+        else:
+            return ordered, offsets, merges
+
+
+# ---- the same protocol as steps of an orchestrator ------------------------------------------
+
+
+def run_one_shard(
+    config: BacktestConfig,
+    ucs: UnifiedCloudService,
+    plan: ShardPlan,
+    run_id: str,
+    attempt: str,
+) -> str:
+    """Run one shard in a fresh local process and store its result in the results bucket.
+
+    Called by a step on any worker: nothing it produces stays on that worker's disk. The shard's
+    process dies with its caller (a killed worker leaves no engine behind). Returns the stored
+    result's path (``layout.shard_result_path``); the stitch reads it from there.
+    """
+    results = layout.target("results")
+    with tempfile.TemporaryDirectory(prefix=f"shard-{run_id}-{plan.index}-") as tmp:
+        res = _launch(config, ucs, plan, Path(tmp), die_with_parent=True)
+        part = Path(tmp) / f"shard-{plan.index}" / "execution.log"
+        log_text = part.read_text(errors="replace") if part.exists() else ""
+    log_path = layout.shard_result_path(run_id, attempt, plan.index, "execution.log")
+    ucs.upload_to_gcs_sync(results, log_path, log_text, format="text")
+    path = layout.shard_result_path(run_id, attempt, plan.index, "result.pkl")
+    # The result last: its presence vouches for the log beside it.
+    ucs.upload_to_gcs_sync(results, path, pickle.dumps(res), format="bytes")
+    return path
+
+
+def stitch(
+    config: BacktestConfig,
+    ucs: UnifiedCloudService,
+    stored: Sequence[tuple[ShardPlan, str]],
+    run_id: str,
+    workdir: Path,
+) -> tuple[EngineOutput, ReadSummary]:
+    """Read the stored shard results, check every boundary, re-run any that fails here.
+
+    ``stored``: each shard's plan and the attempt that stored its result (a re-executed run
+    reuses the shards its parent completed). The exactness check is :func:`run_sharded`'s: a
+    boundary that is not exact is merged with its predecessor and that range re-run (in a local
+    process) from the verified state. The shards' logs are joined into ``workdir/execution.log``.
+    """
+    target = layout.target("results")
+    results: dict[int, ShardResult] = {}
+    for p, attempt in sorted(stored, key=lambda s: s[0].index):
+        path = layout.shard_result_path(run_id, attempt, p.index, "result.pkl")
+        try:
+            res = pickle.loads(ucs.download_bytes_sync(target, path))
+        except Exception as exc:
+            raise ShardFailed(f"{p.label()}: no stored result at {ucs.uri(target, path)}") from exc
+        if not isinstance(res, ShardResult) or res.plan != p:
+            raise ShardFailed(f"{p.label()}: {ucs.uri(target, path)} holds another shard's result")
+        results[p.index] = res
+        d = workdir / f"shard-{p.index}"
+        d.mkdir(parents=True, exist_ok=True)
+        log_path = layout.shard_result_path(run_id, attempt, p.index, "execution.log")
+        if ucs.exists_sync(target, log_path):
+            text = ucs.download_from_gcs_sync(target, log_path, format="text")
+            (d / "execution.log").write_text(text, encoding="utf-8")
+    ordered, offsets, merges = _settle(
+        config, results, lambda merged: _launch(config, ucs, merged, workdir)
+    )
+    _join_logs(workdir, ordered)
+    return _stitch(config, ordered, offsets, merges)
+
+
+def discard(ucs: UnifiedCloudService, run_id: str, attempts: Sequence[str]) -> None:
+    """Remove the stored shard objects of ``attempts`` once the run's results are written."""
+    target = layout.target("results")
+    for attempt in sorted(set(attempts)):
+        for path in ucs.list_files_sync(target, layout.shards_prefix(run_id, attempt)):
+            ucs.delete_sync(target, path)
 
 
 def _join_logs(workdir: Path, shards: list[ShardResult]) -> None:
