@@ -49,7 +49,8 @@ def _ucs(root: str | None):  # type: ignore[no-untyped-def]
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    # Not wrapped: an error names paths and keys that a user copies, and logs grep whole lines.
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
 
