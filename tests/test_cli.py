@@ -265,5 +265,7 @@ def test_demo_command_in_a_fresh_process(tmp_path: Path) -> None:
     assert "net_pnl" in proc.stdout and "equity_curve.parquet" in proc.stdout
     ucs = UnifiedCloudService(str(tmp_path / "demo"))
     results = ucs.list_files_sync(layout.target("results"), "")
-    assert sum(r.endswith(".parquet") for r in results) == 4
+    assert sorted(r.rsplit("/", 1)[-1] for r in results if r.endswith(".parquet")) == sorted(
+        n for n in layout.RESULT_OBJECTS if n.endswith(".parquet")
+    )
     assert any(r.endswith("execution.log") for r in results)

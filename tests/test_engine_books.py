@@ -228,8 +228,9 @@ def test_quotes_market_buy_crosses_the_spread_even_after_a_sell_print() -> None:
 
 def test_quotes_restated_after_each_trade_only_where_needed() -> None:
     q = cv.QuoteColumns(
-        np.array([1.0, 2.0]), np.array([1.5, 2.5]), np.array([1.0, 1.0]), np.array([2.0, 2.0]),
-        np.array([10, 20], dtype=np.uint64), np.array([10, 20], dtype=np.uint64),
+        bid_price=np.array([1.0, 2.0]), ask_price=np.array([1.5, 2.5]),
+        bid_size=np.array([1.0, 1.0]), ask_size=np.array([2.0, 2.0]),
+        ts_event=np.array([10, 20], dtype=np.uint64), ts_init=np.array([10, 20], dtype=np.uint64),
     )  # fmt: skip
     out = cv.quotes_restored_after_trades(q, np.array([5, 12, 12, 20, 25], dtype=np.uint64))
     # 5: before any quote; 12 (twice): the quote of 10; 20: has its own quote; 25: the one of 20.
@@ -270,8 +271,9 @@ def test_struct_path_equals_nautilus_constructors() -> None:
     n = 500
     mid = 60_000 + np.cumsum(rng.normal(0, 1, n)).round(1)
     ts = (np.arange(n, dtype=np.uint64) * np.uint64(100 * MS)) + np.uint64(t(DAY1, 0))
-    q = cv.QuoteColumns(mid - 0.1, mid + 0.1, rng.uniform(0.001, 5, n).round(3),
-                        rng.uniform(0.001, 5, n).round(3), ts, ts)  # fmt: skip
+    q = cv.QuoteColumns(bid_price=mid - 0.1, ask_price=mid + 0.1,
+                        bid_size=rng.uniform(0.001, 5, n).round(3),
+                        ask_size=rng.uniform(0.001, 5, n).round(3), ts_event=ts, ts_init=ts)  # fmt: skip
     fast = cv.quotes_to_ticks(inst, q)
     ref = cv.nautilus_quotes(inst, q)
     assert not cv.fast_path_disabled

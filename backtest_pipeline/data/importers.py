@@ -135,15 +135,39 @@ def _cast_checked(df: pl.DataFrame, column: str, dtype: Any, name: str, expected
     """Cast a string column; a value that does not parse is an error naming row and value."""
     c = pl.col(column)
     casted = c.str.strip_chars().cast(dtype, strict=False)
-    bad = df.select((c.is_not_null() & casted.is_null()).arg_true().first()).item()
-    if bad is not None:
+    _reject_first(df, c.is_not_null() & casted.is_null(), column, name, expected)
+    return casted.alias(column)
+
+
+def _replacing(
+    ucs: Any,
+    target: layout.CloudTarget,
+    path: str,
+    what: str,
+    rows: int,
+    report: dict[str, Any],
+) -> bool:
+    """Whether an import overwrites an existing object; if so the report and the log say so, so
+    that re-importing a day never silently replaces what a user had there."""
+    if not ucs.exists_sync(target, path):
+        return False
+    head, _, kind = what.rpartition(": the ")
+    msg = f"{head}: replaced the existing {kind} file ({rows} rows imported)"
+    log.warning(msg)
+    report["warnings"].append(msg)
+    return True
+
+
+def _reject_first(df: pl.DataFrame, bad: pl.Expr, column: str, name: str, expected: str) -> None:
+    """The first row where ``bad`` holds (or is null) is an error naming the row and its value."""
+    row = df.select(bad.fill_null(True).arg_true().first()).item()
+    if row is not None:
         raise DataValidationError(
             name,
-            f"expected {expected}, found {df[column][bad]!r} at row {bad}",
+            f"expected {expected}, found {df[column][row]!r} at row {row}",
             column=column,
-            row=bad,
+            row=row,
         )
-    return casted.alias(column)
 
 
 def _time_unit_to_ns(df: pl.DataFrame, column: str, name: str) -> tuple[pl.Expr, str]:
@@ -221,19 +245,7 @@ def tardis_instrument_key(exchange: str, symbol: str, where: str = "") -> str:
 
 def parse_tardis_trades(data: bytes, name: str) -> dict[str, pl.DataFrame]:
     """A Tardis `trades` CSV → {instrument_key: canonical trades frame (unsorted)}."""
-    try:
-        raw = pl.read_csv(io.BytesIO(data), infer_schema=False)
-    except Exception as exc:
-        raise DataValidationError(name, f"not a readable CSV file: {exc}") from exc
-    missing = [c for c in TARDIS_COLUMNS if c not in raw.columns]
-    if missing:
-        raise DataValidationError(
-            name,
-            f"not a Tardis trades CSV: missing column(s) {missing}; the file has {raw.columns}",
-            column=missing[0],
-        )
-    if raw.height == 0:
-        raise DataValidationError(name, "the file is empty (no rows)")
+    raw = _read_tardis(data, name, TARDIS_COLUMNS, kind="trades")
     df = raw.select(
         "exchange",
         "symbol",
@@ -317,14 +329,7 @@ def parse_binance_trades(
         _cast_checked(raw, id_col, pl.Int64, name, "an integer trade id"),
     )
     maker = pl.col("is_buyer_maker").str.strip_chars().str.to_lowercase()
-    bad = raw.select((~maker.is_in(["true", "false"])).fill_null(True).arg_true().first()).item()
-    if bad is not None:
-        raise DataValidationError(
-            name,
-            f"expected 'true' or 'false', found {raw['is_buyer_maker'][bad]!r} at row {bad}",
-            column="is_buyer_maker",
-            row=bad,
-        )
+    _reject_first(raw, ~maker.is_in(["true", "false"]), "is_buyer_maker", name, "'true' or 'false'")
     ts, unit = _time_unit_to_ns(raw, "time", name)
     log.debug("%s: Binance %s, header=%s, time unit %s", name, kind, header, unit)
     df = raw.select(
@@ -402,11 +407,7 @@ def write_trades_days(
             part = schemas.validate_trades_frame(
                 part.drop("_day"), f"{source} → {dest}", day=day, allow_empty=False
             )
-            replaced = bool(ucs.exists_sync(t_ticks, path))
-            if replaced:
-                msg = f"{dest}: replaced the existing trades file ({part.height} rows imported)"
-                log.warning(msg)
-                report["warnings"].append(msg)
+            replaced = _replacing(ucs, t_ticks, path, f"{dest}: the trades", part.height, report)
             ucs.upload_to_gcs_sync(
                 t_ticks, path, parquet_io.trades_to_parquet_bytes(part), format="parquet"
             )
@@ -560,11 +561,7 @@ def import_signals(ucs: Any, file: Path | str, strategy_id: str) -> dict[str, An
         path = layout.signals_path(day, strategy_id)
         dest = readers.object_name(ucs, t_sig, path)
         part = schemas.validate_signals(part.drop("_day"), f"{name} → {dest}", day=day)
-        replaced = bool(ucs.exists_sync(t_sig, path))
-        if replaced:
-            msg = f"{dest}: replaced the existing signals file ({part.height} rows imported)"
-            log.warning(msg)
-            report["warnings"].append(msg)
+        replaced = _replacing(ucs, t_sig, path, f"{dest}: the signals", part.height, report)
         ucs.upload_to_gcs_sync(
             t_sig,
             path,
@@ -624,15 +621,22 @@ def detect_tardis_type(data: bytes, name: str) -> tuple[TardisType, int]:
     )
 
 
-def _read_tardis(data: bytes, name: str, required: Sequence[str]) -> pl.DataFrame:
+def _read_tardis(
+    data: bytes, name: str, required: Sequence[str], kind: str | None = None
+) -> pl.DataFrame:
+    """A CSV read as strings (values are cast, and checked, by the caller) that has the columns
+    its format needs and at least one row; ``kind`` names the format in the error."""
     try:
         raw = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except Exception as exc:
         raise DataValidationError(name, f"not a readable CSV file: {exc}") from exc
     missing = [c for c in required if c not in raw.columns]
     if missing:
+        prefix = f"not a Tardis {kind} CSV: " if kind else ""
         raise DataValidationError(
-            name, f"missing column(s) {missing}; the file has {raw.columns}", column=missing[0]
+            name,
+            f"{prefix}missing column(s) {missing}; the file has {raw.columns}",
+            column=missing[0],
         )
     if raw.height == 0:
         raise DataValidationError(name, "the file is empty (no rows)")
@@ -759,14 +763,7 @@ def parse_tardis_incremental(
         ("exchange", "symbol", "timestamp", "local_timestamp", "is_snapshot", "side", "price"),
     )
     side = pl.col("side").str.strip_chars().str.to_lowercase()
-    bad = raw.select((~side.is_in(["bid", "ask"])).fill_null(True).arg_true().first()).item()
-    if bad is not None:
-        raise DataValidationError(
-            name,
-            f"expected side 'bid' or 'ask', found {raw['side'][bad]!r} at row {bad}",
-            column="side",
-            row=bad,
-        )
+    _reject_first(raw, ~side.is_in(["bid", "ask"]), "side", name, "side 'bid' or 'ask'")
     snap = pl.col("is_snapshot").str.strip_chars().str.to_lowercase()
     df = raw.select(
         "exchange",
@@ -908,13 +905,8 @@ def write_tick_days(
             path = layout.tick_path(day, key, data_type)
             dest = readers.object_name(ucs, t_ticks, path)
             part = validate(part, f"{source} → {dest}", day=day, allow_empty=False)
-            replaced = bool(ucs.exists_sync(t_ticks, path))
-            if replaced:
-                msg = (
-                    f"{dest}: replaced the existing {data_type} file ({part.height} rows imported)"
-                )
-                log.warning(msg)
-                report["warnings"].append(msg)
+            what = f"{dest}: the {data_type}"
+            replaced = _replacing(ucs, t_ticks, path, what, part.height, report)
             ucs.upload_to_gcs_sync(
                 t_ticks, path, parquet_io.tick_to_parquet_bytes(part, data_type), format="parquet"
             )

@@ -30,7 +30,7 @@ than with 2,000 rows. Statistics on every column would add ~60 % to the footer f
 from __future__ import annotations
 
 import io
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 import pyarrow as pa
@@ -96,19 +96,7 @@ def trades_to_parquet_bytes(
     Deterministic: the same table always gives the same bytes.
     """
     t = _as_table(table, schemas.TRADES_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(
-        t,
-        buf,
-        row_group_size=row_group_size,
-        compression=COMPRESSION,
-        compression_level=COMPRESSION_LEVEL,
-        write_statistics=["ts_event"],
-        use_dictionary=["side", "price", "size"],
-        column_encoding=TRADES_ENCODINGS,
-        sorting_columns=[pq.SortingColumn(0)],
-    )
-    return buf.getvalue()
+    return _ticks_bytes(t, row_group_size, ["side", "price", "size"], TRADES_ENCODINGS)
 
 
 # Quotes and book snapshots are read in the same signal windows as trades, so they follow the same
@@ -123,20 +111,31 @@ _TS_ENCODINGS: Final[dict[str, str]] = {
 }
 
 
-def _ticks_bytes(t: pa.Table, row_group_size: int) -> bytes:
-    """Quotes / book writer: every value column dictionary-encoded (levels repeat row to row)."""
-    buf = io.BytesIO()
-    pq.write_table(
+def _ticks_bytes(
+    t: pa.Table,
+    row_group_size: int,
+    dictionary: list[str] | None = None,
+    encodings: dict[str, str] | None = None,
+) -> bytes:
+    """The one tick writer: short row groups, ts_event statistics, sorted by ts_event. Quotes and
+    books dictionary-encode every value column (levels repeat row to row) unless told otherwise."""
+    encodings = _TS_ENCODINGS if encodings is None else encodings
+    if dictionary is None:
+        dictionary = [n for n in t.column_names if n not in _TS_ENCODINGS]
+    return _parquet_bytes(
         t,
-        buf,
         row_group_size=row_group_size,
-        compression=COMPRESSION,
-        compression_level=COMPRESSION_LEVEL,
         write_statistics=["ts_event"],
-        use_dictionary=[n for n in t.column_names if n not in _TS_ENCODINGS],
-        column_encoding=_TS_ENCODINGS,
+        use_dictionary=dictionary,
+        column_encoding=encodings,
         sorting_columns=[pq.SortingColumn(0)],
     )
+
+
+def _parquet_bytes(t: pa.Table, **options: Any) -> bytes:
+    """Every object the product writes is compressed the same way (deterministic bytes)."""
+    buf = io.BytesIO()
+    pq.write_table(t, buf, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL, **options)
     return buf.getvalue()
 
 
@@ -182,12 +181,4 @@ def table_to_parquet_bytes(
     stats: bool | list[str] = (
         ["ts_event"] if ts_statistics and "ts_event" in t.column_names else True
     )
-    buf = io.BytesIO()
-    pq.write_table(
-        t,
-        buf,
-        compression=COMPRESSION,
-        compression_level=COMPRESSION_LEVEL,
-        write_statistics=stats,
-    )
-    return buf.getvalue()
+    return _parquet_bytes(t, write_statistics=stats)

@@ -68,55 +68,49 @@ def read_instruments(ucs: Any, day: str | date) -> pl.DataFrame:
 def read_signals(ucs: Any, day: str | date, strategy_id: str) -> pl.DataFrame:
     """Signals of `strategy_id` on `day`; every ts_event must fall inside that UTC day."""
     path = layout.signals_path(day, strategy_id)  # validates the strategy id before any I/O
-    table, name = read_parquet_object(
-        ucs,
-        layout.target("signals"),
-        path,
-        f"signals of strategy {strategy_id!r} on {layout.day_str(day)}",
-    )
+    what = f"signals of strategy {strategy_id!r} on {layout.day_str(day)}"
+    table, name = read_parquet_object(ucs, layout.target("signals"), path, what)
     return schemas.validate_signals(table, name, day=day)
 
 
 def read_funding(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
     """Funding events of a perpetual on `day`."""
     path = layout.funding_path(day, instrument_key)
-    table, name = read_parquet_object(
-        ucs,
-        layout.target("ticks"),
-        path,
-        f"funding rates of {instrument_key} on {layout.day_str(day)}",
-    )
+    what = f"funding rates of {instrument_key} on {layout.day_str(day)}"
+    table, name = read_parquet_object(ucs, layout.target("ticks"), path, what)
     return schemas.validate_funding(table, name, day=day)
 
 
+TICK_FRAME_VALIDATORS: dict[str, Any] = {
+    "trades": schemas.validate_trades_frame,
+    "quotes": schemas.validate_quotes_frame,
+    "book_depth10": schemas.validate_book_depth10_frame,
+}
+
+
+def read_tick_day(ucs: Any, day: str | date, instrument_key: str, data_type: str) -> pl.DataFrame:
+    """A whole tick day file of ``data_type`` (validated: crossed or locked quotes and books,
+    level order, sizes and time order are errors naming the row). Window reads should use the
+    UCS streaming reader; a whole day must hold rows."""
+    path = layout.tick_path(day, instrument_key, data_type)
+    what = f"{data_type} of {instrument_key} on {layout.day_str(day)}"
+    table, name = read_parquet_object(ucs, layout.target("ticks"), path, what)
+    return TICK_FRAME_VALIDATORS[data_type](table, name, day=day, allow_empty=False)
+
+
 def read_trades(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
-    """A whole trades day file (validated). Window reads should use the UCS streaming reader."""
-    path = layout.trades_path(day, instrument_key)
-    table, name = read_parquet_object(
-        ucs, layout.target("ticks"), path, f"trades of {instrument_key} on {layout.day_str(day)}"
-    )
-    return schemas.validate_trades_frame(table, name, day=day, allow_empty=False)
+    """A whole trades day file (validated)."""
+    return read_tick_day(ucs, day, instrument_key, "trades")
 
 
 def read_quotes(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
-    """A whole quotes (L1) day file, validated (crossed/locked rows are errors naming the row)."""
-    path = layout.quotes_path(day, instrument_key)
-    table, name = read_parquet_object(
-        ucs, layout.target("ticks"), path, f"quotes of {instrument_key} on {layout.day_str(day)}"
-    )
-    return schemas.validate_quotes_frame(table, name, day=day, allow_empty=False)
+    """A whole quotes (L1) day file (validated)."""
+    return read_tick_day(ucs, day, instrument_key, "quotes")
 
 
 def read_book_depth10(ucs: Any, day: str | date, instrument_key: str) -> pl.DataFrame:
-    """A whole book_depth10 day file, validated (level order, sizes, crossing, time order)."""
-    path = layout.book_depth10_path(day, instrument_key)
-    table, name = read_parquet_object(
-        ucs,
-        layout.target("ticks"),
-        path,
-        f"book_depth10 of {instrument_key} on {layout.day_str(day)}",
-    )
-    return schemas.validate_book_depth10_frame(table, name, day=day, allow_empty=False)
+    """A whole book_depth10 day file (validated)."""
+    return read_tick_day(ucs, day, instrument_key, "book_depth10")
 
 
 # Re-exported so callers of the readers need one import: the streaming reader validates its

@@ -15,9 +15,10 @@ downstream code sees exactly one shape per table.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, Protocol, TypeVar, cast, overload
 
 import polars as pl
 import pyarrow as pa
@@ -669,31 +670,6 @@ def validate_signals(
     return df
 
 
-@overload
-def validate_quotes(
-    table: pa.Table, object_name: str, *, day: str | date | None = ..., allow_empty: bool = ...
-) -> pa.Table: ...
-@overload
-def validate_quotes(
-    table: pl.DataFrame, object_name: str, *, day: str | date | None = ..., allow_empty: bool = ...
-) -> pl.DataFrame: ...
-def validate_quotes(
-    table: pa.Table | pl.DataFrame,
-    object_name: str,
-    *,
-    day: str | date | None = None,
-    allow_empty: bool = True,
-) -> pa.Table | pl.DataFrame:
-    """Validate and normalise L1 quotes; returns the same kind of table it was given.
-
-    A crossed or locked row (``bid_price >= ask_price``) is an error, not a repair: the engine
-    would match against a book that cannot exist, and importers already drop (and count) the
-    crossed rows of a venue's feed before writing.
-    """
-    df = validate_quotes_frame(table, object_name, day=day, allow_empty=allow_empty)
-    return df if isinstance(table, pl.DataFrame) else to_arrow(df, QUOTES_SCHEMA)
-
-
 def validate_quotes_frame(
     table: pa.Table | pl.DataFrame,
     object_name: str,
@@ -717,26 +693,6 @@ def validate_quotes_frame(
         show=pl.format("bid {} >= ask {}", pl.col("bid_price"), pl.col("ask_price")),
     )
     return df
-
-
-@overload
-def validate_book_depth10(
-    table: pa.Table, object_name: str, *, day: str | date | None = ..., allow_empty: bool = ...
-) -> pa.Table: ...
-@overload
-def validate_book_depth10(
-    table: pl.DataFrame, object_name: str, *, day: str | date | None = ..., allow_empty: bool = ...
-) -> pl.DataFrame: ...
-def validate_book_depth10(
-    table: pa.Table | pl.DataFrame,
-    object_name: str,
-    *,
-    day: str | date | None = None,
-    allow_empty: bool = True,
-) -> pa.Table | pl.DataFrame:
-    """Validate and normalise 10-level book snapshots; returns the kind of table it was given."""
-    df = validate_book_depth10_frame(table, object_name, day=day, allow_empty=allow_empty)
-    return df if isinstance(table, pl.DataFrame) else to_arrow(df, BOOK_DEPTH10_SCHEMA)
 
 
 def validate_book_depth10_frame(
@@ -802,6 +758,59 @@ def validate_book_depth10_frame(
         show=pl.format("bid {} >= ask {}", pl.col("bid_price_0"), pl.col("ask_price_0")),
     )
     return df
+
+
+Table = TypeVar("Table", pa.Table, pl.DataFrame)
+
+
+class SameKindValidator(Protocol):
+    """A validator that returns the kind of table it was given (Arrow in, Arrow out)."""
+
+    def __call__(
+        self,
+        table: Table,
+        object_name: str,
+        *,
+        day: str | date | None = ...,
+        allow_empty: bool = ...,
+    ) -> Table: ...
+
+
+def same_kind(
+    frame_validator: Callable[..., pl.DataFrame], schema: pa.Schema, doc: str
+) -> SameKindValidator:
+    """``frame_validator`` (polars out) as a validator that answers in the caller's kind, so that
+    Arrow readers get Arrow back in the stored schema without each type repeating the wrapper."""
+
+    def validate(
+        table: pa.Table | pl.DataFrame,
+        object_name: str,
+        *,
+        day: str | date | None = None,
+        allow_empty: bool = True,
+    ) -> pa.Table | pl.DataFrame:
+        df = frame_validator(table, object_name, day=day, allow_empty=allow_empty)
+        return df if isinstance(table, pl.DataFrame) else to_arrow(df, schema)
+
+    validate.__doc__ = doc
+    return cast(SameKindValidator, validate)
+
+
+validate_quotes = same_kind(
+    validate_quotes_frame,
+    QUOTES_SCHEMA,
+    """Validate and normalise L1 quotes; returns the same kind of table it was given.
+
+    A crossed or locked row (``bid_price >= ask_price``) is an error, not a repair: the engine
+    would match against a book that cannot exist, and importers already drop (and count) the
+    crossed rows of a venue's feed before writing.
+    """,
+)
+validate_book_depth10 = same_kind(
+    validate_book_depth10_frame,
+    BOOK_DEPTH10_SCHEMA,
+    """Validate and normalise 10-level book snapshots; returns the kind of table it was given.""",
+)
 
 
 TICK_SCHEMAS: Final[dict[str, pa.Schema]] = {

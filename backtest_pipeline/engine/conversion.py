@@ -14,12 +14,13 @@ difference, so both paths give the same ticks, field for field.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import polars as pl
@@ -600,39 +601,29 @@ DEPTH_COLUMNS = tuple(
 
 
 @dataclass(frozen=True)
-class QuoteColumns:
-    """One array per ``QuoteTick`` field: prices and sizes float64, times uint64 ns."""
+class BookColumns:
+    """One array per field of a book update (quotes: 1-D; depth: ``(n, 10)``), times uint64 ns."""
 
     bid_price: np.ndarray
-    ask_price: np.ndarray
     bid_size: np.ndarray
+    ask_price: np.ndarray
     ask_size: np.ndarray
     ts_event: np.ndarray
     ts_init: np.ndarray
 
-    def take(self, rows: np.ndarray) -> QuoteColumns:
-        return QuoteColumns(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+    def take(self, rows: np.ndarray) -> Self:
+        return type(self)(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
     def __len__(self) -> int:
         return len(self.ts_event)
 
 
-@dataclass(frozen=True)
-class DepthColumns:
+class QuoteColumns(BookColumns):
+    """One array per ``QuoteTick`` field: prices and sizes float64."""
+
+
+class DepthColumns(BookColumns):
     """A 10-level snapshot per row: ``(n, 10)`` float64 arrays, NaN where a level is missing."""
-
-    bid_price: np.ndarray
-    bid_size: np.ndarray
-    ask_price: np.ndarray
-    ask_size: np.ndarray
-    ts_event: np.ndarray
-    ts_init: np.ndarray
-
-    def take(self, rows: np.ndarray) -> DepthColumns:
-        return DepthColumns(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
-
-    def __len__(self) -> int:
-        return len(self.ts_event)
 
 
 def _float_column(table: pa.Table, name: str) -> np.ndarray:
@@ -652,23 +643,27 @@ def _arrow(table: pa.Table | pl.DataFrame) -> pa.Table:
     return table if isinstance(table, pa.Table) else table.to_arrow()
 
 
+def _book_table(
+    table: pa.Table | pl.DataFrame, columns: Sequence[str], what: str, use_ts_init: bool
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The table as Arrow with its two time arrays; a missing column is an error naming it."""
+    t = _arrow(table)
+    missing = {"ts_event", *columns} - set(t.column_names)
+    if missing:
+        raise ValueError(f"{what} table lacks columns {sorted(missing)}; has {t.column_names}")
+    return (t, *_times(t, use_ts_init))
+
+
 def quote_columns(table: pa.Table | pl.DataFrame, *, use_ts_init: bool = False) -> QuoteColumns:
     """The quote arrays of a ``quotes`` table (schema of docs/storage.md, validated upstream)."""
-    t = _arrow(table)
-    missing = {"ts_event", *QUOTE_COLUMNS} - set(t.column_names)
-    if missing:
-        raise ValueError(f"quotes table lacks columns {sorted(missing)}; has {t.column_names}")
-    ts_event, ts_init = _times(t, use_ts_init)
-    return QuoteColumns(*(_float_column(t, c) for c in QUOTE_COLUMNS), ts_event, ts_init)
+    t, ts_event, ts_init = _book_table(table, QUOTE_COLUMNS, "quotes", use_ts_init)
+    prices = {c: _float_column(t, c) for c in QUOTE_COLUMNS}
+    return QuoteColumns(**prices, ts_event=ts_event, ts_init=ts_init)
 
 
 def depth_columns(table: pa.Table | pl.DataFrame, *, use_ts_init: bool = False) -> DepthColumns:
     """The level arrays of a ``book_depth10`` table (schema of docs/storage.md)."""
-    t = _arrow(table)
-    missing = {"ts_event", *DEPTH_COLUMNS} - set(t.column_names)
-    if missing:
-        raise ValueError(f"book_depth10 table lacks columns {sorted(missing)}")
-    ts_event, ts_init = _times(t, use_ts_init)
+    t, ts_event, ts_init = _book_table(table, DEPTH_COLUMNS, "book_depth10", use_ts_init)
     n = t.num_rows
 
     def levels(side: str, what: str) -> np.ndarray:
@@ -686,23 +681,17 @@ def depth_columns(table: pa.Table | pl.DataFrame, *, use_ts_init: bool = False) 
 def top_of_book(d: DepthColumns) -> QuoteColumns:
     """Level 0 of each snapshot as quotes (for references and the L1 view of a book)."""
     return QuoteColumns(
-        d.bid_price[:, 0], d.ask_price[:, 0], d.bid_size[:, 0], d.ask_size[:, 0],
-        d.ts_event, d.ts_init,
+        bid_price=d.bid_price[:, 0], bid_size=d.bid_size[:, 0], ask_price=d.ask_price[:, 0],
+        ask_size=d.ask_size[:, 0], ts_event=d.ts_event, ts_init=d.ts_init,
     )  # fmt: skip
 
 
 def nautilus_quotes(instrument: Instrument, c: QuoteColumns) -> list[QuoteTick]:
     """Nautilus's own bulk constructor (the reference the struct path is checked against)."""
+    prices = (_writable(getattr(c, f), np.float64) for f in QUOTE_COLUMNS)  # Nautilus's order
+    times = (_writable(t, np.uint64) for t in (c.ts_event, c.ts_init))
     return QuoteTick.from_raw_arrays_to_list(
-        instrument.id,
-        instrument.price_precision,
-        instrument.size_precision,
-        _writable(c.bid_price, np.float64),
-        _writable(c.ask_price, np.float64),
-        _writable(c.bid_size, np.float64),
-        _writable(c.ask_size, np.float64),
-        _writable(c.ts_event, np.uint64),
-        _writable(c.ts_init, np.uint64),
+        instrument.id, instrument.price_precision, instrument.size_precision, *prices, *times
     )
 
 
@@ -860,24 +849,24 @@ def _struct_build(
     return items
 
 
-def quotes_to_ticks(instrument: Instrument, c: QuoteColumns) -> list[QuoteTick]:
-    """All rows as ``QuoteTick``s of ``instrument`` (struct path, checked; else Nautilus's)."""
+def _built(instrument: Instrument, c: BookColumns, cls: Any, *how: Any) -> list[Any]:
+    """Every row of ``c`` as ``cls`` objects: the struct path when its check passes, otherwise
+    Nautilus's own constructor (``how``: item size, meaningful bytes, reference, encoder)."""
     if len(c) == 0:
         return []
-    fast = _struct_build(
-        instrument, c, QuoteTick, _Q_ITEM, Q_MEANINGFUL, nautilus_quotes, _encode_quotes
-    )
-    return fast if fast is not None else nautilus_quotes(instrument, c)
+    fast = _struct_build(instrument, c, cls, *how)
+    return fast if fast is not None else how[2](instrument, c)
+
+
+def quotes_to_ticks(instrument: Instrument, c: QuoteColumns) -> list[QuoteTick]:
+    """All rows as ``QuoteTick``s of ``instrument`` (struct path, checked; else Nautilus's)."""
+    return _built(instrument, c, QuoteTick, _Q_ITEM, Q_MEANINGFUL, nautilus_quotes, _encode_quotes)
 
 
 def depths_to_snapshots(instrument: Instrument, c: DepthColumns) -> list[OrderBookDepth10]:
     """All rows as ``OrderBookDepth10`` snapshots of ``instrument`` (struct path, checked)."""
-    if len(c) == 0:
-        return []
-    fast = _struct_build(
-        instrument, c, OrderBookDepth10, _D_ITEM, D_MEANINGFUL, nautilus_depths, _encode_depths
-    )
-    return fast if fast is not None else nautilus_depths(instrument, c)
+    how = (_D_ITEM, D_MEANINGFUL, nautilus_depths, _encode_depths)
+    return _built(instrument, c, OrderBookDepth10, *how)
 
 
 def quotes_restored_after_trades(quotes: QuoteColumns, trade_ts: np.ndarray) -> QuoteColumns:
@@ -902,9 +891,7 @@ def quotes_restored_after_trades(quotes: QuoteColumns, trade_ts: np.ndarray) -> 
         return quotes
     extra = quotes.take(idx)
     ts = tts.view(np.uint64)
-    extra = QuoteColumns(
-        extra.bid_price, extra.ask_price, extra.bid_size, extra.ask_size, ts, ts.copy()
-    )
+    extra = dataclasses.replace(extra, ts_event=ts, ts_init=ts.copy())
     merged_ts = np.concatenate([qts, tts])
     order = np.argsort(merged_ts, kind="stable")
     return QuoteColumns(
