@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import date
 from pathlib import Path
@@ -113,6 +114,23 @@ def test_bars_from_trades(generated: tuple) -> None:
             layout.target("ticks"), layout.bars_path("2024-01-01", BTC_PERP)
         )
         assert stored.equals(schemas.validate_bars(bars, "bars"))
+
+
+def test_bars_are_each_minutes_own_reduction_every_time() -> None:
+    """A 2 M-trade day's bars: every figure is that minute's rows reduced, and two derivations
+    give the same bytes (a parallel group-by float sum used to differ in its last bit)."""
+    table, _ = sample.generate_trades(BTC_PERP, date(2024, 1, 3), 2_000_000, seed=0)
+    df = pl.from_arrow(schemas.validate_trades(table, "gen"))
+    assert isinstance(df, pl.DataFrame)
+    first, second = sample.bars_from_trades(df), sample.bars_from_trades(df)
+    assert first.equals(second)
+    assert parquet_io.table_to_parquet_bytes(first) == parquet_io.table_to_parquet_bytes(second)
+    minute = df.with_columns(m=pl.col("ts_event") // 60_000_000_000 * 60_000_000_000)
+    for row in first.sample(20, seed=1).iter_rows(named=True):
+        part = minute.filter(pl.col("m") == row["ts_event"])
+        assert row["volume"] == pytest.approx(math.fsum(part["size"].to_list()), rel=1e-12)
+        assert (row["open"], row["close"]) == (part["price"][0], part["price"][-1])
+        assert (row["high"], row["low"]) == (part["price"].max(), part["price"].min())
 
 
 def test_generation_speed_2m() -> None:

@@ -449,25 +449,37 @@ def generate_signals(
 
 
 def bars_from_trades(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
-    """1-minute OHLCV bars (ts_event = minute start, ns) of a trades table; minutes with no trade
-    are absent. Used for marks/equity curves without reading the tape.
+    """1-minute OHLCV bars (ts_event = minute start, ns) of a time-ordered trades table; minutes
+    with no trade are absent. Used for marks/equity curves without reading the tape.
+
+    Sequential reductions over each minute's run of rows (numpy ``reduceat``) rather than a
+    parallel group-by: a float sum whose order depends on thread scheduling gives a different
+    last bit from run to run, and an input object must have the same bytes every time.
     """
     df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
+    cols = ("open", "high", "low", "close", "volume")
+    schema = {"ts_event": pl.Int64, **dict.fromkeys(cols, pl.Float64)}
+    ts = df["ts_event"].to_numpy()
+    if ts.size == 0:
+        return pl.DataFrame(schema=schema)
+    if np.any(np.diff(ts) < 0):
+        raise ValueError("bars_from_trades needs trades sorted by ts_event")
     minute = 60 * _NS
-    return (
-        df.lazy()
-        .select((pl.col("ts_event") // minute * minute).alias("ts_event"), "price", "size")
-        .group_by("ts_event", maintain_order=True)
-        .agg(
-            pl.col("price").first().alias("open"),
-            pl.col("price").max().alias("high"),
-            pl.col("price").min().alias("low"),
-            pl.col("price").last().alias("close"),
-            pl.col("size").sum().alias("volume"),
-        )
-        .sort("ts_event", maintain_order=True)
-        .collect()
+    start = ts // minute * minute
+    first = np.flatnonzero(np.r_[True, start[1:] != start[:-1]])
+    last = np.r_[first[1:] - 1, ts.size - 1]
+    price = df["price"].to_numpy().astype(np.float64, copy=False)
+    size = df["size"].to_numpy().astype(np.float64, copy=False)
+    values = (
+        price[first],
+        np.maximum.reduceat(price, first),
+        np.minimum.reduceat(price, first),
+        price[last],
+        np.add.reduceat(size, first),
+    )
+    return pl.DataFrame(
+        {"ts_event": start[first], **dict(zip(cols, values, strict=True))}, schema=schema
     )
 
 
