@@ -37,6 +37,7 @@ from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.run import runner, stages
 from backtest_pipeline.run import shards as shards_mod
 from backtest_pipeline.run.shards import ShardPlan
+from backtest_pipeline.storage.ucs import UnifiedCloudService
 from launch import POD_RESOURCES, SHARDED_JOB_NAME, chunk_range
 from resources.settings import BacktestSettings, tag_run
 from resources.ucs_resource import UCSResource
@@ -91,9 +92,13 @@ def shard_executor() -> ExecutorDefinition:
     raise ValueError(f"${EXECUTOR_ENV}={name!r}: expected multiprocess, in_process, celery or k8s")
 
 
-def plan_for(config: BacktestConfig, run: ShardedRunConfig) -> list[ShardPlan]:
+def plan_for(
+    config: BacktestConfig, run: ShardedRunConfig, ucs: UnifiedCloudService
+) -> list[ShardPlan]:
     """The run's shards: calendar chunks, or ``run.shards`` even ranges; one if refused."""
     days = layout.days_between(run.start, run.end)
+    # Shards replay trades: a named book type is an error, richer data under ``auto`` a warning.
+    runner.market_data_for(ucs, config, days, trades_only=True)
     if shards_mod.refusal(config):
         return shards_mod.plan_shards(days, 1)
     if run.chunk != "none":
