@@ -118,9 +118,19 @@ def test_import_records_the_invalid_period_in_the_footer(
     window = [(GAP_NS - 2_000 * MS, GAP_NS + 2_000 * MS)]
     table, rec, periods = fetch_book(local_ucs, DAY, BTC, "book_depth10", window, needed_by=1)
     assert periods == [books.InvalidPeriod(GAP_NS, RESYNC_NS, True, uri)]
-    fresh = UnifiedCloudService(local_ucs.root)
-    _t, rec2 = readers_fetch_ticks(fresh, window)
-    assert rec2.bytes_read == rec.bytes_read
+    # The same read of the same file with the key stripped costs the same bytes, but for the
+    # footer's own growth by the key: the periods ride on the footer read anyway.
+    stripped_root = tmp_path / "stripped"
+    bucket = layout.target("ticks").gcs_bucket
+    src = Path(local_ucs.root) / bucket / layout.book_depth10_path(DAY, BTC)
+    dst = stripped_root / bucket / layout.book_depth10_path(DAY, BTC)
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(
+        parquet_io.book_depth10_to_parquet_bytes(pq.read_table(src).replace_schema_metadata(None))
+    )
+    _t, rec2 = readers_fetch_ticks(UnifiedCloudService(str(stripped_root)), window)
+    grown = rec.bytes_total - rec2.bytes_total
+    assert 0 < grown < 400 and rec.bytes_read - rec2.bytes_read == grown
     assert periods[0].describe() == (
         f"book invalid (depth sequence gap) 2024-08-08T10:00:20.000Z..10:00:40.050Z in {uri}"
     )
@@ -164,7 +174,16 @@ def test_period_across_midnight_is_in_both_day_files(
     midnight_ms = layout.day_bounds_ns(DAY)[1] // MS
     t0 = midnight_ms - 100 * GAP_K - 10_000  # the gap 10 s before midnight, resync 10 s after
     lines = capture_lines(t0)
-    importers.import_capture(local_ucs, [write_capture(tmp_path / "m.gz", lines)])
+    report = importers.import_capture(local_ucs, [write_capture(tmp_path / "m.gz", lines)])
+    entries = {
+        d["day"]: d.get("book_invalid_periods")
+        for d in report["days"]
+        if d.get("data_type") == "book_depth10"
+    }
+    assert entries == {
+        "2024-08-08": [["2024-08-08T23:59:50.000000000Z", "null"]],
+        "2024-08-09": [["2024-08-09T00:00:00.000000000Z", "2024-08-09T00:00:10.050000000Z"]],
+    }
     gap_ns, resync_ns = (t0 + 100 * GAP_K) * MS, (t0 + 100 * RESYNC_K + 50) * MS
     next_day = date(2024, 8, 9)
     assert gap_ns < midnight_ms * MS < resync_ns
@@ -301,3 +320,42 @@ def test_a_file_without_the_key_runs_as_before(
     # The stripped file runs the old way: the order inside the gap fills from the stale book.
     inside = res_old.orders.filter(pl.col("created_at") == T0_MS * MS + 30 * 1_000 * MS)
     assert inside["status"].to_list() == ["FILLED"]
+
+
+def test_a_run_across_midnight_rejects_on_both_days(
+    local_ucs: UnifiedCloudService, tmp_path: Path
+) -> None:
+    """Gap 10 s before midnight, resync 10 s after: each day's order inside it is rejected with
+    its own day file named; orders before and after fill."""
+    midnight = layout.day_bounds_ns(DAY)[1]
+    t0 = midnight // MS - 100 * GAP_K - 10_000
+    lines = capture_lines(t0)
+    importers.import_capture(local_ucs, [write_capture(tmp_path / "m.gz", lines)])
+    s = 1_000 * MS
+    rows = [
+        {"signal_id": "before", "ts_event": midnight - 15 * s, "target_position": 0.1},
+        {"signal_id": "late", "ts_event": midnight - 5 * s, "target_position": 0.2},
+        {"signal_id": "early", "ts_event": midnight + 5 * s, "target_position": 0.3},
+        {"signal_id": "after", "ts_event": midnight + 15 * s, "target_position": 0.4},
+    ]
+    path = tmp_path / "signals.parquet"
+    signals(*({"instrument_key": BTC, **r} for r in rows)).write_parquet(path)
+    importers.import_signals(local_ucs, path, "gaps")
+    cfg = config([BTC], strategy_id="gaps", market_data="depth")
+    next_day = date(2024, 8, 9)
+    res = run_backtest(cfg, DAY, next_day, ucs=local_ucs, write_results=False)
+    ops = res.operations.select("operation_id", "signal_id")
+    sig_of = dict(zip(ops["operation_id"], ops["signal_id"], strict=True))
+    got = {sig_of[r["operation_id"]]: (r["status"], r["rejection_reason"])
+           for r in res.orders.iter_rows(named=True)}  # fmt: skip
+    first = f"2024-08-08T23:59:50.000Z..2024-08-09T00:00:00.000Z (no valid snapshot again that day) in {book_uri(local_ucs, DAY)}"
+    second = f"2024-08-09T00:00:00.000Z..00:00:10.050Z in {book_uri(local_ucs, next_day)}"
+    assert got == {
+        "before": ("FILLED", None),
+        "late": ("REJECTED", f"book invalid (depth sequence gap) {first}"),
+        "early": ("REJECTED", f"book invalid (depth sequence gap) {second}"),
+        "after": ("FILLED", None),
+    }
+    assert res.summary["execution_stats"]["orders_rejected_book_invalid"] == 2
+    # 0.1 before; the two rejected change nothing; after buys 0.4 − 0.1 = 0.3.
+    assert res.fills["quantity"].sum() == pytest.approx(0.4)

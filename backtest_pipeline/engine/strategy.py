@@ -255,7 +255,12 @@ class ExecutionStrategy(Strategy):
         reason = period.describe()
         n = 0
         for rec in self.oms.records():
-            if rec.is_open and rec.instrument_key == key and not rec.order_id.startswith("R-"):
+            if (
+                rec.is_open
+                and rec.instrument_key == key
+                and not rec.order_id.startswith("R-")
+                and rec.order_id not in self._cancel_reasons  # already being cancelled
+            ):
                 self._cancel_reasons[rec.order_id] = reason
                 self.cancel(rec.order_id)
                 n += 1
