@@ -14,6 +14,7 @@ the best price, widened only when the window holds fewer than 10 levels.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -270,3 +271,129 @@ def monotonic_times(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     clamped = np.maximum.accumulate(ts)
     n = int((clamped != ts).sum())
     return (frame.with_columns(pl.Series("ts_event", clamped)) if n else frame), n
+
+
+# ---- invalid periods: where the stored book is not the market's --------------------------------
+
+#: Key of a book_depth10 file's Parquet key-value metadata listing its invalid periods.
+INVALID_PERIODS_KEY: Final = "book_invalid_periods"
+INVALID_REASON: Final = "depth sequence gap"
+
+
+@dataclass(frozen=True)
+class InvalidPeriod:
+    """[start, end) of one book day in which the book is unknown, and the object saying so.
+
+    Stored as ``[start_ns, end_ns]`` (``end`` null: no valid snapshot again that day). Once read,
+    ``end_ns`` is always a time: the day's end when the book did not resync (``resynced`` False).
+    """
+
+    start_ns: int
+    end_ns: int
+    resynced: bool = True
+    source: str = ""
+
+    def contains(self, ts_ns: int) -> bool:
+        return self.start_ns <= ts_ns < self.end_ns
+
+    def describe(self) -> str:
+        """What an order rejected or cancelled because of the period says (orders.parquet)."""
+        start = schemas.ns_to_iso(self.start_ns)
+        end = schemas.ns_to_iso(self.end_ns)
+        if end[:11] == start[:11]:
+            end = end[11:]  # same day: the time only
+        end += "" if self.resynced else " (no valid snapshot again that day)"
+        return f"book invalid ({INVALID_REASON}) {_ms(start)}..{_ms(end)} in {self.source}"
+
+
+def _ms(iso: str) -> str:
+    """``…T10:01:02.345000000Z`` → ``…T10:01:02.345Z`` (the precision a reader needs)."""
+    i = iso.find(".")
+    return iso if i < 0 else iso[: i + 4] + iso[i + 10 :]
+
+
+def invalid_periods(gap_starts: np.ndarray, book_ts: np.ndarray) -> list[tuple[int, int | None]]:
+    """Merged [gap detected, next written snapshot) periods; end None if no snapshot follows.
+
+    ``book_ts`` are the written snapshots' sorted times: none is written inside a gap, so the
+    first one after a gap's start is the resync. Gaps that meet before a resync merge.
+    """
+    if gap_starts.size == 0:
+        return []
+    starts = np.sort(gap_starts.astype(np.int64))
+    nxt = np.searchsorted(book_ts, starts, side="right")
+    out: list[tuple[int, int | None]] = []
+    last_idx = -1
+    for s, i in zip(starts.tolist(), nxt.tolist(), strict=True):  # one per gap, not per row
+        end = int(book_ts[i]) if i < book_ts.size else None
+        if out and i == last_idx:
+            continue  # same resync as the previous gap: already covered
+        out.append((int(s), end))
+        last_idx = i
+    return out
+
+
+def day_invalid_periods(
+    periods: list[tuple[int, int | None]], day_start: int, day_end: int
+) -> list[tuple[int, int | None]]:
+    """The parts of ``periods`` inside [day_start, day_end); end None where it runs past the day."""
+    out: list[tuple[int, int | None]] = []
+    for s, e in periods:
+        if s >= day_end or (e is not None and e <= day_start):
+            continue
+        out.append((max(s, day_start), e if e is not None and e < day_end else None))
+    return out
+
+
+def encode_invalid_periods(periods: list[tuple[int, int | None]]) -> dict[bytes, bytes]:
+    """Key-value metadata for a book file; empty when the day has no invalid period."""
+    if not periods:
+        return {}
+    return {INVALID_PERIODS_KEY.encode(): json.dumps([list(p) for p in periods]).encode()}
+
+
+def decode_invalid_periods(
+    metadata: dict[bytes, bytes] | None, source: str, day_start: int, day_end: int
+) -> list[InvalidPeriod]:
+    """A book file's invalid periods, validated: sorted, disjoint, inside the day, start < end.
+
+    A malformed list is an error naming the object: a run must not guess where its book is valid.
+    """
+    raw = (metadata or {}).get(INVALID_PERIODS_KEY.encode())
+    if raw is None:
+        return []
+    where = f"Parquet metadata {INVALID_PERIODS_KEY!r}"
+    try:
+        items = json.loads(raw)
+    except ValueError as exc:
+        raise schemas.DataValidationError(source, f"{where} is not JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise schemas.DataValidationError(source, f"{where} must be a list, got {items!r:.80}")
+    out: list[InvalidPeriod] = []
+    prev_end = day_start
+    for i, item in enumerate(items):
+        ok = (
+            isinstance(item, list)
+            and len(item) == 2
+            and type(item[0]) is int
+            and (item[1] is None or type(item[1]) is int)
+        )
+        if not ok:
+            raise schemas.DataValidationError(
+                source, f"{where}[{i}] must be [start_ns, end_ns or null], got {item!r:.80}"
+            )
+        start, end = item
+        stop = day_end if end is None else end
+        if not (day_start <= start < stop <= day_end):
+            raise schemas.DataValidationError(
+                source,
+                f"{where}[{i}] = {item} is not a non-empty period inside the day "
+                f"[{schemas.ns_to_iso(day_start)}, {schemas.ns_to_iso(day_end)})",
+            )
+        if start < prev_end and i:
+            raise schemas.DataValidationError(
+                source, f"{where}[{i}] = {item} overlaps or precedes the period before it"
+            )
+        out.append(InvalidPeriod(start, stop, end is not None, source))
+        prev_end = stop
+    return out

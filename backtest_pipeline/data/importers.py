@@ -865,11 +865,14 @@ def write_tick_days(
     frames: dict[str, pl.DataFrame],
     source: str,
     report: dict[str, Any],
+    invalid: dict[str, list[tuple[int, int | None]]] | None = None,
 ) -> dict[str, Any]:
     """Quotes/book frames: sort, split at UTC midnight, validate, write, add the instrument.
 
     Like :func:`write_trades_days`; a book day also opens with the state in force at midnight
-    when the book is continuous across it (:func:`_with_midnight_state`).
+    when the book is continuous across it (:func:`_with_midnight_state`). ``invalid`` (per key,
+    the periods where the book is unknown) is stored in each book day file's footer, cut to
+    that day (a period across midnight is in both files).
     """
     if data_type == "trades":
         return write_trades_days(ucs, frames, source, report)
@@ -907,13 +910,24 @@ def write_tick_days(
             part = validate(part, f"{source} → {dest}", day=day, allow_empty=False)
             what = f"{dest}: the {data_type}"
             replaced = _replacing(ucs, t_ticks, path, what, part.height, report)
+            periods = books.day_invalid_periods(
+                (invalid or {}).get(key, []), *layout.day_bounds_ns(day)
+            )
+            meta = books.encode_invalid_periods(periods)
             ucs.upload_to_gcs_sync(
-                t_ticks, path, parquet_io.tick_to_parquet_bytes(part, data_type), format="parquet"
+                t_ticks,
+                path,
+                parquet_io.tick_to_parquet_bytes(part, data_type, meta),
+                format="parquet",
             )
             row = schemas.default_instrument_row(key, price_precision=pp, size_precision=sp)
             if ensure_instrument(ucs, day, row):
                 report["instruments_added"].append({"day": day.isoformat(), "instrument_key": key})
             entry = _day_entry(day, part, dest, replaced, instrument_key=key, data_type=data_type)
+            if periods:
+                entry["book_invalid_periods"] = [
+                    [schemas.ns_to_iso(s), schemas.ns_to_iso(e)] for s, e in periods
+                ]
             report["days"].append(entry)
             report["rows_written"] += part.height
             stats["rows_written"] += part.height
@@ -1186,8 +1200,17 @@ def import_capture(
         report["warnings"].append(msg)
     if seq.applied.height:
         book = _rebuilt(capture.level_updates(cap, seq), book_interval_ms, bstats)
-        book = clean_book(book.drop("msg"), bstats)
-        write_tick_days(ucs, "book_depth10", {key: book}, name, report)
+        book = clean_book(book.drop("msg"), bstats).sort("ts_event", maintain_order=True)
+        # The book is unknown from each gap to the next snapshot written: stored with the data,
+        # so a run rejects orders there instead of meeting the last book before the gap.
+        periods = books.invalid_periods(
+            np.array([g["from_ts"] for g in seq.gaps], dtype=np.int64),
+            book["ts_event"].to_numpy(),
+        )
+        bstats["invalid_periods"] = [
+            [schemas.ns_to_iso(s), schemas.ns_to_iso(e)] for s, e in periods
+        ]
+        write_tick_days(ucs, "book_depth10", {key: book}, name, report, {key: periods})
     elif cap.depth.height:
         report["warnings"].append(
             f"{name}: {cap.depth.height} depth diffs but no usable snapshot: no book written"

@@ -147,20 +147,33 @@ def quotes_to_parquet_bytes(
 
 
 def book_depth10_to_parquet_bytes(
-    table: pa.Table | pl.DataFrame, *, row_group_size: int = BOOK_ROW_GROUP_SIZE
+    table: pa.Table | pl.DataFrame,
+    *,
+    row_group_size: int = BOOK_ROW_GROUP_SIZE,
+    metadata: dict[bytes, bytes] | None = None,
 ) -> bytes:
-    """Serialise (validated) 10-level book snapshots for the ticks bucket; deterministic."""
-    return _ticks_bytes(_as_table(table, schemas.BOOK_DEPTH10_SCHEMA), row_group_size)
+    """Serialise (validated) 10-level book snapshots for the ticks bucket; deterministic.
+
+    ``metadata`` goes into the footer's key-value metadata (the invalid periods of
+    :func:`books.encode_invalid_periods`): readers already fetch the footer, so it costs no
+    read. Without it the bytes are exactly those of a file written before the key existed.
+    """
+    t = _as_table(table, schemas.BOOK_DEPTH10_SCHEMA)
+    if metadata:
+        t = t.replace_schema_metadata(metadata)
+    return _ticks_bytes(t, row_group_size)
 
 
-def tick_to_parquet_bytes(table: pa.Table | pl.DataFrame, data_type: str) -> bytes:
+def tick_to_parquet_bytes(
+    table: pa.Table | pl.DataFrame, data_type: str, metadata: dict[bytes, bytes] | None = None
+) -> bytes:
     """The writer of a tick data type (`trades`, `quotes`, `book_depth10`) with its settings."""
     if data_type == "trades":
         return trades_to_parquet_bytes(table)
     if data_type == "quotes":
         return quotes_to_parquet_bytes(table)
     if data_type == "book_depth10":
-        return book_depth10_to_parquet_bytes(table)
+        return book_depth10_to_parquet_bytes(table, metadata=metadata)
     raise ValueError(f"no writer for tick data type {data_type!r}")
 
 

@@ -44,6 +44,7 @@ from nautilus_trader.model.objects import Currency, Money
 
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig, MarketData
+from backtest_pipeline.data.books import InvalidPeriod
 from backtest_pipeline.engine import instruments as names
 from backtest_pipeline.engine.conversion import (
     DepthColumns,
@@ -123,6 +124,9 @@ class DayInput:
     # (each with the row in force before every interval), for instruments run on them.
     quotes: dict[str, pa.Table] = field(default_factory=dict)
     depth: dict[str, pa.Table] = field(default_factory=dict)
+    # Per instrument key run on depth, the periods of the day its stored book is unknown (a
+    # sequence gap until the next snapshot): orders there are rejected (ExecutionStrategy).
+    book_invalid: dict[str, list[InvalidPeriod]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -542,6 +546,9 @@ class _DayFeeder:
         strategy.schedule_day(
             day.day.isoformat(), sigs, _funding_of(day.funding, day_keys), day_end_ns=day_end
         )
+        for key in sorted(day.book_invalid):
+            if self.market_data.get(key) == "depth" and key in trades:
+                strategy.add_book_invalid(key, day.book_invalid[key])
         books = self._books(day, trades)
         instruments = {k: strategy.info[k].instrument for k in set(trades) | set(books)}
         return PreparedDay(trades, instruments, day_start, day_end, books)
@@ -701,6 +708,8 @@ class _Mark:
     operations: int = 0
     signals: int = 0
     stale: int = 0
+    book_invalid_rejected: int = 0
+    book_invalid_canceled: int = 0
     lost: int = 0
     slippage: int = 0
     ticks: int = 0
@@ -952,6 +961,8 @@ def _mark(strategy: ExecutionStrategy, feeder: _DayFeeder, ticks: int, engine_ti
         operations=len(strategy.orch.operations),
         signals=strategy.signals_seen,
         stale=strategy.stale_book_orders,
+        book_invalid_rejected=strategy.book_invalid_rejected,
+        book_invalid_canceled=strategy.book_invalid_canceled,
         lost=len(strategy.lost),
         slippage=len(strategy.slippage_terms),
         ticks=ticks,
@@ -1056,6 +1067,10 @@ def _collect(
         "orders_canceled": orders.filter(status == "CANCELED").height,
         "orders_expired": orders.filter(status == "EXPIRED").height,
         "orders_rejected": orders.filter(status == "REJECTED").height,
+        # Orders whose arrival fell in a period where the stored book is unknown (a depth
+        # sequence gap until the next snapshot), and working orders cancelled at such a start.
+        "orders_rejected_book_invalid": strategy.book_invalid_rejected - m.book_invalid_rejected,
+        "orders_canceled_book_invalid": strategy.book_invalid_canceled - m.book_invalid_canceled,
         "fills": fills.height,
         # Orders the end-of-run sweep cancelled (still working when the data ended).
         "orders_canceled_at_run_end": len(strategy.swept),

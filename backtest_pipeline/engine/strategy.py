@@ -21,6 +21,8 @@ last day's end-of-run sweep cancels whatever is left (``SWEEP`` alert, active on
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,11 +52,14 @@ from nautilus_trader.trading.strategy import Strategy
 
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.data.books import InvalidPeriod
 from backtest_pipeline.engine import instruments as names
 from backtest_pipeline.trading.oms import OMS
 from backtest_pipeline.trading.orchestrator import Operation, Orchestrator, Signal
 from backtest_pipeline.trading.risk import OrderIntent, PreTradeRisk, RiskSnapshot
 from backtest_pipeline.trading.router import SmartRouter, VenueQuote, group_of, groups
+
+log = logging.getLogger("backtest_pipeline.engine")
 
 
 class VenueHandle(SimulationModule):
@@ -146,6 +151,12 @@ class ExecutionStrategy(Strategy):
         self.risk_log: list[tuple[OrderIntent, RiskSnapshot, str | None]] | None = None
         self.lost: list[str] = []  # orders the venue dropped without an event (see on_order_event)
         self.stale_book_orders = 0  # orders sent while the venue's book predated the interval
+        # Per depth instrument, the periods its stored book is unknown (sequence gaps), in
+        # time order; orders arriving there are rejected, working ones cancelled at the start.
+        self.book_invalid: dict[str, list[InvalidPeriod]] = {}
+        self.book_invalid_rejected = 0
+        self.book_invalid_canceled = 0
+        self._cancel_reasons: dict[str, str] = {}  # order id → why we cancelled it
         # Instruments whose venue book comes from quotes or snapshots: each interval starts from
         # the one in force before it, so that book is always the market's, never stale.
         self.book_keys: set[str] = set()
@@ -213,6 +224,49 @@ class ExecutionStrategy(Strategy):
             f_by_ts.setdefault(f.ts_event, []).append(f)
         for ts, evs in f_by_ts.items():
             self._schedule(f"FUND:{ts}", ts, lambda evs=evs: self._on_funding(evs))
+
+    def add_book_invalid(self, key: str, periods: list[InvalidPeriod]) -> None:
+        """A day's invalid periods of ``key``'s book (days come in order).
+
+        Each start gets an alert timed so the cancels of the orders still working reach the
+        venue by the start (one cancel latency before it): no order rests on the stale book.
+        """
+        self.book_invalid.setdefault(key, []).extend(periods)
+        lead = self.info[key].cancel_ns
+        for p in periods:
+            ts = p.start_ns - lead
+            if self._started:
+                ts = max(ts, self.clock.timestamp_ns() + 1)
+            self._schedule(
+                f"BOOK-INVALID:{key}:{p.start_ns}",
+                ts,
+                lambda key=key, p=p: self._cancel_for_invalid_book(key, p),
+            )
+
+    def invalid_period(self, key: str, ts_ns: int) -> InvalidPeriod | None:
+        """The invalid period of ``key``'s book containing ``ts_ns``, if any."""
+        periods = self.book_invalid.get(key)
+        if not periods:
+            return None
+        i = bisect.bisect_right([p.start_ns for p in periods], ts_ns) - 1
+        return periods[i] if i >= 0 and periods[i].contains(ts_ns) else None
+
+    def _cancel_for_invalid_book(self, key: str, period: InvalidPeriod) -> None:
+        reason = period.describe()
+        n = 0
+        for rec in self.oms.records():
+            if (
+                rec.is_open
+                and rec.instrument_key == key
+                and not rec.order_id.startswith("R-")
+                and rec.order_id not in self._cancel_reasons  # already being cancelled
+            ):
+                self._cancel_reasons[rec.order_id] = reason
+                self.cancel(rec.order_id)
+                n += 1
+        self.book_invalid_canceled += n
+        if n:
+            log.warning("%s: %d working order(s) cancelled: %s", key, n, reason)
 
     def sweep_open(self) -> None:
         """End of run: cancel every order still working (no-op before the run's last day)."""
@@ -329,7 +383,14 @@ class ExecutionStrategy(Strategy):
                 mode = ROUND_FLOOR if side == "BUY" else ROUND_CEILING
                 price = float(d.to_integral_value(rounding=mode) * info.tick)
         reason: str | None = None
-        if order_type == "LIMIT" and price is None:
+        gap = self.invalid_period(key, now + info.insert_ns) if info is not None else None
+        if gap is not None:
+            # The book the order would meet on arrival is unknown: rejecting it is the only
+            # answer that is not a silently wrong fill (docs/execution.md, invalid books).
+            reason = gap.describe()
+            self.book_invalid_rejected += 1
+            log.warning("%s: order of operation %s rejected: %s", key, op.operation_id, reason)
+        elif order_type == "LIMIT" and price is None:
             reason = f"no_reference_price: LIMIT without limit_price and no trade seen for {key}"
         elif info is not None and (quantity <= 0 or quantity < info.min_qty - 1e-12):
             reason = (
@@ -395,11 +456,23 @@ class ExecutionStrategy(Strategy):
         )
         self.submit_order(order)
         self._arrives[oid] = now + info.insert_ns
+        upcoming = self._next_invalid(key, now + info.insert_ns)
+        if upcoming is not None and now >= upcoming.start_ns - info.cancel_ns:
+            # Sent after that period's cancels went out: it would rest into the period.
+            self._cancel_reasons[oid] = upcoming.describe()
+            self.book_invalid_canceled += 1
+            self.cancel(oid)
         if self._book_is_current(key, op.signal.ts_event):
             self._settle_at(now + info.insert_ns)
         else:
             self.stale_book_orders += 1
         return oid
+
+    def _next_invalid(self, key: str, ts_ns: int) -> InvalidPeriod | None:
+        """The first invalid period of ``key`` starting after ``ts_ns``."""
+        periods = self.book_invalid.get(key) or []
+        i = bisect.bisect_right([p.start_ns for p in periods], ts_ns)
+        return periods[i] if i < len(periods) else None
 
     def _book_is_current(self, key: str, signal_ts: int) -> bool:
         """Whether the venue's trade-built book reflects the market around this signal.
@@ -473,7 +546,7 @@ class ExecutionStrategy(Strategy):
         elif isinstance(event, OrderAccepted):
             self.oms.on_status(oid, "ACCEPTED", ts)
         elif isinstance(event, OrderCanceled):
-            self.oms.on_status(oid, "CANCELED", ts)
+            self.oms.on_status(oid, "CANCELED", ts, reason=self._cancel_reasons.get(oid))
         elif isinstance(event, OrderExpired):
             self.oms.on_status(oid, "EXPIRED", ts)
         elif isinstance(event, OrderRejected):

@@ -23,6 +23,7 @@ import pyarrow as pa
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.data import readers, schemas
+from backtest_pipeline.data.books import InvalidPeriod, decode_invalid_periods
 from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.signals.windows import apply_execution_window
@@ -132,6 +133,7 @@ def load_day(
     by_key: dict[str, pl.DataFrame] = {}
     trades = {}
     books: dict[str, dict[str, pa.Table]] = {"quotes": {}, "depth": {}}
+    book_invalid: dict[str, list[InvalidPeriod]] = {}
     for key in keys:
         ranges = ranges_for_key(config, intervals, key, day)
         if not ranges:
@@ -142,10 +144,17 @@ def load_day(
         inputs.append(fetched)
         kind = (market_data or {}).get(key, "trades")
         if kind != "trades":
-            books[kind][key], fetched = fetch_ticks(
+            books[kind][key], fetched, periods = fetch_book(
                 ucs, day, key, BOOK_DATA_TYPES[kind], ranges, needed_by=signals.height
             )
             inputs.append(fetched)
+            if periods:
+                book_invalid[key] = periods
+                log.warning(
+                    "%s on %s: the book is invalid in %d period(s) (%s); orders arriving there "
+                    "are rejected and working orders cancelled at their start",
+                    key, day, len(periods), "; ".join(p.describe() for p in periods),
+                )  # fmt: skip
 
     available = set(instruments.get_column("instrument_key").to_list())
     funding, funding_inputs = load_funding(ucs, config, day, available)
@@ -162,6 +171,7 @@ def load_day(
         bars=bars or None,
         quotes=books["quotes"],
         depth=books["depth"],
+        book_invalid=book_invalid,
     )
     return day_input, inputs, by_key
 
@@ -310,14 +320,35 @@ def fetch_ticks(
     when each range opens (the last quote or book snapshot before it). ``bytes_read`` in the
     returned record counts exactly what was fetched.
     """
+    table, rec, _ = fetch_book(ucs, day, key, data_type, ranges, needed_by)
+    return table, rec
+
+
+def fetch_book(
+    ucs: UnifiedCloudService,
+    day: date,
+    key: str,
+    data_type: layout.TickDataType,
+    ranges: list[tuple[int, int]],
+    needed_by: int,
+) -> tuple[pa.Table, InputRecord, list[InvalidPeriod]]:
+    """:func:`fetch_ticks`, plus the book's invalid periods that day (validated).
+
+    They come from the footer's key-value metadata, read anyway for the row-group ranges, so
+    they cost no byte more; a file without the key has none (trades and quotes never do).
+    """
     t_ticks = layout.target("ticks")
     tpath = layout.tick_path(day, key, data_type)
     uri = ucs.uri(t_ticks, tpath)
     wanted = list(ranges)
+    periods: list[InvalidPeriod] = []
     if data_type != "trades":  # trades keep their established reads (byte-identical runs)
-        bounds = row_group_time_bounds(ucs.parquet_metadata_sync(t_ticks, tpath), "ts_event", uri)
+        footer = ucs.parquet_metadata_sync(t_ticks, tpath)
+        bounds = row_group_time_bounds(footer, "ts_event", uri)
         if bounds is not None:
             wanted = merge_ranges(wanted + prior_state_ranges(*bounds, ranges))
+        if data_type == "book_depth10":
+            periods = decode_invalid_periods(footer.metadata, uri, *layout.day_bounds_ns(day))
     res = ucs.download_from_gcs_streaming_sync(
         t_ticks,
         tpath,
@@ -337,9 +368,8 @@ def fetch_ticks(
     if wanted != merge_ranges(ranges):  # drop what the extra ranges brought beyond the prior row
         table = table.filter(pa.array(range_mask(table.column("ts_event"), ranges, True)))
     table = schemas.validate_tick(table, data_type, uri, day=day)
-    return table, InputRecord(
-        t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read
-    )
+    rec = InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read)
+    return table, rec, periods
 
 
 #: The tick data type behind each book mode, richest first (``auto`` takes the first present).
