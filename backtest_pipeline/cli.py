@@ -384,7 +384,7 @@ def demo_cmd(
     else:
         console.print(f"using the sample data already in {ucs.root}")
     if book:
-        console.print(f"running {key} on the 10-level book (market_data: depth)")
+        console.print(f"running {key} on the 10-level book (market_data: depth)", soft_wrap=True)
     # With the book named (not `auto`), a missing book day is an error, not a quiet trades run.
     market_data = "depth" if book else None
     _run(DEMO_CONFIG, days[0].isoformat(), days[-1].isoformat(), root, None, False, False,
