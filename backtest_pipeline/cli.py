@@ -261,6 +261,7 @@ def _run(
     full_day: bool,
     as_json: bool,
     shards: int = 1,
+    market_data: str | None = None,
 ) -> None:
     from backtest_pipeline.config import BacktestConfig
     from backtest_pipeline.run.runner import BacktestFailed, run_backtest
@@ -269,6 +270,8 @@ def _run(
         config = BacktestConfig.from_yaml(config_path)
         if full_day:
             config = config.model_copy(update={"full_day": True})
+        if market_data is not None:
+            config = config.model_copy(update={"market_data": market_data})
         s, e = _parse_date(start, "--start"), _parse_date(end, "--end")
         if e < s:
             _fail(f"--end {e} is before --start {s}", 2)
@@ -345,26 +348,47 @@ def run_cmd(
 def demo_cmd(
     root: RootOpt = None,
     trades_per_day: Annotated[int, typer.Option(min=1000)] = 2_000_000,
+    book: Annotated[
+        bool,
+        typer.Option(
+            "--book",
+            help="Generate quotes and a 10-level book with the trades (into ./data-book unless "
+            "--root says otherwise) and run on the book (market_data: depth)",
+        ),
+    ] = False,
 ) -> None:
     """Generate 3 days of sample data (if absent) and backtest the demo config over them."""
     from backtest_pipeline.data.sample import generate_sample_data
 
+    # The book demo has a root of its own: with a book present, `market_data: auto` would run
+    # the plain demo on depth too and change its (byte-compared) results.
+    if book and root is None and not os.environ.get("BACKTEST_STORAGE_ROOT"):
+        root = "data-book"
     ucs = _ucs(root)
     start = date(2024, 1, 1)
     days = layout.days_between(start, date(2024, 1, 3))
+    key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
+    t_ticks = layout.target("ticks")
     missing = [
         d
         for d in days
         if not ucs.exists_sync(layout.target("instruments"), layout.instruments_path(d))
+        or (book and not ucs.exists_sync(t_ticks, layout.book_depth10_path(d, key)))
     ]
     if missing:
-        console.print(f"generating 3 days of sample data into {ucs.root} …")
+        what = "sample data with quotes and a 10-level book" if book else "sample data"
+        console.print(f"generating 3 days of {what} into {ucs.root} …")
         t0 = time.perf_counter()
-        generate_sample_data(ucs, start, 3, None, trades_per_day=trades_per_day, seed=0)
+        generate_sample_data(ucs, start, 3, None, trades_per_day=trades_per_day, seed=0, book=book)
         console.print(f"  done in {time.perf_counter() - t0:.1f} s")
     else:
         console.print(f"using the sample data already in {ucs.root}")
-    _run(DEMO_CONFIG, days[0].isoformat(), days[-1].isoformat(), root, None, False, False)
+    if book:
+        console.print(f"running {key} on the 10-level book (market_data: depth)", soft_wrap=True)
+    # With the book named (not `auto`), a missing book day is an error, not a quiet trades run.
+    market_data = "depth" if book else None
+    _run(DEMO_CONFIG, days[0].isoformat(), days[-1].isoformat(), root, None, False, False,
+         market_data=market_data)  # fmt: skip
 
 
 @app.command("bench")
@@ -377,15 +401,21 @@ def bench_cmd(
         int | None, typer.Option(min=1, help="Repetitions per figure (median; default 3, quick 1)")
     ] = None,
     skip: Annotated[
-        list[str] | None, typer.Option("--skip", help="Parts to skip: gcs, full, dagster, naive")
+        list[str] | None,
+        typer.Option(
+            "--skip",
+            help="Parts to skip (repeat or comma-separate): gcs, full, long, dagster, naive, book",
+        ),
     ] = None,
 ) -> None:
     """Measure the targets of docs/targets.md side by side (see benchmarks/README.md)."""
-    from benchmarks.bench import figures, format_table, run_bench
+    from benchmarks.bench import SKIPPABLE, figures, format_table, run_bench
 
-    out = run_bench(
-        quick=quick, reps=reps, log=lambda m: err.print(f"[dim]{m}[/]"), skip=set(skip or [])
-    )
+    parts = {p.strip() for s in skip or [] for p in s.split(",") if p.strip()}
+    unknown = sorted(parts - set(SKIPPABLE))
+    if unknown:
+        _fail(f"--skip {', '.join(unknown)}: unknown part (known: {', '.join(SKIPPABLE)})", 2)
+    out = run_bench(quick=quick, reps=reps, log=lambda m: err.print(f"[dim]{m}[/]"), skip=parts)
     err.print(format_table(out))
     if as_json:
         print(json.dumps(figures(out)))

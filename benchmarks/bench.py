@@ -30,6 +30,9 @@ CONFIG = REPO / "configs" / "demo.yaml"
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
 START = date(2024, 1, 1)
 
+# Parts of the run `--skip` can leave out.
+SKIPPABLE = ("gcs", "full", "long", "dagster", "naive", "book")
+
 KEYS = (
     "e2e_signal_s",
     "e2e_signal_gcs_s",
@@ -54,7 +57,13 @@ KEYS = (
     "dagster_over_cli",
     "naive_s",
     "naive_over_ours",
+    "e2e_book_s",
+    "bare_engine_book_s",
+    "ratio_book_to_bare",
+    "bytes_read_ratio_book",
 )
+# The tick data types a run may read; the book workload's bytes ratio is taken over all three.
+MARKET_DATA_TYPES = ("trades", "quotes", "book_depth10")
 
 
 @dataclass(frozen=True)
@@ -81,42 +90,56 @@ def _end(days: int) -> date:
 
 def ensure_workload(w: Workload, log: Callable[[str], None]) -> tuple[Path, Path]:
     """(3-day root, long-run root), generated once with `backtest sample-data` and cached."""
-    roots = []
-    for label, days, tpd in (
-        ("ref", w.days, w.trades_per_day),
-        ("long", w.long_days, w.long_trades_per_day),
-    ):
-        root = CACHE / f"{w.name}-{label}"
-        marker = root / ".complete"
-        if not marker.exists():
-            shutil.rmtree(root, ignore_errors=True)
-            log(f"generating {label} workload: {days} days × {tpd:,} trades into {root}")
-            t0 = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "backtest_pipeline.cli",
-                    "sample-data",
-                    "--root",
-                    str(root),
-                    "--start",
-                    START.isoformat(),
-                    "--days",
-                    str(days),
-                    "--trades-per-day",
-                    str(tpd),
-                    "--signal-coverage",
-                    str(w.coverage),
-                    "--seed",
-                    str(w.seed),
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
-        roots.append(root)
-    return roots[0], roots[1]
+    ref = _generate(w, "ref", w.days, w.trades_per_day, False, log)
+    long_root = _generate(w, "long", w.long_days, w.long_trades_per_day, False, log)
+    return ref, long_root
+
+
+def ensure_book_workload(w: Workload, log: Callable[[str], None]) -> Path:
+    """The 3-day reference workload with quotes and a 10-level book (`sample-data --book`).
+
+    Its own root: the generator's other files are byte-identical to the plain workload's, but a
+    root holding a book makes `market_data: auto` run on depth, which would change the meaning
+    of every other figure.
+    """
+    return _generate(w, "book", w.days, w.trades_per_day, True, log)
+
+
+def _generate(
+    w: Workload, label: str, days: int, tpd: int, book: bool, log: Callable[[str], None]
+) -> Path:
+    root = CACHE / f"{w.name}-{label}"
+    marker = root / ".complete"
+    if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        what = "trades + quotes + 10-level book" if book else "trades"
+        log(f"generating {label} workload: {days} days × {tpd:,} trades ({what}) into {root}")
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backtest_pipeline.cli",
+                "sample-data",
+                "--root",
+                str(root),
+                "--start",
+                START.isoformat(),
+                "--days",
+                str(days),
+                "--trades-per-day",
+                str(tpd),
+                "--signal-coverage",
+                str(w.coverage),
+                "--seed",
+                str(w.seed),
+                *(["--book"] if book else []),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+    return root
 
 
 # ---- child-process measurements -------------------------------------------------------------
@@ -130,20 +153,27 @@ def _child_run(
     env: dict[str, str],
     q: Any,
     shards: int = 1,
+    market_data: str | None = None,
 ) -> None:
     os.environ.update(env)
     from backtest_pipeline import layout
-    from backtest_pipeline.config import BacktestConfig
     from backtest_pipeline.run.runner import run_backtest
     from backtest_pipeline.storage.ucs import UnifiedCloudService
 
-    cfg = BacktestConfig.from_yaml(CONFIG)
-    if full_day:
-        cfg = cfg.model_copy(update={"full_day": True})
+    cfg = _config(full_day, market_data)
     ucs = UnifiedCloudService(root)
     run_id = f"bench-{os.getpid()}"
     res = run_backtest(cfg, start, end, ucs=ucs, run_id=run_id, shards=shards)
     stats = dict(res.summary["execution_stats"])
+    # Bytes per tick data type over the objects the run touched: [read, size of the objects].
+    by_type: dict[str, list[int]] = {}
+    for i in res.summary["inputs"]:
+        for t in MARKET_DATA_TYPES:
+            if f"/data_type-{t}/" in i["path"]:
+                acc = by_type.setdefault(t, [0, 0])
+                acc[0] += i["bytes_read"]
+                acc[1] += i["bytes_total"]
+    stats["market_bytes"] = by_type
     # Digests of the written outputs: a sharded run must give the one-engine run's bytes.
     stats["digests"] = {
         name: hashlib.sha256(
@@ -156,19 +186,34 @@ def _child_run(
     q.put(stats)
 
 
-def _child_bare(root: str, start: str, end: str, full_day: bool, q: Any) -> None:
-    from backtest_pipeline import layout
+def _config(full_day: bool, market_data: str | None) -> Any:
     from backtest_pipeline.config import BacktestConfig
-    from backtest_pipeline.engine.driver import bare_engine_run
-    from backtest_pipeline.run.runner import load_day
-    from backtest_pipeline.storage.ucs import UnifiedCloudService
 
     cfg = BacktestConfig.from_yaml(CONFIG)
     if full_day:
         cfg = cfg.model_copy(update={"full_day": True})
+    if market_data is not None:
+        # Named, not `auto`: a workload without its book is then an error, not a trades run.
+        cfg = cfg.model_copy(update={"market_data": market_data})
+    return cfg
+
+
+def _child_bare(
+    root: str, start: str, end: str, full_day: bool, q: Any, market_data: str | None = None
+) -> None:
+    from backtest_pipeline import layout
+    from backtest_pipeline.engine.driver import bare_engine_run
+    from backtest_pipeline.run.inputs import resolve_market_data
+    from backtest_pipeline.run.runner import load_day
+    from backtest_pipeline.storage.ucs import UnifiedCloudService
+
+    cfg = _config(full_day, market_data)
     ucs = UnifiedCloudService(root)
-    days = [load_day(ucs, cfg, d)[0] for d in layout.days_between(start, end)]
-    q.put(bare_engine_run(cfg, days))
+    days = layout.days_between(start, end)
+    # Trades only unless asked: exactly the floor the trade figures have always been held to.
+    md = resolve_market_data(ucs, cfg, days) if market_data is not None else None
+    inputs = [load_day(ucs, cfg, d, market_data=md)[0] for d in days]
+    q.put({**bare_engine_run(cfg, inputs, market_data=md), "market_data": md})
 
 
 def _child_conversion(root: str, q: Any) -> None:
@@ -265,7 +310,8 @@ def _dagster_vs_cli(root: Path, w: Workload, reps: int) -> tuple[float, float, f
         "-m",
         "definitions",
         "--select",
-        "not group:comparison",  # the batch comparison is no day partition of a run
+        # Every partitioned asset of the range; the sweep comparison is per batch, not per day.
+        "not group:comparison",
         "--partition-range",
         f"{START.isoformat()}...{end}",
     ]
@@ -292,9 +338,14 @@ def run_bench(
     skip: set[str] | None = None,
 ) -> dict[str, Any]:
     skip = skip or set()
+    unknown = sorted(skip - set(SKIPPABLE))
+    if unknown:
+        raise ValueError(
+            f"--skip {', '.join(unknown)}: unknown part (known: {', '.join(SKIPPABLE)})"
+        )
     w = QUICK if quick else FULL
     reps = reps or (1 if quick else 3)
-    ref, long_root = ensure_workload(w, log)
+    ref = _generate(w, "ref", w.days, w.trades_per_day, False, log)
     s, e3 = START.isoformat(), _end(w.days).isoformat()
     out: dict[str, Any] = dict.fromkeys(KEYS)
     out["workload"] = {
@@ -336,6 +387,32 @@ def run_bench(
     conv = _in_child(_child_conversion, str(ref))
     out["conversion_ticks_per_s"] = conv["ticks"] / conv["seconds"]
 
+    if "long" not in skip:
+        long_root = _generate(w, "long", w.long_days, w.long_trades_per_day, False, log)
+        _long_figures(out, w, long_root, log)
+
+    if "dagster" not in skip:
+        log("Dagster materialization of the 3-day range vs the CLI…")
+        out["dagster_s"], out["cli_s"], out["dagster_over_cli"] = _dagster_vs_cli(ref, w, reps)
+
+    if "naive" not in skip:
+        log("the seed system's approach on the same workload…")
+        naive = [
+            _in_child(_child_naive, str(ref), s, e3) for _ in range(1 if quick else min(reps, 2))
+        ]
+        out["naive_s"] = _median([n["seconds"] for n in naive])
+        out["naive_over_ours"] = out["naive_s"] / out["e2e_signal_s"]
+
+    if "book" not in skip:
+        out.update(_book_figures(w, reps, log))
+    return out
+
+
+def _long_figures(
+    out: dict[str, Any], w: Workload, long_root: Path, log: Callable[[str], None]
+) -> None:
+    """Memory growth and per-day cost on the long workload, one engine and time shards."""
+    s = START.isoformat()
     log(f"{w.long_days}-day run (memory and per-day cost)…")
     e_long = _end(w.long_days).isoformat()
     long_run = _in_child(_child_run, str(long_root), s, e_long, False, {})
@@ -354,30 +431,45 @@ def run_bench(
     out["per_day_s"] = sharded["wall_time_s"] / w.long_days
     out["projected_5y_min"] = out["per_day_s"] * 1826 / 60
 
-    if "dagster" not in skip:
-        log("Dagster materialization of the 3-day range vs the CLI…")
-        out["dagster_s"], out["cli_s"], out["dagster_over_cli"] = _dagster_vs_cli(ref, w, reps)
-
-    if "naive" not in skip:
-        log("the seed system's approach on the same workload…")
-        naive = [
-            _in_child(_child_naive, str(ref), s, e3) for _ in range(1 if quick else min(reps, 2))
-        ]
-        out["naive_s"] = _median([n["seconds"] for n in naive])
-        out["naive_over_ours"] = out["naive_s"] / out["e2e_signal_s"]
-    return out
-
 
 def _paired(
-    root: str, start: str, end: str, full_day: bool, reps: int
+    root: str, start: str, end: str, full_day: bool, reps: int, market_data: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Each run is followed at once by its bare floor, so a drift in this machine's speed (a
     shared VM's neighbours come and go over minutes) hits both sides of a ratio alike."""
     runs, bare = [], []
+    md = {} if market_data is None else {"market_data": market_data}
     for _ in range(reps):
-        runs.append(_in_child(_child_run, root, start, end, full_day, {}))
-        bare.append(_in_child(_child_bare, root, start, end, full_day))
+        runs.append(_in_child(_child_run, root, start, end, full_day, {}, **md))
+        bare.append(_in_child(_child_bare, root, start, end, full_day, **md))
     return runs, bare
+
+
+def _book_figures(w: Workload, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The 3-day book workload on depth, each run paired with the bare engine on its data.
+
+    The floor is fed the run's own inputs (the trades and the 10-level snapshots of the signal
+    intervals, each with the snapshot in force before it) as engine objects in memory, on the
+    same ``L2_MBP`` venue: the ratio is what the run adds to NautilusTrader's own book work.
+    """
+    root = ensure_book_workload(w, log)
+    s, e3 = START.isoformat(), _end(w.days).isoformat()
+    log("signal-driven 3-day runs on the 10-level book, each paired with the bare engine…")
+    runs, bare = _paired(str(root), s, e3, False, reps, market_data="depth")
+    for r, b in zip(runs, bare, strict=True):
+        if r["market_data"] != {KEY: "depth"} or b["market_data"] != {KEY: "depth"}:
+            raise RuntimeError(f"book workload did not run on depth: {r['market_data']}")
+    by_type = runs[0]["market_bytes"]
+    read = sum(v[0] for v in by_type.values())
+    total = sum(v[1] for v in by_type.values())
+    return {
+        "e2e_book_s": _median([r["wall_time_s"] for r in runs]),
+        "bare_engine_book_s": _median([b["seconds"] for b in bare]),
+        "ratio_book_to_bare": _paired_ratio(runs, bare),
+        "bytes_read_ratio_book": read / total,
+        "book_bytes_by_type": {t: {"read": v[0], "available": v[1]} for t, v in by_type.items()},
+        "ticks_book": runs[0]["ticks_processed"],
+    }
 
 
 def _paired_ratio(runs: list[dict[str, Any]], bare: list[dict[str, Any]]) -> float:
@@ -407,6 +499,8 @@ TARGETS = {
     "projected_5y_min": ("<", 30.0),
     "naive_over_ours": (">=", 10.0),
     "dagster_over_cli": ("<=", 1.5),
+    "ratio_book_to_bare": ("<=", 1.5),
+    "bytes_read_ratio_book": ("<=", 0.20),
 }
 
 
@@ -422,6 +516,8 @@ JSON_KEYS = (
     "projected_5y_min",
     "dagster_over_cli",
     "naive_over_ours",
+    "ratio_book_to_bare",
+    "bytes_read_ratio_book",
 )
 
 
@@ -457,4 +553,10 @@ def format_table(out: dict[str, Any]) -> str:
             s = str(v)
         lines.append(f"{k:26s} {s:>16s}  {verdict(k, v)}")
     lines.append(f"workload: {out.get('workload')}")
+    if out.get("book_bytes_by_type"):
+        parts = [
+            f"{t} {v['read']:,} / {v['available']:,} B"
+            for t, v in out["book_bytes_by_type"].items()
+        ]
+        lines.append(f"book workload bytes read / available: {'; '.join(parts)}")
     return "\n".join(lines)

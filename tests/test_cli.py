@@ -269,3 +269,65 @@ def test_demo_command_in_a_fresh_process(tmp_path: Path) -> None:
         n for n in layout.RESULT_OBJECTS if n.endswith(".parquet")
     )
     assert any(r.endswith("execution.log") for r in results)
+
+
+def _touch_in_force(book: pl.DataFrame, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best ask and best bid of the last stored snapshot at or before each time."""
+    idx = np.searchsorted(book["ts_event"].cast(pl.Int64).to_numpy(), ts, side="right") - 1
+    assert (idx >= 0).all(), "a fill before the day's first snapshot"
+    return book["ask_price_0"].to_numpy()[idx], book["bid_price_0"].to_numpy()[idx]
+
+
+@pytest.mark.slow
+def test_demo_book_runs_on_its_own_root_on_depth_and_never_fills_through_the_book(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backtest demo --book` (the README's second command) on small data, from a clean cwd."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BACKTEST_STORAGE_ROOT", raising=False)
+    res = runner.invoke(app, ["demo", "--book", "--trades-per-day", "20000"])
+    assert res.exit_code == 0, res.output
+    assert "market_data: depth" in res.output and "net_pnl" in res.output
+    # Its own root: the plain demo's ./data stays free of a book (its outputs are byte-compared).
+    assert not (tmp_path / "data").exists()
+    ucs = UnifiedCloudService(str(tmp_path / "data-book"))
+    key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
+    days = layout.days_between("2024-01-01", "2024-01-03")
+    t_res = layout.target("results")
+    summaries = [p for p in ucs.list_files_sync(t_res, "") if p.endswith("/summary.json")]
+    assert len(summaries) == 1
+    summary = json.loads(ucs.download_from_gcs_sync(t_res, summaries[0], format="bytes"))
+    assert summary["status"] == "COMPLETED"
+    assert summary["config"]["market_data"] == "depth"
+    assert summary["execution_stats"]["market_data"] == {key: "depth"}
+    assert summary["execution_stats"]["venue_books"]["BINANCE-FUTURES"]["book_type"] == "L2_MBP"
+    run_id = summary["run_id"]
+    # Every day's book was read, by byte ranges like the trades.
+    book_inputs = [i for i in summary["inputs"] if "/data_type-book_depth10/" in i["path"]]
+    assert len(book_inputs) == len(days)
+    assert all(0 < i["bytes_read"] < i["bytes_total"] for i in book_inputs)
+
+    def result(name: str) -> pl.DataFrame:
+        df = ucs.download_from_gcs_sync(t_res, layout.result_path(run_id, name))
+        return df if isinstance(df, pl.DataFrame) else pl.from_arrow(df)  # type: ignore[return-value]
+
+    fills = result("fills.parquet").join(
+        result("orders.parquet").select("order_id", "order_type"), on="order_id"
+    )
+    market = fills.filter(pl.col("order_type") == "MARKET")
+    assert market.height > 0
+    through = 0
+    for d in days:
+        raw = ucs.download_from_gcs_sync(layout.target("ticks"), layout.book_depth10_path(d, key))
+        book = raw if isinstance(raw, pl.DataFrame) else pl.from_arrow(raw)
+        assert isinstance(book, pl.DataFrame)
+        lo, hi = layout.day_bounds_ns(d)
+        day = market.filter(pl.col("ts_event").cast(pl.Int64).is_between(lo, hi - 1))
+        ask, bid = _touch_in_force(book, day["ts_event"].cast(pl.Int64).to_numpy())
+        buy = day["side"].to_numpy() == "BUY"
+        px = day["price"].to_numpy()
+        # A market buy never fills below the best ask in force, a sell never above the best bid.
+        assert (px[buy] >= ask[buy]).all() and (px[~buy] <= bid[~buy]).all()
+        through += int((px[buy] > ask[buy]).sum() + (px[~buy] < bid[~buy]).sum())
+    # And some orders walked past the touch: the fills came from the levels, not the last print.
+    assert through > 0
