@@ -201,7 +201,7 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     t.add_column("k", style="bold")
     t.add_column("v")
 
-    from backtest_pipeline.results.report import plain as fmt
+    from backtest_pipeline.results.formatting import plain as fmt
 
     sections = (
         (pnl, "net_pnl gross_pnl total_fees funding_paid"),

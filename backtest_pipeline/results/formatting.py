@@ -28,3 +28,14 @@ def format_figure(kind: str, value: Any, currency: str = "") -> str:
     if text.startswith("-") and not text.strip("-0.,% bps"):
         text = text[1:]
     return f"{text} {currency}" if kind == "money" and currency else text
+
+
+def plain(v: Any) -> str:
+    """A value as the CLI and the report print it: floats to 4 places, ints grouped."""
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.4f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)

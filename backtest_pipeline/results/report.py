@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from backtest_pipeline.results.formatting import format_figure
+from backtest_pipeline.results.formatting import format_figure, plain
 
 
 def equity_png(equity: pl.DataFrame, title: str = "equity") -> bytes:
@@ -122,13 +122,16 @@ def sparkline(values: np.ndarray, width: int = 48) -> str:
     return "".join(SPARK_BLOCKS[i] for i in idx)
 
 
+def account_currency(summary: dict[str, Any]) -> str:
+    """The currency money figures are in: the summary's own, else its configuration's."""
+    config = summary.get("config") or {}
+    return str(summary.get("account_currency") or config.get("account_currency", "USDT"))
+
+
 def people_figures(summary: dict[str, Any]) -> dict[str, float | int]:
     """The run's figures rounded and labelled with their unit, for a UI's metadata: numbers stay
     numbers (Dagster plots them across materializations), only their names say the unit."""
-    ccy = str(
-        summary.get("account_currency")
-        or (summary.get("config") or {}).get("account_currency", "USDT")
-    )
+    ccy = account_currency(summary)
     stats = summary.get("execution_stats") or {}
     flat = {**flat_metrics(summary), "avg_slippage_bps": stats.get("avg_slippage_bps")}
     out: dict[str, float | int] = {}
@@ -153,10 +156,7 @@ def people_figures(summary: dict[str, Any]) -> dict[str, float | int]:
 
 def headline_markdown(summary: dict[str, Any]) -> str:
     """The report's headline figures as a two-column Markdown table, formatted as the report."""
-    ccy = str(
-        summary.get("account_currency")
-        or (summary.get("config") or {}).get("account_currency", "USDT")
-    )
+    ccy = account_currency(summary)
     figures = {**(summary.get("pnl") or {}), **(summary.get("metrics") or {})}
     rows = [
         f"| {label} | {format_figure(kind, figures.get(key), ccy)} |"
@@ -505,14 +505,3 @@ IS = implementation shortfall = fill ratio × (execution cost + fees) + opportun
 <h2>Configuration</h2><pre id="config">{escape(json.dumps(cfg, indent=2, default=str))}</pre>
 </body></html>
 """
-
-
-def plain(v: Any) -> str:
-    """A value as the CLI and the report print it: floats to 4 places, ints grouped."""
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:,.4f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
