@@ -169,6 +169,10 @@ class BacktestConfig(_Strict):
     # type present on every day of the run (depth > quotes > trades); a named type must exist
     # for every instrument on every day (docs/execution.md, *Market data and fills*).
     market_data: MarketDataChoice = "auto"
+    # What the engine is handed: `operations` = a market only while an order of ours works there
+    # (from a signal until its operation's last order is final); `intervals` = every tick of the
+    # signal intervals. The outputs are identical (engine/feed.py); `operations` is faster.
+    engine_feed: Literal["operations", "intervals"] = "operations"
     algo: AlgoConfig = AlgoConfig()
 
     @model_serializer(mode="wrap")
@@ -177,6 +181,8 @@ class BacktestConfig(_Strict):
         data = handler(self)
         if self.algo == AlgoConfig() and isinstance(data, dict):
             data.pop("algo", None)
+        if self.engine_feed == "operations" and isinstance(data, dict):
+            data.pop("engine_feed", None)  # the default: stored configurations stay as they were
         return data
 
     @field_validator("strategy_id")
@@ -231,6 +237,8 @@ class BacktestConfig(_Strict):
                 parent = parent[part]
             if parent.get(path[-1]) == default:
                 del parent[path[-1]]
+        # The feed changes how fast a run is, never its results: one run id for both.
+        data.pop("engine_feed", None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def run_id(self, start: date | str, end: date | str) -> str:

@@ -21,6 +21,21 @@ BUCKET_VARS = (
 )
 
 
+#: Test modules whose every ``run_engine`` call also runs the other engine feed and asserts the
+#: two give identical outputs (tests/_feeds.py): each engine scenario proves the operations feed.
+BOTH_FEEDS_MODULES = {"test_engine_run", "test_engine_books", "test_book_gaps"}
+
+
+@pytest.fixture(autouse=True)
+def _both_engine_feeds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = request.module
+    if mod.__name__ not in BOTH_FEEDS_MODULES or not hasattr(mod, "run_engine"):
+        return
+    from _feeds import run_both
+
+    monkeypatch.setattr(mod, "run_engine", run_both(mod.run_engine))
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GCSEmulator]:
     emu = GCSEmulator().start()

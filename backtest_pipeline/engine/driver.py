@@ -35,11 +35,8 @@ from nautilus_trader.backtest.config import BacktestEngineConfig
 from nautilus_trader.backtest.engine import BacktestEngine
 from nautilus_trader.backtest.models import FillModel, LatencyModel, MakerTakerFeeModel
 from nautilus_trader.config import LoggingConfig, RiskEngineConfig
-from nautilus_trader.core.data import Data
-from nautilus_trader.model.data import TradeTick
 from nautilus_trader.model.enums import AccountType, BookType, OmsType
 from nautilus_trader.model.identifiers import TraderId, Venue
-from nautilus_trader.model.instruments import Instrument
 from nautilus_trader.model.objects import Currency, Money
 
 from backtest_pipeline import layout
@@ -50,15 +47,13 @@ from backtest_pipeline.engine.conversion import (
     DepthColumns,
     QuoteColumns,
     depth_columns,
-    depths_to_snapshots,
     marks_per_second,
     quote_columns,
     quotes_restored_after_trades,
-    quotes_to_ticks,
     sorted_ts_event_ns,
     top_of_book,
-    trades_to_ticks,
 )
+from backtest_pipeline.engine.feed import OperationFeed, PreparedDay, run_intervals
 from backtest_pipeline.engine.strategy import (
     ExecutionStrategy,
     FundingEvent,
@@ -391,87 +386,6 @@ def _validate_signals(
 CHUNK_TICKS = 100_000
 
 
-@dataclass
-class PreparedDay:
-    """A day's trades (and books), still columnar: engine objects one time window at a time."""
-
-    trades: dict[str, pa.Table | pl.DataFrame]  # per instrument key, each in time order
-    instruments: dict[str, Instrument]
-    start_ns: int
-    end_ns: int
-    # Quotes (re-stated after each trade) or 10-level snapshots per key, in time order.
-    books: dict[str, QuoteColumns | DepthColumns] = field(default_factory=dict)
-
-    @property
-    def depth_keys(self) -> set[str]:
-        return {k for k, b in self.books.items() if isinstance(b, DepthColumns)}
-
-    @property
-    def n_rows(self) -> int:
-        return sum(
-            t.height if isinstance(t, pl.DataFrame) else t.num_rows for t in self.trades.values()
-        )
-
-    def windows(
-        self, max_ticks: int | None
-    ) -> Iterator[tuple[int, int, dict[str, list[TradeTick]], dict[str, list[Data]]]]:
-        """``(start_ns, end_ns, trade ticks per key, book data per key)`` over the day's windows.
-
-        Windows split at a timestamp, never between equal timestamps, and each key's rows keep
-        their order, so the engine sees exactly the sequence a whole-day ``add_data`` gives.
-        Without Arrow nanosecond times in order (or with ``max_ticks`` None) the day is one
-        window.
-        """
-        times = {k: sorted_ts_event_ns(t) for k, t in self.trades.items()}
-        book_ts = {k: b.ts_event.view(np.int64) for k, b in self.books.items()}
-        n_book = sum(len(b) for b in self.books.values())
-        bounds: list[int] = []
-        if (
-            max_ticks
-            and self.n_rows + n_book > max_ticks
-            and all(v is not None for v in times.values())
-        ):
-            every = np.sort(
-                np.concatenate(
-                    [v for v in times.values() if v is not None] + list(book_ts.values())
-                )
-            )
-            cuts = np.unique(every[max_ticks::max_ticks])
-            bounds = [int(c) for c in cuts if self.start_ns < c < self.end_ns]
-        edges = [self.start_ns, *bounds, self.end_ns]
-        for i in range(len(edges) - 1):
-            lo_ns, hi_ns = edges[i], edges[i + 1]
-            ticks: dict[str, list[TradeTick]] = {}
-            books: dict[str, list[Data]] = {}
-            last = i == len(edges) - 2
-            for key in sorted(self.books):
-                bts = book_ts[key]
-                blo = 0 if i == 0 else int(np.searchsorted(bts, lo_ns, "left"))
-                bhi = len(bts) if last else int(np.searchsorted(bts, hi_ns, "left"))
-                if bhi > blo:
-                    books[key] = self._book_objects(key, blo, bhi)
-            for key in sorted(self.trades):
-                table, ts = self.trades[key], times[key]
-                if ts is None:  # one window: the day's table as it is
-                    part = table
-                else:
-                    # The first and last windows also take any row outside the day's bounds.
-                    lo = 0 if i == 0 else int(np.searchsorted(ts, lo_ns, "left"))
-                    hi = len(ts) if i == len(edges) - 2 else int(np.searchsorted(ts, hi_ns, "left"))
-                    if hi <= lo:
-                        continue
-                    part = table.slice(lo, hi - lo)
-                ticks[key] = trades_to_ticks(part, self.instruments[key])
-            yield lo_ns, hi_ns, ticks, books
-
-    def _book_objects(self, key: str, lo: int, hi: int) -> list[Data]:
-        book, inst = self.books[key], self.instruments[key]
-        rows = np.arange(lo, hi)
-        if isinstance(book, QuoteColumns):
-            return list(quotes_to_ticks(inst, book.take(rows)))
-        return list(depths_to_snapshots(inst, book.take(rows)))
-
-
 class _DayFeeder:
     """Turns each ``DayInput`` into engine state (instruments, alerts) and engine ticks.
 
@@ -581,42 +495,29 @@ class _DayFeeder:
         return books
 
 
-def _run_day(
-    engine: BacktestEngine, prepared: PreparedDay, max_ticks: int | None
-) -> tuple[int, float]:
-    """One streamed day, window by window: ``(ticks fed, seconds inside the engine)``.
+def _feed_for(
+    config: BacktestConfig, engine: BacktestEngine, strategy: ExecutionStrategy
+) -> OperationFeed | None:
+    """The operations feed of ``config`` (None: every tick of the intervals, ``run_intervals``).
 
-    Timers after a window's last tick fire in the next window's run (or the next day's, or at
-    end()). One ``add_data`` per instrument (Nautilus registers the instrument of a batch's first
-    element only), then a single sort of the window. The seconds leave out the conversion, so
-    they compare with the bare floor, which converts before its clock starts.
+    Its first window after a signal spans the slowest venue's order and cancel latency twice, so
+    a market operation is usually done within it; busy stretches then double up to a minute.
     """
-    n = 0
-    seconds = 0.0
-    depth_keys = prepared.depth_keys
-    for start_ns, end_ns, ticks, books in prepared.windows(max_ticks):
-        t0 = time.perf_counter()
-        added = False
-        for key in sorted(set(ticks) | set(books)):
-            # Trades before books: at equal times the book (a re-stated quote) follows the trade.
-            if ticks.get(key):
-                # An L2 venue refuses a run whose data has trades of an instrument but no book
-                # rows; a window between two snapshots has none and keeps the book in force.
-                validate = key not in depth_keys or key in books
-                engine.add_data(ticks[key], sort=False, validate=validate)
-                n += len(ticks[key])
-                added = True
-            if books.get(key):
-                engine.add_data(books[key], sort=False)
-                n += len(books[key])
-                added = True
-        if added:
-            engine.sort_data()
-        engine.run(start=start_ns, end=end_ns - 1, streaming=True)
-        engine.clear_data()
-        seconds += time.perf_counter() - t0
-        del ticks, books
-    return n, seconds
+    if config.engine_feed != "operations":
+        return None
+    first = 2 * strategy.latency_span_ns() + _MS
+    return OperationFeed(engine, strategy, first, 60_000 * _MS, CHUNK_TICKS)
+
+
+def _run_day(
+    engine: BacktestEngine,
+    prepared: PreparedDay,
+    feed: OperationFeed | None,
+    max_ticks: int | None,
+) -> tuple[int, float]:
+    if feed is None:
+        return run_intervals(engine, prepared, max_ticks)
+    return feed.run_day(prepared)
 
 
 def _end(engine: BacktestEngine, strategy: ExecutionStrategy) -> float:
@@ -762,6 +663,8 @@ def _run_engine(
     last_day: date | None = None
     refs = MarketReferences()
     tracker = _OperationTracker(strategy, refs)
+    feed = _feed_for(config, engine, strategy)
+    ticks_read = 0
     try:
         for i, day in enumerate(days):
             if i == warmup_days:
@@ -770,7 +673,9 @@ def _run_engine(
                 strategy.risk_log = []
             prepared = feeder.prepare(day)
             add_references(refs, day, prepared, feeder.market_data)
-            n, seconds = _run_day(engine, prepared, CHUNK_TICKS)
+            if i >= (warmup_days or 0):
+                ticks_read += prepared.n_rows + prepared.n_book_rows
+            n, seconds = _run_day(engine, prepared, feed, CHUNK_TICKS)
             ticks_total += n
             engine_time += seconds
             del prepared
@@ -806,6 +711,10 @@ def _run_engine(
             strategy, feeder.marks, feeder.intervals, balances, ticks_total, engine_time,
             feeder.n_days, unresolved, mark,
         )  # fmt: skip
+        out.stats["engine_feed"] = config.engine_feed
+        # Rows read for the engine (the signal intervals' ticks) next to ticks_processed (what
+        # it was handed): their ratio is what the operations feed saves.
+        out.stats["ticks_read"] = ticks_read
         out.market_refs = refs.frame(out.operations.get_column("operation_id").to_list())
         out.market_data = {**refs.market_data(), **feeder.market_data}
         out.stats["venue_books"] = venue_book_models(config, venue_books(config, market_data))
@@ -988,14 +897,17 @@ def bare_engine_run(
     strategy.book_keys = {k for k, v in (market_data or {}).items() if v != "trades"}
     engine.add_strategy(strategy)
     feeder = _DayFeeder(config, engine, strategy, market_data)
+    feed = _feed_for(config, engine, strategy)
+    if feed is not None:
+        feed.max_ticks = None
     ticks = 0
     seconds = 0.0
     try:
         for day in days:
             prepared = feeder.prepare(day, with_marks=False)
             # The whole day as engine objects before the clock starts: the floor is the engine
-            # alone on ticks already in memory.
-            n, dt = _run_day(engine, prepared, max_ticks=None)
+            # alone on ticks already in memory (the same ticks as the run's feed hands it).
+            n, dt = _run_day(engine, prepared, feed, max_ticks=None)
             ticks += n
             seconds += dt
             del prepared

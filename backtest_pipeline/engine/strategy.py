@@ -22,6 +22,7 @@ last day's end-of-run sweep cancels whatever is left (``SWEEP`` alert, active on
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import math
 from collections.abc import Callable
@@ -144,6 +145,7 @@ class ExecutionStrategy(Strategy):
         # Per fill with a reference price: (quantity × signed slippage in bps, quantity).
         self.slippage_terms: list[tuple[float, float]] = []
         self._pending: list[tuple[str, int, Callable[[], None]]] = []
+        self._signal_times: list[int] = []  # heap: times of the signal alerts not fired yet
         self._started = False
         self._due: set[int] = set()
         self._arrives: dict[str, int] = {}  # order id → when its submit reaches the venue
@@ -218,6 +220,7 @@ class ExecutionStrategy(Strategy):
         for s in signals:
             by_ts.setdefault(s.ts_event, []).append(s)
         for ts, sigs in by_ts.items():
+            heapq.heappush(self._signal_times, ts)
             self._schedule(f"SIG:{ts}", ts, lambda sigs=sigs: self._on_signals(sigs))
         f_by_ts: dict[int, list[FundingEvent]] = {}
         for f in funding:
@@ -298,6 +301,23 @@ class ExecutionStrategy(Strategy):
         for name, ts, cb in self._pending:
             self.set_alert(name, ts, cb)
         self._pending.clear()
+
+    # -- what the operations feed asks (engine/feed.py) -----------------------------------
+
+    def needs_market(self) -> bool:
+        """An order of ours working or in flight, or a TWAP child still to be sent."""
+        return self.oms.open_count > 0 or self.orch.has_children_to_come()
+
+    def latency_span_ns(self) -> int:
+        """The slowest venue's submit or cancel latency: how long a market order takes at least."""
+        spans = [
+            latency_ns(lat.base_ms) + latency_ns(max(lat.insert_ms, lat.cancel_ms))
+            for lat in (self.run_config.venue(v).latency for v in self.run_config.venue_names)
+        ]
+        return max(spans, default=0)
+
+    def next_signal_ns(self) -> int | None:
+        return self._signal_times[0] if self._signal_times else None
 
     # -- ExecutionContext ------------------------------------------------------------------
 
@@ -520,6 +540,8 @@ class ExecutionStrategy(Strategy):
     # -- signals and funding ---------------------------------------------------------------
 
     def _on_signals(self, sigs: list[Signal]) -> None:
+        while self._signal_times and self._signal_times[0] <= sigs[0].ts_event:
+            heapq.heappop(self._signal_times)
         for s in sigs:
             self.signals_seen += 1
             self.orch.on_signal(s)

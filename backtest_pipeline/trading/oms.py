@@ -74,6 +74,7 @@ class OMS:
         self._orders: dict[str, OrderRecord] = {}
         self._by_operation: dict[str, list[str]] = {}
         self._rejects: dict[str, int] = {}
+        self._open: set[str] = set()  # ids of the orders not final yet
 
     def __contains__(self, order_id: str) -> bool:
         return order_id in self._orders
@@ -86,6 +87,8 @@ class OMS:
             raise ValueError(f"order id {rec.order_id} recorded twice")
         self._orders[rec.order_id] = rec
         self._by_operation.setdefault(rec.operation_id, []).append(rec.order_id)
+        if not rec.final:
+            self._open.add(rec.order_id)
         rec.history.append((rec.status, rec.created_at, 0.0, rec.rejection_reason))
         return rec
 
@@ -144,6 +147,8 @@ class OMS:
             status = "PARTIALLY_FILLED"  # see the module docstring
         rec.status = status
         rec.final = rec.final or closing
+        if rec.final:
+            self._open.discard(order_id)
         rec.updated_at = ts_ns
         if reason is not None:
             rec.rejection_reason = reason
@@ -165,7 +170,13 @@ class OMS:
             rec.rejection_reason = reason
             rec.history.append((rec.status, rec.updated_at, rec.filled_quantity, reason))
             closed.append(rec.order_id)
+        self._open.clear()
         return closed
+
+    @property
+    def open_count(self) -> int:
+        """Orders still working or in flight (kept as a set: asked once per engine window)."""
+        return len(self._open)
 
     def open_orders(self, operation_id: str) -> list[OrderRecord]:
         return [

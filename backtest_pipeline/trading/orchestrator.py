@@ -269,6 +269,14 @@ class Orchestrator:
         op = self.operations[operation_id]
         return not op.alerts and self._active.get(op.group) is not op
 
+    def has_children_to_come(self) -> bool:
+        """Whether an active operation still has a child order to send (a pending TWAP slice).
+
+        Only the window-end alerts are left otherwise, and they act on working orders alone.
+        """
+        end = f":{_END}"
+        return any(not name.endswith(end) for op in self._active.values() for name in op.alerts)
+
     def unfinished(self) -> list[str]:
         """Operations that may still act: inside their window or with an alert pending."""
         live = {op.operation_id for op in self._active.values()}
