@@ -2,8 +2,8 @@
 
 ``engine_feed: intervals`` hands the engine every tick of the signal intervals, window by window.
 ``engine_feed: operations`` (the default) hands it a market only while something of ours works
-there: from the start of an operation until its last order is final, then it jumps to the next
-signal. The outputs are byte-identical (``tests/test_engine_feed.py``) because everything the
+there: from a signal (or a TWAP child's time) until the orders it sent are final, then it jumps
+to the next time the strategy may send one. The outputs are byte-identical (``tests/test_engine_feed.py``) because everything the
 engine would do between operations does not reach them:
 
 - with no order of ours working, a tick changes only the venue's book, its matching core's
@@ -28,11 +28,12 @@ The windows of a busy stretch start short (an order's latency) and double up to
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pyarrow as pa
 from nautilus_trader.backtest.engine import BacktestEngine
@@ -173,9 +174,14 @@ def feed_window(
             added = True
     if added:
         engine.sort_data()
-    engine.run(start=start_ns, end=end_ns, streaming=True)
+    # Timestamps, not ints: pandas parses an int bound ~50 times slower, twice per call.
+    engine.run(start=_utc(start_ns), end=_utc(end_ns), streaming=True)
     engine.clear_data()
     return n, time.perf_counter() - t0
+
+
+def _utc(ns: int) -> pd.Timestamp:
+    return pd.Timestamp(ns, tz="UTC")
 
 
 def run_intervals(
@@ -197,11 +203,11 @@ class WorkState(Protocol):
     """What the feed asks the strategy: is anything of ours working, and when is the next signal."""
 
     def needs_market(self) -> bool:
-        """An order working or in flight, or a child order still to come (a TWAP slice)."""
+        """An order working or in flight."""
         ...
 
-    def next_signal_ns(self) -> int | None:
-        """The earliest signal whose alert has not fired yet."""
+    def next_work_ns(self) -> int | None:
+        """When the strategy may next send an order (a signal or a child still to come)."""
         ...
 
 
@@ -219,12 +225,52 @@ def _times(table: pa.Table | pl.DataFrame) -> np.ndarray | None:
     return arr if bool(np.all(arr[1:] >= arr[:-1])) else None
 
 
+#: How much longer each window of a busy stretch is than the one before.
+GROWTH = 4
+
+#: Rows converted to engine objects at a time: a window's rows are cut from the block holding
+#: them, so small windows do not each pay a conversion call, and memory holds one block a stream.
+BLOCK_ROWS = 16_384
+
+
 @dataclass
 class _Stream:
     """One instrument's rows of one kind (trades or book) for the day, and how far they are fed."""
 
     ts: np.ndarray  # int64 ns, in order
+    convert: Callable[[int, int], list[Data]]  # rows lo:hi as engine objects
+    table: pa.Table | pl.DataFrame | None = None  # trades: for the prints' sides and prices
     pos: int = 0  # rows before this one are fed or skipped for good
+    _block: tuple[int, list[Data]] | None = None  # (first row, its engine objects)
+    _whole_rows: bool = True  # False once a conversion dropped rows (dust sizes)
+    _aggressor: tuple[np.ndarray, np.ndarray] | None = None
+
+    def objects(self, lo: int, hi: int) -> list[Data]:
+        if not self._whole_rows:
+            return self.convert(lo, hi)
+        out: list[Data] = []
+        while lo < hi:
+            first = lo - lo % BLOCK_ROWS
+            if self._block is None or self._block[0] != first:
+                stop = min(len(self.ts), first + BLOCK_ROWS)
+                objs = self.convert(first, stop)
+                if len(objs) != stop - first:  # rows dropped: no row-to-object mapping
+                    self._whole_rows = False
+                    self._block = None
+                    return out + self.convert(lo, hi)
+                self._block = (first, objs)
+            first, objs = self._block
+            stop = min(hi, first + len(objs))
+            out.extend(objs[lo - first : stop - first])
+            lo = stop
+        return out
+
+    def aggressor(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's price and aggressor code (1 buyer, 2 seller, 0 none), once a day."""
+        if self._aggressor is None:
+            assert self.table is not None
+            self._aggressor = aggressor_codes(self.table)
+        return self._aggressor
 
 
 def clamp_start(prices: np.ndarray, aggressor: np.ndarray) -> int | None:
@@ -248,22 +294,21 @@ def clamp_start(prices: np.ndarray, aggressor: np.ndarray) -> int | None:
     return n - 1 - int(hit[0]) if len(hit) else None
 
 
-def _aggressor(table: pa.Table | pl.DataFrame, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prices and aggressor codes (1 buyer, 2 seller, 0 none) of rows ``lo:hi``."""
-    part = table.slice(lo, hi - lo)
-    df = part if isinstance(part, pl.DataFrame) else pl.from_arrow(part.select(["price", "side"]))
+def aggressor_codes(table: pa.Table | pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Prices and aggressor codes (1 buyer, 2 seller, 0 none) of a trades table's rows."""
+    t = table.select(["price", "side"])
+    df = t if isinstance(t, pl.DataFrame) else pl.from_arrow(t)
     assert isinstance(df, pl.DataFrame)
-    side = df.get_column("side").cast(pl.Utf8).str.to_lowercase()
-    code = (
-        pl.select(
-            pl.when(side == "buy").then(1).when(side == "sell").then(2).otherwise(0)
-        ).to_series()
-    ).to_numpy()
-    return df.get_column("price").cast(pl.Float64).to_numpy(), code
+    side = pl.col("side").cast(pl.Utf8).str.to_lowercase()
+    out = df.select(
+        pl.col("price").cast(pl.Float64),
+        pl.when(side == "buy").then(1).when(side == "sell").then(2).otherwise(0).alias("code"),
+    )
+    return out.get_column("price").to_numpy(), out.get_column("code").to_numpy()
 
 
 def primer_start(
-    table: pa.Table | pl.DataFrame,
+    aggressor: Callable[[], tuple[np.ndarray, np.ndarray]],
     trade_ts: np.ndarray,
     lo: int,
     last: int,
@@ -290,8 +335,8 @@ def primer_start(
         return lo, b_start
     if last < lo:
         return lo, book_lo
-    prices, code = _aggressor(table, lo, last + 1)
-    r = clamp_start(prices, code)
+    prices, code = aggressor()
+    r = clamp_start(prices[lo : last + 1], code[lo : last + 1])
     return (lo if r is None else lo + r), book_lo
 
 
@@ -306,10 +351,10 @@ class _Carry:
 class OperationFeed:
     """``engine_feed: operations`` over a run's days (one object per engine: it carries state).
 
-    ``frontier`` is the instant up to which every row has been fed or skipped. While the strategy
-    needs a market (or a signal at or before the frontier has not fired yet, waiting for a tick
-    after it), windows follow each other; otherwise the feed jumps to the next signal, priming
-    each instrument with its last rows at or before it.
+    ``frontier`` is the instant up to which every row has been fed or skipped. While an order of
+    ours works (or a signal or child at or before the frontier has not fired yet, waiting for a
+    tick after it), windows follow each other; otherwise the feed jumps to the next such time,
+    priming each instrument with the rows that fix its state there.
     """
 
     def __init__(
@@ -333,7 +378,7 @@ class OperationFeed:
     def _busy(self) -> bool:
         if self.work.needs_market():
             return True
-        nxt = self.work.next_signal_ns()
+        nxt = self.work.next_work_ns()
         return nxt is not None and nxt <= self.frontier
 
     def run_day(self, day: PreparedDay) -> tuple[int, float]:
@@ -341,8 +386,19 @@ class OperationFeed:
         trade_ts = {k: _times(t) for k, t in day.trades.items()}
         if any(v is None for v in trade_ts.values()):
             return self._whole_day(day)
-        trades = {k: _Stream(v) for k, v in trade_ts.items() if v is not None}
-        books = {k: _Stream(b.ts_event.view(np.int64)) for k, b in day.books.items()}
+        trades: dict[str, _Stream] = {}
+        for key, ts in trade_ts.items():
+            assert ts is not None
+            table, inst = day.trades[key], day.instruments[key]
+            trades[key] = _Stream(
+                ts, lambda lo, hi, t=table, i=inst: trades_to_ticks(t.slice(lo, hi - lo), i), table
+            )
+        books = {
+            key: _Stream(
+                b.ts_event.view(np.int64), lambda lo, hi, k=key: day.book_objects(k, lo, hi)
+            )
+            for key, b in day.books.items()
+        }
         depth_keys = day.depth_keys
         n = 0
         seconds = 0.0
@@ -351,14 +407,14 @@ class OperationFeed:
             jump_to: int | None = None
             if self._busy():
                 hi = self.frontier + window
-                window = min(2 * window, self.max_window_ns)
+                window = min(GROWTH * window, self.max_window_ns)
             else:
-                jump_to = self.work.next_signal_ns()
+                jump_to = self.work.next_work_ns()
                 if jump_to is None or jump_to >= day.end_ns:
                     break
                 window = self.first_window_ns
                 hi = jump_to + window
-                window = min(2 * window, self.max_window_ns)
+                window = min(GROWTH * window, self.max_window_ns)
             hi = min(hi, day.end_ns - 1)
             picked = self._pick(day, trades, books, jump_to, hi)
             if picked is None:  # nothing left in the day: the rest waits for the next one
@@ -377,7 +433,7 @@ class OperationFeed:
         # up to it (the end-of-run sweep is timed just before the day's end).
         last_ns = day.end_ns - 1
         if not self.started:  # the kernel and the strategy's alerts start at the day's start
-            self.engine.run(start=day.start_ns, end=last_ns, streaming=True)
+            self.engine.run(start=_utc(day.start_ns), end=_utc(last_ns), streaming=True)
             self.started = True
         now = self.engine.kernel.clock.timestamp_ns()
         # With nothing of ours working, the day's remaining timers (funding, window ends,
@@ -385,7 +441,7 @@ class OperationFeed:
         # boundary state sees every operation of the day finished.
         start = now if self._busy() else max(now, last_ns)
         if start <= last_ns:
-            self.engine.run(start=start, end=last_ns, streaming=True)
+            self.engine.run(start=_utc(start), end=_utc(last_ns), streaming=True)
         return n, seconds
 
     def _pick(
@@ -413,7 +469,7 @@ class OperationFeed:
                 last = int(np.searchsorted(t.ts, jump_to, "right")) - 1
                 b_last = int(np.searchsorted(b.ts, jump_to, "right")) - 1 if b else -1
                 t_lo, b_lo = primer_start(
-                    day.trades[key], t.ts, t.pos, last, day.books.get(key),
+                    t.aggressor, t.ts, t.pos, last, day.books.get(key),
                     b.ts if b else None, b.pos if b else 0, b_last,
                 )  # fmt: skip
                 starts[("t", key)] = t_lo
@@ -459,7 +515,7 @@ class OperationFeed:
                 carried.trade = None
                 first.append(int(parts[0].ts_init))
             if end > lo:
-                parts += trades_to_ticks(day.trades[key].slice(lo, end - lo), day.instruments[key])
+                parts += s.objects(lo, end)  # type: ignore[arg-type]
                 first.append(int(s.ts[lo]))
             if parts:
                 ticks[key] = parts
@@ -473,7 +529,7 @@ class OperationFeed:
                 first.append(int(carried.book.ts_event.view(np.int64)[0]))
                 carried.book = None
             if end > lo:
-                bparts += day.book_objects(key, lo, end)
+                bparts += s.objects(lo, end)
                 first.append(int(s.ts[lo]))
             if bparts:
                 objs[key] = bparts
@@ -523,7 +579,7 @@ class OperationFeed:
             if n_t == 0 and n_b == 0:
                 continue
             t_lo, b_lo = primer_start(
-                day.trades[key], t.ts, t.pos, n_t - 1, day.books.get(key),
+                t.aggressor, t.ts, t.pos, n_t - 1, day.books.get(key),
                 b.ts if b else None, b.pos if b else 0, n_b - 1,
             )  # fmt: skip
             c = self.carry.setdefault(key, _Carry())

@@ -305,8 +305,8 @@ class ExecutionStrategy(Strategy):
     # -- what the operations feed asks (engine/feed.py) -----------------------------------
 
     def needs_market(self) -> bool:
-        """An order of ours working or in flight, or a TWAP child still to be sent."""
-        return self.oms.open_count > 0 or self.orch.has_children_to_come()
+        """An order of ours working or in flight."""
+        return self.oms.open_count > 0
 
     def latency_span_ns(self) -> int:
         """The slowest venue's submit or cancel latency: how long a market order takes at least."""
@@ -316,7 +316,12 @@ class ExecutionStrategy(Strategy):
         ]
         return max(spans, default=0)
 
-    def next_signal_ns(self) -> int | None:
+    def next_work_ns(self) -> int | None:
+        """When something of ours may next send an order: a signal, or a TWAP child."""
+        due = [t for t in (self.orch.next_child_ns(), self._next_signal_ns()) if t is not None]
+        return min(due, default=None)
+
+    def _next_signal_ns(self) -> int | None:
         return self._signal_times[0] if self._signal_times else None
 
     # -- ExecutionContext ------------------------------------------------------------------

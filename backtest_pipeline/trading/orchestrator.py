@@ -156,6 +156,7 @@ class Orchestrator:
         self.operations: dict[str, Operation] = {}
         self._active: dict[str, Operation] = {}
         self._order_op: dict[str, str] = {}
+        self._alert_ts: dict[str, int] = {}  # alert name → its time (while it is pending)
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -234,10 +235,12 @@ class Orchestrator:
     def _alert(self, op: Operation, tag: str, ts: int, cb: Callable[[], None]) -> None:
         name = f"{op.operation_id}:{tag}"
         op.alerts.append(name)
+        self._alert_ts[name] = ts
 
         def fire() -> None:
             if name in op.alerts:
                 op.alerts.remove(name)
+            self._alert_ts.pop(name, None)
             cb()
 
         self.ctx.set_alert(name, ts, fire)
@@ -256,6 +259,7 @@ class Orchestrator:
         op.stopped = True
         for name in op.alerts:
             self.ctx.cancel_alert(name)
+            self._alert_ts.pop(name, None)
         op.alerts.clear()
         for oid in open_ids:
             self.ctx.cancel(oid)
@@ -269,13 +273,19 @@ class Orchestrator:
         op = self.operations[operation_id]
         return not op.alerts and self._active.get(op.group) is not op
 
-    def has_children_to_come(self) -> bool:
-        """Whether an active operation still has a child order to send (a pending TWAP slice).
+    def next_child_ns(self) -> int | None:
+        """When the next child order of an active operation is due (a TWAP slice), if any.
 
         Only the window-end alerts are left otherwise, and they act on working orders alone.
         """
         end = f":{_END}"
-        return any(not name.endswith(end) for op in self._active.values() for name in op.alerts)
+        due = [
+            self._alert_ts[name]
+            for op in self._active.values()
+            for name in op.alerts
+            if not name.endswith(end)
+        ]
+        return min(due, default=None)
 
     def unfinished(self) -> list[str]:
         """Operations that may still act: inside their window or with an alert pending."""
