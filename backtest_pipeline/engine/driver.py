@@ -496,15 +496,24 @@ class _DayFeeder:
 
 
 def _feed_for(
-    config: BacktestConfig, engine: BacktestEngine, strategy: ExecutionStrategy
+    config: BacktestConfig,
+    engine: BacktestEngine,
+    strategy: ExecutionStrategy,
+    market_data: Mapping[str, MarketData],
 ) -> OperationFeed | None:
     """The operations feed of ``config`` (None: every tick of the intervals, ``run_intervals``).
 
     Its first window after a signal spans the slowest venue's order and cancel latency twice, so
-    a market operation is usually done within it; busy stretches then double up to a minute.
+    a market operation is usually done within it; busy stretches then grow up to a minute.
+    Resting limits are left alone between the prints that reach them only on trade-built books
+    with certain limit fills and no liquidity or queue tracking: there nothing else moves them.
     """
     if config.engine_feed != "operations":
         return None
+    fm = config.fill_model
+    exact_limits = fm.prob_fill_on_limit == 1.0 and not fm.liquidity_consumption
+    if exact_limits and not fm.queue_position_for("trades"):
+        strategy.rest_keys = {k for k, v in market_data.items() if v == "trades"}
     first = 2 * strategy.latency_span_ns() + _MS
     return OperationFeed(engine, strategy, first, 60_000 * _MS, CHUNK_TICKS)
 
@@ -663,7 +672,7 @@ def _run_engine(
     last_day: date | None = None
     refs = MarketReferences()
     tracker = _OperationTracker(strategy, refs)
-    feed = _feed_for(config, engine, strategy)
+    feed = _feed_for(config, engine, strategy, feeder.market_data)
     ticks_read = 0
     try:
         for i, day in enumerate(days):
@@ -897,7 +906,7 @@ def bare_engine_run(
     strategy.book_keys = {k for k, v in (market_data or {}).items() if v != "trades"}
     engine.add_strategy(strategy)
     feeder = _DayFeeder(config, engine, strategy, market_data)
-    feed = _feed_for(config, engine, strategy)
+    feed = _feed_for(config, engine, strategy, feeder.market_data)
     if feed is not None:
         feed.max_ticks = None
     ticks = 0

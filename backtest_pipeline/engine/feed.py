@@ -210,6 +210,14 @@ class WorkState(Protocol):
         """When the strategy may next send an order (a signal or a child still to come)."""
         ...
 
+    def resting_limits(self) -> list[tuple[str, bool, float]] | None:
+        """``(key, is buy, price)`` of the working orders when all rest as limits (else None)."""
+        ...
+
+    def next_alert_ns(self) -> int | None:
+        """The next alert that can act on a working order."""
+        ...
+
 
 def _times(table: pa.Table | pl.DataFrame) -> np.ndarray | None:
     """``ts_event`` as int64 ns when the rows are in time order (else None: fed whole)."""
@@ -405,7 +413,14 @@ class OperationFeed:
         window = self.first_window_ns
         while True:
             jump_to: int | None = None
-            if self._busy():
+            rest = self._rest_target(day, trades) if self._busy() else None
+            if rest is not None and rest > self.frontier + window:
+                # Only limits rest: skip to the first print that reaches one (or the next alert).
+                jump_to = rest - 1
+                window = self.first_window_ns
+                hi = jump_to + window
+                window = min(GROWTH * window, self.max_window_ns)
+            elif self._busy():
                 hi = self.frontier + window
                 window = min(GROWTH * window, self.max_window_ns)
             else:
@@ -443,6 +458,37 @@ class OperationFeed:
         if start <= last_ns:
             self.engine.run(start=_utc(start), end=_utc(last_ns), streaming=True)
         return n, seconds
+
+    def _rest_target(self, day: PreparedDay, trades: dict[str, _Stream]) -> int | None:
+        """Where a busy stretch of resting limits next needs the engine, or None: feed on.
+
+        On a trade-built book a resting buy fills only at a print at or below its price that a
+        seller made (a buyer's print never lowers the core's ask), a sell at a buyer's print at
+        or above it; a print without aggressor reaches both. Until the first such print, or the
+        next alert that acts on orders, each print changes only the state a jump re-creates.
+        """
+        nxt = self.work.next_work_ns()
+        if nxt is not None and nxt <= self.frontier:
+            return None
+        rest = self.work.resting_limits()
+        if not rest:
+            return None
+        alert = self.work.next_alert_ns()
+        target = day.end_ns - 1 if alert is None else min(alert, day.end_ns - 1)
+        for key, is_buy, price in rest:
+            s = trades.get(key)
+            if s is None:
+                continue
+            hi = int(np.searchsorted(s.ts, target, "right"))
+            if hi <= s.pos:
+                continue
+            prices, code = s.aggressor()
+            p, c = prices[s.pos : hi], code[s.pos : hi]
+            reach = (c != 1) & (p <= price) if is_buy else (c != 2) & (p >= price)
+            hit = np.flatnonzero(reach)
+            if len(hit):
+                target = min(target, int(s.ts[s.pos + int(hit[0])]))
+        return target
 
     def _pick(
         self,

@@ -35,7 +35,7 @@ from nautilus_trader.backtest.config import SimulationModuleConfig
 from nautilus_trader.backtest.modules import SimulationModule
 from nautilus_trader.common.component import Logger
 from nautilus_trader.config import StrategyConfig
-from nautilus_trader.model.enums import OrderSide, TimeInForce
+from nautilus_trader.model.enums import OrderSide, OrderStatus, OrderType, TimeInForce
 from nautilus_trader.model.events import (
     OrderAccepted,
     OrderCanceled,
@@ -146,6 +146,10 @@ class ExecutionStrategy(Strategy):
         self.slippage_terms: list[tuple[float, float]] = []
         self._pending: list[tuple[str, int, Callable[[], None]]] = []
         self._signal_times: list[int] = []  # heap: times of the signal alerts not fired yet
+        self._sweep_times: list[int] = []  # heap: times of the day-end sweep alerts not fired yet
+        # Whether a venue may be left alone while only limit orders rest there (engine/feed.py):
+        # its fills then depend on nothing but the prints that reach the limit.
+        self.rest_keys: set[str] = set()
         self._started = False
         self._due: set[int] = set()
         self._arrives: dict[str, int] = {}  # order id → when its submit reaches the venue
@@ -213,8 +217,9 @@ class ExecutionStrategy(Strategy):
         if the day turns out to be the last one (``self.ending``).
         """
         if day_end_ns is not None:
+            heapq.heappush(self._sweep_times, day_end_ns - 1 - self._sweep_offset_ns)
             self._schedule(
-                f"SWEEP:{day_label}", day_end_ns - 1 - self._sweep_offset_ns, self.sweep_open
+                f"SWEEP:{day_label}", day_end_ns - 1 - self._sweep_offset_ns, self._on_sweep
             )
         by_ts: dict[int, list[Signal]] = {}
         for s in signals:
@@ -271,6 +276,12 @@ class ExecutionStrategy(Strategy):
         if n:
             log.warning("%s: %d working order(s) cancelled: %s", key, n, reason)
 
+    def _on_sweep(self) -> None:
+        now = self.clock.timestamp_ns()
+        while self._sweep_times and self._sweep_times[0] <= now:
+            heapq.heappop(self._sweep_times)
+        self.sweep_open()
+
     def sweep_open(self) -> None:
         """End of run: cancel every order still working (no-op before the run's last day)."""
         if not self.ending:
@@ -319,6 +330,41 @@ class ExecutionStrategy(Strategy):
     def next_work_ns(self) -> int | None:
         """When something of ours may next send an order: a signal, or a TWAP child."""
         due = [t for t in (self.orch.next_child_ns(), self._next_signal_ns()) if t is not None]
+        return min(due, default=None)
+
+    def resting_limits(self) -> list[tuple[str, bool, float]] | None:
+        """``(key, is buy, limit price)`` of every working order, when all of them are limit
+        orders resting at a venue that may be left alone (None otherwise: feed every tick).
+
+        Resting = accepted at the venue and not filled at all, nothing in flight, no cancel
+        pending: until a print reaches one of these limits or an alert acts, nothing changes.
+        A partly filled order is not resting: the print that filled it left the venue's core
+        crossed through its price, so the next print may fill it whatever its side.
+        """
+        out: list[tuple[str, bool, float]] = []
+        for oid in self.oms.open_ids():
+            order = self.cache.order(ClientOrderId(oid))
+            if (
+                order is None
+                or order.order_type != OrderType.LIMIT
+                or order.status != OrderStatus.ACCEPTED
+            ):
+                return None
+            key = names.key_for(order.instrument_id)
+            if key not in self.rest_keys:
+                return None
+            out.append((key, order.side == OrderSide.BUY, order.price.as_double()))
+        return out
+
+    def next_alert_ns(self) -> int | None:
+        """The next alert that can act on a working order: an operation's child or window end,
+        a signal, or a day-end sweep (funding and settle alerts never do)."""
+        due = [
+            t
+            for t in (self.orch.next_alert_ns(), self._next_signal_ns(),
+                      self._sweep_times[0] if self._sweep_times else None)
+            if t is not None
+        ]  # fmt: skip
         return min(due, default=None)
 
     def _next_signal_ns(self) -> int | None:

@@ -173,6 +173,9 @@ class OMS:
         self._open.clear()
         return closed
 
+    def open_ids(self) -> list[str]:
+        return sorted(self._open)
+
     @property
     def open_count(self) -> int:
         """Orders still working or in flight (kept as a set: asked once per engine window)."""

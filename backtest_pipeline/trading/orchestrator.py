@@ -287,6 +287,10 @@ class Orchestrator:
         ]
         return min(due, default=None)
 
+    def next_alert_ns(self) -> int | None:
+        """The next alert of any active operation (a child or its window end), if any."""
+        return min(self._alert_ts.values(), default=None)
+
     def unfinished(self) -> list[str]:
         """Operations that may still act: inside their window or with an alert pending."""
         live = {op.operation_id for op in self._active.values()}
