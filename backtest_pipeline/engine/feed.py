@@ -238,7 +238,7 @@ GROWTH = 4
 
 #: Rows converted to engine objects at a time: a window's rows are cut from the block holding
 #: them, so small windows do not each pay a conversion call, and memory holds one block a stream.
-BLOCK_ROWS = 16_384
+BLOCK_ROWS = 65_536
 
 
 @dataclass
@@ -474,7 +474,7 @@ class OperationFeed:
         if not rest:
             return None
         alert = self.work.next_alert_ns()
-        target = day.end_ns - 1 if alert is None else min(alert, day.end_ns - 1)
+        target = day.end_ns - 1 if alert is None else min(int(alert), day.end_ns - 1)
         for key, is_buy, price in rest:
             s = trades.get(key)
             if s is None:
@@ -504,6 +504,10 @@ class OperationFeed:
         none that day, the carried row of an earlier day). A window without a single row is
         stretched to the next row, so every engine call has something to do.
         """
+        # Plain ints: a numpy scalar of another integer type (signal times may be uint64) makes
+        # each binary search cast the whole day's array first.
+        hi = int(hi)
+        jump_to = None if jump_to is None else int(jump_to)
         starts: dict[tuple[str, str], int] = {}
         primers: dict[tuple[str, str], _Carry] = {}
         for kind, streams in (("t", trades), ("b", books)):
@@ -531,20 +535,13 @@ class OperationFeed:
                         primers[("b", key)] = carried
 
         # Stretch an empty window to the next row (and beyond: never cut equal timestamps).
-        def count(h: int) -> int:
-            return sum(
-                int(np.searchsorted(s.ts, h, "right")) - starts[(kind, key)]
-                for kind, streams in (("t", trades), ("b", books))
-                for key, s in streams.items()
-            ) + len(primers)
-
-        if count(hi) == 0:
-            nxt = [
-                int(s.ts[starts[(kind, key)]])
-                for kind, streams in (("t", trades), ("b", books))
-                for key, s in streams.items()
-                if starts[(kind, key)] < len(s.ts)
-            ]
+        streams = [(kind, key, s) for kind, group in (("t", trades), ("b", books))
+                   for key, s in group.items()]  # fmt: skip
+        rows = sum(int(s.ts.searchsorted(hi, "right")) - starts[(kind, key)]
+                   for kind, key, s in streams)  # fmt: skip
+        if rows + len(primers) == 0:
+            nxt = [int(s.ts[starts[(kind, key)]]) for kind, key, s in streams
+                   if starts[(kind, key)] < len(s.ts)]  # fmt: skip
             if not nxt:
                 return None
             hi = max(hi, min(nxt))
