@@ -61,6 +61,10 @@ class _SqliteCommits:
         path = os.path.realpath(row[2]) if row and row[2] else ""
         if not path or not any(path.startswith(r) for r in self._roots):
             return
+        # Dagster puts every database of its SQLite storage in WAL mode, after creating its
+        # tables: from the first connection on, a new instance's schema commits unsynced too.
+        if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             if path in self._held:
@@ -69,12 +73,11 @@ class _SqliteCommits:
                 self._held[path] = (sqlite3.connect(path, check_same_thread=False), [False])
                 while len(self._held) > KEEP_OPEN:
                     self._held.popitem(last=False)[1][0].close()
-            keeper, in_wal = self._held[path]
-            if not in_wal[0]:
-                # An idle connection counts for SQLite once it has read the database in WAL
-                # mode (Dagster switches a new database to WAL after creating it).
+            keeper, attached = self._held[path]
+            if not attached[0]:
+                # An idle connection counts for SQLite once it has read the database.
                 keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                in_wal[0] = keeper.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+                attached[0] = True
 
 
 _COMMITS = _SqliteCommits()
