@@ -41,13 +41,15 @@ class _SqliteCommits:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._roots: set[str] = set()
+        self._roots: tuple[str, ...] = ()  # replaced, never mutated: read without the lock
         self._held: OrderedDict[str, tuple[sqlite3.Connection, list[bool]]] = OrderedDict()
         self._listening = False
 
     def register(self, root: str) -> None:
         with self._lock:
-            self._roots.add(os.path.join(os.path.realpath(root), ""))
+            new = os.path.join(os.path.realpath(root), "")
+            if new not in self._roots:
+                self._roots = (*self._roots, new)
             if not self._listening:
                 # SQLAlchemy's documented way to set SQLite pragmas on every connection; the
                 # engines are created per write inside Dagster's storage classes.
@@ -74,10 +76,13 @@ class _SqliteCommits:
                 while len(self._held) > KEEP_OPEN:
                     self._held.popitem(last=False)[1][0].close()
             keeper, attached = self._held[path]
-            if not attached[0]:
-                # An idle connection counts for SQLite once it has read the database.
+            if attached[0]:
+                return
+            try:  # an idle connection counts for SQLite once it has read the database
                 keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 attached[0] = True
+            except sqlite3.Error:  # only a saving: the write itself goes on, synced as before
+                self._held.pop(path)[0].close()
 
 
 _COMMITS = _SqliteCommits()
