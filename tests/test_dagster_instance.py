@@ -1,0 +1,87 @@
+"""The repository's ``dagster.yaml`` instance: Dagster's own files, SQLite commits without syncs.
+
+``resources.local_instance.LocalInstance`` must keep the default instance's layout (an existing
+``DAGSTER_HOME`` keeps working, and a plain ``DagsterInstance`` reads what it wrote), and it must
+change the commit mode of its own databases only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import yaml
+from dagster import AssetKey, DagsterInstance, asset, materialize
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from resources.local_instance import LocalInstance
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@asset
+def tiny() -> int:
+    return 1
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def _synchronous(db: Path) -> int:
+    """``PRAGMA synchronous`` of a new SQLAlchemy connection, as Dagster's storage opens them."""
+    engine = create_engine(f"sqlite:///{db}", poolclass=NullPool)
+    with engine.connect() as conn:
+        value = conn.execute(text("PRAGMA synchronous")).scalar_one()
+    engine.dispose()
+    return int(value)
+
+
+def test_repository_instance_keeps_dagsters_files_and_records(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance, LocalInstance)
+        result = materialize([tiny], instance=instance)
+        assert result.success
+        run_id = result.run_id
+        n_events = len(instance.all_logs(run_id))
+
+    dbs = [
+        home / "history" / "runs.db",
+        home / "history" / "runs" / "index.db",
+        home / "history" / "runs" / f"{run_id}.db",
+        home / "schedules" / "schedules.db",
+    ]
+    for db in dbs:
+        assert db.exists(), db
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal", db
+
+    # The same directory read by Dagster's default instance class (no `instance_class`).
+    cfg = yaml.safe_load((home / "dagster.yaml").read_text())
+    cfg.pop("instance_class")
+    (home / "dagster.yaml").write_text(yaml.safe_dump(cfg))
+    with DagsterInstance.from_config(str(home)) as plain:
+        assert type(plain) is DagsterInstance
+        assert [r.run_id for r in plain.get_runs()] == [run_id]
+        assert plain.get_run_by_id(run_id).is_success  # type: ignore[union-attr]
+        assert len(plain.all_logs(run_id)) == n_events
+        records = plain.fetch_materializations(AssetKey("tiny"), limit=10).records
+        assert [r.run_id for r in records] == [run_id]
+
+
+def test_only_the_instances_own_databases_commit_unsynced(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance, LocalInstance)
+        assert _synchronous(home / "history" / "runs.db") == 1  # NORMAL
+        assert _synchronous(home / "schedules" / "schedules.db") == 1
+        outside = tmp_path / "elsewhere.db"
+        assert _synchronous(outside) == 2  # SQLite's default, FULL
+        with sqlite3.connect(outside) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
