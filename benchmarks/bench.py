@@ -635,9 +635,9 @@ def run_year(
 
     The workload is `days` days of the reference instrument (cached and resumable, see
     :func:`_generate`); the run is ``run_backtest`` with the shard count `backtest run` uses
-    by default, in a fresh process (peak RSS is the largest of the run's processes). The 3-day
-    reference for the memory ratio is the first 3 days of the same root in the same kind of
-    process, exactly as ``rss_ratio_30_to_3`` is taken.
+    by default, in a fresh process, timed over the whole call (results written) and its peak RSS
+    the largest of the run's processes after it. The 3-day reference for the memory ratio is the
+    first 3 days of the same root in the same kind of process, as ``rss_ratio_30_to_3`` is taken.
     """
     from backtest_pipeline import layout
 
