@@ -655,7 +655,9 @@ def run_year(
     log("counting the trades inside the year's signal intervals from the files…")
     in_intervals = interval_ticks(root, year["intervals"])
     info = year.get("shards") or {"count": 1, "merged_boundaries": []}
-    results = root / layout.target("results").gcs_bucket / layout.results_prefix(year["run_id"])
+    bucket = root / layout.target("results").gcs_bucket
+    results = bucket / layout.results_prefix(year["run_id"])
+    log = bucket / layout.log_path(year["run_id"])
     out: dict[str, Any] = {
         "year_run_s": year["call_s"],
         "projected_5y_min": year["call_s"] * 1826 / days / 60,
@@ -673,7 +675,12 @@ def run_year(
         "ticks_in_intervals": in_intervals,
         "generation_s": made["seconds"],
         "workload_gb": made.get("bytes", _tree_bytes(root)) / 1e9,
-        "results_mb": _tree_bytes(results) / 1e6 if results.exists() else None,
+        # The result objects and the run's log (a year's engine log is ~0.5 GB).
+        "results_mb": (
+            (_tree_bytes(results) if results.exists() else 0)
+            + (log.stat().st_size if log.exists() else 0)
+        )
+        / 1e6,
         "workload": {
             "days": days,
             "trades_per_day": w.trades_per_day,
