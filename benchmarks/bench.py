@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -308,8 +309,21 @@ def _in_child(fn: Callable[..., None], *args: Any, **kwargs: Any) -> dict[str, A
     q = ctx.Queue()
     p = ctx.Process(target=fn, args=(*args, q), kwargs=kwargs)
     p.start()
+    deadline = time.monotonic() + 4 * 3600  # a year on one core is well under that
     try:
-        out = q.get(timeout=4 * 3600)  # a year on one core is well under that
+        while True:
+            try:
+                out = q.get(timeout=5)
+                break
+            except queue.Empty:
+                # A child that died (killed, out of memory) never reports: say so, don't wait.
+                if not p.is_alive():
+                    raise RuntimeError(
+                        f"benchmark child {fn.__name__} exited with {p.exitcode} before reporting"
+                    ) from None
+                if time.monotonic() > deadline:
+                    p.kill()
+                    raise TimeoutError(f"benchmark child {fn.__name__} ran over 4 hours") from None
     finally:
         p.join(60)
     if p.exitcode not in (0, None):
