@@ -407,10 +407,33 @@ def bench_cmd(
             help="Parts to skip (repeat or comma-separate): gcs, full, long, dagster, naive, book",
         ),
     ] = None,
+    year: Annotated[
+        bool,
+        typer.Option(
+            "--year",
+            help="Measure a whole year instead: 365 days of the reference workload (generated "
+            "once, ~17 GB, cached and resumable) run as `backtest run` runs a long range",
+        ),
+    ] = False,
+    year_days: Annotated[
+        int, typer.Option(min=3, help="Days of the --year run (the measurement is 365)")
+    ] = 365,
+    year_trades_per_day: Annotated[
+        int | None,
+        typer.Option(min=100, help="Trades per day of the --year run (default: the reference)"),
+    ] = None,
 ) -> None:
     """Measure the targets of docs/targets.md side by side (see benchmarks/README.md)."""
-    from benchmarks.bench import SKIPPABLE, figures, format_table, run_bench
+    from benchmarks.bench import SKIPPABLE, figures, format_table, run_bench, run_year, year_figures
 
+    if year:
+        if quick or skip or reps is not None:
+            _fail("--year runs one measured year: --quick, --skip and --reps do not apply", 2)
+        yout = run_year(year_days, year_trades_per_day, log=lambda m: err.print(f"[dim]{m}[/]"))
+        err.print(format_table(yout, year=True))
+        if as_json:
+            print(json.dumps(year_figures(yout)))
+        return
     parts = {p.strip() for s in skip or [] for p in s.split(",") if p.strip()}
     unknown = sorted(parts - set(SKIPPABLE))
     if unknown:

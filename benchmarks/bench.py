@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ KEYS = (
     "bare_engine_full_s",
     "ratio_full_to_bare",
     "bytes_read_ratio",
+    "engine_ticks_over_interval_ticks",
     "conversion_ticks_per_s",
     "peak_rss_mb_3day",
     "peak_rss_mb_30day",
@@ -106,14 +108,38 @@ def ensure_book_workload(w: Workload, log: Callable[[str], None]) -> Path:
 
 
 def _generate(
-    w: Workload, label: str, days: int, tpd: int, book: bool, log: Callable[[str], None]
+    w: Workload,
+    label: str,
+    days: int,
+    tpd: int,
+    book: bool,
+    log: Callable[[str], None],
+    chunk_days: int = 30,
 ) -> Path:
+    """One cached root of `days` days, written by `backtest sample-data` in chunks of days.
+
+    Each day's files depend only on (seed, day, instrument), so generating the range chunk by
+    chunk writes the same bytes as one invocation; a marker per finished chunk makes an
+    interrupted generation (a year is ~17 GB and many minutes) resume where it stopped instead
+    of starting over. A chunk without its marker is simply written again (sample-data
+    overwrites every object it writes, so a half-written chunk leaves nothing behind).
+    `.complete` marks the whole root, as before.
+    """
     root = CACHE / f"{w.name}-{label}"
     marker = root / ".complete"
-    if not marker.exists():
-        shutil.rmtree(root, ignore_errors=True)
-        what = "trades + quotes + 10-level book" if book else "trades"
-        log(f"generating {label} workload: {days} days × {tpd:,} trades ({what}) into {root}")
+    if marker.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    what = "trades + quotes + 10-level book" if book else "trades"
+    log(f"generating {label} workload: {days} days × {tpd:,} trades ({what}) into {root}")
+    seconds = 0.0
+    for first in range(0, days, chunk_days):
+        n = min(chunk_days, days - first)
+        day = START + timedelta(days=first)
+        done = root / f".chunk-{day.isoformat()}+{n}"
+        if done.exists():
+            seconds += json.loads(done.read_text())["seconds"]
+            continue
         t0 = time.perf_counter()
         subprocess.run(
             [
@@ -124,9 +150,9 @@ def _generate(
                 "--root",
                 str(root),
                 "--start",
-                START.isoformat(),
+                day.isoformat(),
                 "--days",
-                str(days),
+                str(n),
                 "--trades-per-day",
                 str(tpd),
                 "--signal-coverage",
@@ -138,8 +164,17 @@ def _generate(
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+        took = time.perf_counter() - t0
+        seconds += took
+        done.write_text(json.dumps({"seconds": took}))
+        if days > chunk_days:
+            log(f"  {label}: {first + n}/{days} days written ({seconds:,.0f} s so far)")
+    marker.write_text(json.dumps({"seconds": seconds, "bytes": _tree_bytes(root)}))
     return root
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
 # ---- child-process measurements -------------------------------------------------------------
@@ -163,8 +198,14 @@ def _child_run(
     cfg = _config(full_day, market_data)
     ucs = UnifiedCloudService(root)
     run_id = f"bench-{os.getpid()}"
+    t0 = time.perf_counter()
     res = run_backtest(cfg, start, end, ucs=ucs, run_id=run_id, shards=shards)
+    call_s = time.perf_counter() - t0
     stats = dict(res.summary["execution_stats"])
+    # The summary's wall time and peak stop where the summary is built, before the results are
+    # written: the whole call and this process's peak after it include the writing too.
+    stats["call_s"] = call_s
+    stats["peak_rss_mb_process"] = max(stats["peak_rss_mb"], _self_peak_rss_mb())
     # Bytes per tick data type over the objects the run touched: [read, size of the objects].
     by_type: dict[str, list[int]] = {}
     for i in res.summary["inputs"]:
@@ -174,6 +215,13 @@ def _child_run(
                 acc[0] += i["bytes_read"]
                 acc[1] += i["bytes_total"]
     stats["market_bytes"] = by_type
+    stats["run_id"] = run_id
+    # The run's signal intervals (half-open ns ranges per day and instrument), for the parent to
+    # count the trades inside them from the whole files (`interval_ticks`).
+    stats["intervals"] = {
+        k: [(int(a), int(b)) for a, b in df.select("start_ns", "end_ns").iter_rows()]
+        for k, df in res.intervals.items()
+    }
     # Digests of the written outputs: a sharded run must give the one-engine run's bytes.
     stats["digests"] = {
         name: hashlib.sha256(
@@ -184,6 +232,12 @@ def _child_run(
         for name in layout.RESULT_PARQUETS
     }
     q.put(stats)
+
+
+def _self_peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _config(full_day: bool, market_data: str | None) -> Any:
@@ -255,8 +309,21 @@ def _in_child(fn: Callable[..., None], *args: Any, **kwargs: Any) -> dict[str, A
     q = ctx.Queue()
     p = ctx.Process(target=fn, args=(*args, q), kwargs=kwargs)
     p.start()
+    deadline = time.monotonic() + 4 * 3600  # a year on one core is well under that
     try:
-        out = q.get(timeout=3600)
+        while True:
+            try:
+                out = q.get(timeout=5)
+                break
+            except queue.Empty:
+                # A child that died (killed, out of memory) never reports: say so, don't wait.
+                if not p.is_alive():
+                    raise RuntimeError(
+                        f"benchmark child {fn.__name__} exited with {p.exitcode} before reporting"
+                    ) from None
+                if time.monotonic() > deadline:
+                    p.kill()
+                    raise TimeoutError(f"benchmark child {fn.__name__} ran over 4 hours") from None
     finally:
         p.join(60)
     if p.exitcode not in (0, None):
@@ -363,6 +430,10 @@ def run_bench(
     out["peak_rss_mb_3day"] = _median([r["peak_rss_mb"] for r in runs])
     out["bytes_read_ratio"] = runs[0]["tick_bytes_read"] / runs[0]["bytes_available"]
     out["ticks_signal"] = runs[0]["ticks_processed"]
+    out["ticks_in_intervals"] = interval_ticks(ref, runs[0]["intervals"])
+    out["engine_ticks_over_interval_ticks"] = engine_over_interval(
+        runs[0], out["ticks_in_intervals"]
+    )
     out["bare_engine_s"] = _median([b["seconds"] for b in bare])
     out["ratio_signal_to_bare"] = _paired_ratio(runs, bare)
 
@@ -488,11 +559,164 @@ def _upload_tree(root: Path, url: str) -> None:
             gcs.write(bucket, path, f.read_bytes(), "application/octet-stream")
 
 
+def interval_ticks(root: Path | str, intervals: dict[str, list[tuple[int, int]]]) -> int:
+    """Trades inside the run's signal intervals, counted from the whole trade files.
+
+    Independent of the run's read path (ranged reads, the trade kept before each interval,
+    whatever the engine is then fed): for each day and instrument of ``intervals`` (the run's
+    half-open ns ranges), the file's ``ts_event`` column is read whole and the rows inside the
+    ranges counted. Local roots only (the bench's workloads are local directories).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from backtest_pipeline import layout
+
+    bucket = Path(root) / layout.target("ticks").gcs_bucket
+    n = 0
+    for k, ranges in intervals.items():
+        if not ranges:
+            continue
+        day, key = k.split("|", 1)
+        col = pq.read_table(bucket / layout.trades_path(day, key), columns=["ts_event"]).column(0)
+        ts = col.cast(pa.int64()).to_numpy()
+        if ts.size > 1 and not bool((ts[1:] >= ts[:-1]).all()):
+            ts = np.sort(ts)
+        r = np.asarray(ranges, dtype=np.int64)
+        n += int((np.searchsorted(ts, r[:, 1]) - np.searchsorted(ts, r[:, 0])).sum())
+    return n
+
+
+def engine_over_interval(stats: dict[str, Any], in_intervals: int) -> float | None:
+    """Ticks fed to the engine ÷ trades inside the signal intervals (target ≤ 0.5).
+
+    The denominator is :func:`interval_ticks` (counted from the files), not the run's own
+    ``ticks_read``: a figure that checks the feed should not take the feeder's word for it.
+    """
+    return stats["ticks_processed"] / in_intervals if in_intervals else None
+
+
+# ---- the measured year ----------------------------------------------------------------------
+
+YEAR_DAYS = 365
+YEAR_KEYS = (
+    "year_run_s",
+    "projected_5y_min",
+    "peak_rss_mb_365",
+    "peak_rss_mb_3day_same_root",
+    "rss_ratio_365_to_3",
+    "summary_wall_time_s",
+    "summary_peak_rss_mb_365",
+    "summary_peak_rss_mb_3day",
+    "engine_ticks_over_interval_ticks",
+    "shards",
+    "ticks_processed",
+    "ticks_in_intervals",
+    "generation_s",
+    "workload_gb",
+    "results_mb",
+)
+YEAR_JSON_KEYS = (
+    "year_run_s",
+    "projected_5y_min",
+    "peak_rss_mb_365",
+    "rss_ratio_365_to_3",
+    "engine_ticks_over_interval_ticks",
+)
+# Five years under 15 minutes, measured; a year's memory within 1.2 × three days'.
+YEAR_TARGETS = {
+    "projected_5y_min": ("<", 15.0),
+    "rss_ratio_365_to_3": ("<=", 1.2),
+    "engine_ticks_over_interval_ticks": ("<=", 0.5),
+}
+
+
+def product_shards() -> int:
+    """The time shards `backtest run` asks for by default (`--shards 0`: one per CPU core).
+
+    ``run/shards.plan_shards`` then caps them at one per 3 days, so a 3-day run is one engine.
+    """
+    return os.cpu_count() or 1
+
+
+def run_year(
+    days: int = YEAR_DAYS,
+    trades_per_day: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """A year of the reference workload run as the product runs a long range, measured.
+
+    The workload is `days` days of the reference instrument (cached and resumable, see
+    :func:`_generate`); the run is ``run_backtest`` with the shard count `backtest run` uses
+    by default, in a fresh process, timed over the whole call (results written) and its peak RSS
+    the largest of the run's processes after it. The 3-day reference for the memory ratio is the
+    first 3 days of the same root in the same kind of process, as ``rss_ratio_30_to_3`` is taken.
+    """
+    from backtest_pipeline import layout
+
+    if days < 3:
+        raise ValueError(f"--year needs at least 3 days (the memory reference), got {days}")
+    w = FULL if trades_per_day is None else replace(FULL, trades_per_day=trades_per_day)
+    root = _generate(w, f"year{days}", days, w.trades_per_day, False, log)
+    made = json.loads((root / ".complete").read_text())
+    s, e = START.isoformat(), _end(days).isoformat()
+    n_shards = product_shards()
+    log(f"{days}-day run as `backtest run` runs it ({n_shards} time shards requested)…")
+    year = _in_child(_child_run, str(root), s, e, False, {}, shards=n_shards)
+    log("3-day reference run on the same root (one engine, as for rss_ratio_30_to_3)…")
+    short = _in_child(_child_run, str(root), s, _end(3).isoformat(), False, {})
+    log("counting the trades inside the year's signal intervals from the files…")
+    in_intervals = interval_ticks(root, year["intervals"])
+    info = year.get("shards") or {"count": 1, "merged_boundaries": []}
+    bucket = root / layout.target("results").gcs_bucket
+    results = bucket / layout.results_prefix(year["run_id"])
+    log = bucket / layout.log_path(year["run_id"])
+    out: dict[str, Any] = {
+        "year_run_s": year["call_s"],
+        "projected_5y_min": year["call_s"] * 1826 / days / 60,
+        "peak_rss_mb_365": year["peak_rss_mb_process"],
+        "peak_rss_mb_3day_same_root": short["peak_rss_mb_process"],
+        "rss_ratio_365_to_3": year["peak_rss_mb_process"] / short["peak_rss_mb_process"],
+        # The same two as the run's summary reports them (up to the summary, before writing).
+        "summary_wall_time_s": year["wall_time_s"],
+        "summary_peak_rss_mb_365": year["peak_rss_mb"],
+        "summary_peak_rss_mb_3day": short["peak_rss_mb"],
+        "engine_ticks_over_interval_ticks": engine_over_interval(year, in_intervals),
+        "shards": f"{info['count']} run, {len(info['merged_boundaries'])} merged",
+        "ticks_processed": year["ticks_processed"],
+        "ticks_read": year.get("ticks_read"),
+        "ticks_in_intervals": in_intervals,
+        "generation_s": made["seconds"],
+        "workload_gb": made.get("bytes", _tree_bytes(root)) / 1e9,
+        # The result objects and the run's log (a year's engine log is ~0.5 GB).
+        "results_mb": (
+            (_tree_bytes(results) if results.exists() else 0)
+            + (log.stat().st_size if log.exists() else 0)
+        )
+        / 1e6,
+        "workload": {
+            "days": days,
+            "trades_per_day": w.trades_per_day,
+            "coverage": w.coverage,
+            "shards_requested": n_shards,
+            "root": str(root),
+        },
+    }
+    return out
+
+
+def year_figures(out: dict[str, Any]) -> dict[str, Any]:
+    """The keys `bench --year --json` prints (the issue's four, and the feed ratio)."""
+    return {k: out.get(k) for k in YEAR_JSON_KEYS}
+
+
 TARGETS = {
     "e2e_signal_s": ("<", 30.0),
     "ratio_signal_to_bare": ("<=", 1.5),
     "ratio_full_to_bare": ("<=", 1.3),
     "bytes_read_ratio": ("<=", 0.20),
+    "engine_ticks_over_interval_ticks": ("<=", 0.5),
     "conversion_ticks_per_s": (">=", 2_000_000),
     "peak_rss_mb_3day": ("<", 2048),
     "rss_ratio_30_to_3": ("<=", 1.2),
@@ -510,6 +734,7 @@ JSON_KEYS = (
     "ratio_signal_to_bare",
     "ratio_full_to_bare",
     "bytes_read_ratio",
+    "engine_ticks_over_interval_ticks",
     "conversion_ticks_per_s",
     "peak_rss_mb_3day",
     "rss_ratio_30_to_3",
@@ -531,17 +756,20 @@ def figures(out: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def verdict(key: str, value: Any) -> str:
-    if key not in TARGETS or value is None:
+def verdict(key: str, value: Any, targets: dict[str, tuple[str, float]] | None = None) -> str:
+    targets = TARGETS if targets is None else targets
+    if key not in targets or value is None:
         return ""
-    op, target = TARGETS[key]
+    op, target = targets[key]
     ok = {"<": value < target, "<=": value <= target, ">=": value >= target}[op]
     return f"{'met' if ok else 'NOT met'} ({op} {target:g})"
 
 
-def format_table(out: dict[str, Any]) -> str:
-    lines = [f"{'figure':26s} {'value':>16s}  target", "-" * 60]
-    for k in KEYS:
+def format_table(out: dict[str, Any], year: bool = False) -> str:
+    """The table of figures with their verdicts (``year``: the `bench --year` figures)."""
+    keys, targets = (YEAR_KEYS, YEAR_TARGETS) if year else (KEYS, TARGETS)
+    lines = [f"{'figure':32s} {'value':>16s}  target", "-" * 66]
+    for k in keys:
         v = out.get(k)
         if v is None:
             s = "—"
@@ -551,7 +779,7 @@ def format_table(out: dict[str, Any]) -> str:
             s = f"{v:,}"
         else:
             s = str(v)
-        lines.append(f"{k:26s} {s:>16s}  {verdict(k, v)}")
+        lines.append(f"{k:32s} {s:>16s}  {verdict(k, v, targets)}")
     lines.append(f"workload: {out.get('workload')}")
     if out.get("book_bytes_by_type"):
         parts = [

@@ -551,13 +551,19 @@ def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
     run. Our outputs come from the strategy's own records (OMS, fills, funding), and the
     strategy only looks up orders that are still open, so closed orders (their ids kept in
     ``purged_ids`` for ``engine_order_ids``) and all but the latest account state go.
-    Positions are kept: the portfolio reads closed positions and their snapshots.
+    Positions are kept (the portfolio nets the open ones), but not the pickled snapshot
+    Nautilus adds each time a netting position goes flat and reopens (~4 KB, ~50 a day here):
+    they only serve the portfolio's realized-PnL queries, which nothing here asks (our PnL comes
+    from our fills), and would otherwise grow with the run's days.
     """
     cache = engine.cache
     purged_ids.update(o.client_order_id.value for o in cache.orders_closed())
     now = engine.kernel.clock.timestamp_ns()
     cache.purge_closed_orders(now)
     cache.purge_account_events(now)
+    for position_id in cache.position_snapshot_ids():
+        # The cache's own list (Nautilus hands it out, not a copy): emptied in place.
+        del cache.position_snapshot_bytes(position_id)[:]
     _malloc_trim()
 
 

@@ -119,6 +119,12 @@ class ExecutionStrategy(Strategy):
     (the data engine caches every trade tick), so there is no Python callback per tick.
     """
 
+    # The clock's handlers (see `set_alert`), made on first use; class-level so they need no
+    # line in `__init__`.
+    _dispatch: Callable[[Any], None] | None = None
+    _due_handler: Callable[[Any], None] | None = None
+    _alert_callbacks: dict[str, Callable[[], None]]
+
     def __init__(self, config: BacktestConfig, venue_handles: dict[str, VenueHandle]) -> None:
         super().__init__(StrategyConfig(strategy_id="EXEC-001", order_id_tag="001"))
         self.run_config = config
@@ -296,7 +302,10 @@ class ExecutionStrategy(Strategy):
         if ts <= self.clock.timestamp_ns() or ts in self._due:
             return
         self._due.add(ts)
-        self.clock.set_time_alert_ns(f"DUE:{ts}", ts, self._on_due)
+        if self._due_handler is None:
+            # One bound method for every settle alert: the clock keeps what it is handed.
+            self._due_handler = self._on_due
+        self.clock.set_time_alert_ns(f"DUE:{ts}", ts, self._due_handler)
 
     def _on_due(self, event: Any) -> None:
         self._due.discard(event.ts_event)
@@ -574,11 +583,30 @@ class ExecutionStrategy(Strategy):
         return [r.order_id for r in self.oms.open_orders(operation_id)]
 
     def set_alert(self, name: str, ts_ns: int, callback: Callable[[], None]) -> None:
-        self.clock.set_time_alert_ns(name, ts_ns, lambda _e, cb=callback: self._guard(cb))
+        """An alert at ``ts_ns`` whose callback is held here, not by the engine's clock.
+
+        NautilusTrader's TestClock keeps the callback of every alert it ever fired for the
+        engine's lifetime, so a closure per alert (a signal batch, a TWAP slice) would make a
+        long run's memory grow with its days. The clock is handed one long-lived dispatcher
+        instead, and the callback is dropped once it fired or was cancelled. Names and times
+        are unchanged, so the clock orders simultaneous alerts exactly as before.
+        """
+        if self._dispatch is None:
+            self._alert_callbacks = {}
+            self._dispatch = self._fire_alert
+        self.clock.set_time_alert_ns(name, ts_ns, self._dispatch)
+        self._alert_callbacks[name] = callback
 
     def cancel_alert(self, name: str) -> None:
         if name in self.clock.timer_names:
             self.clock.cancel_timer(name)
+        if self._dispatch is not None:
+            self._alert_callbacks.pop(name, None)
+
+    def _fire_alert(self, event: Any) -> None:
+        cb = self._alert_callbacks.pop(event.name, None)
+        if cb is not None:
+            self._guard(cb)
 
     def _guard(self, cb: Callable[[], None]) -> None:
         # An exception inside a clock callback would be logged and swallowed by the engine;
