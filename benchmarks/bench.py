@@ -261,7 +261,9 @@ def _child_bare(
     from backtest_pipeline.run.runner import load_day
     from backtest_pipeline.storage.ucs import UnifiedCloudService
 
-    cfg = _config(full_day, market_data)
+    # NautilusTrader alone on every tick the run reads (``engine_feed: intervals``): the floor an
+    # expert times us against. Handing the engine only the ticks an order works in is ours.
+    cfg = _config(full_day, market_data).model_copy(update={"engine_feed": "intervals"})
     ucs = UnifiedCloudService(root)
     days = layout.days_between(start, end)
     # Trades only unless asked: exactly the floor the trade figures have always been held to.
