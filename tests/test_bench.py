@@ -35,8 +35,10 @@ def test_quick_bench_prints_every_key_with_sane_figures() -> None:
     assert set(e2e) == {"local", "gcs_emulator"}
     assert e2e["local"] > 0 and e2e["gcs_emulator"] > 0
     assert out["bare_engine_s"] > 0
-    # Our run includes the bare engine's work plus I/O and results: it cannot be faster.
-    assert out["ratio_signal_to_bare"] > 0.8 and out["ratio_full_to_bare"] > 0.8
+    # The floor is NautilusTrader alone on every tick read; our run hands the engine only the
+    # ticks an order works in (engine_feed: operations), so the ratio may fall below 1.
+    assert 0 < out["ratio_signal_to_bare"] < 100 and 0 < out["ratio_full_to_bare"] < 100
+    assert 0 < out["engine_ticks_over_interval_ticks"] < 1
     assert 0.0 < out["bytes_read_ratio"] < 1.0
     assert out["conversion_ticks_per_s"] > 100_000
     assert 100 < out["peak_rss_mb_3day"] < 24_000
@@ -50,7 +52,7 @@ def test_quick_bench_prints_every_key_with_sane_figures() -> None:
     assert re.search(r"sharded_equals_one_engine\s+True", proc.stderr), proc.stderr[-3000:]
     assert re.search(r"projected_5y_min_one_engine\s+[0-9.,]+", proc.stderr)
     # The book workload: a run on depth against the bare engine fed the same trades + depth.
-    assert out["ratio_book_to_bare"] > 0.8
+    assert 0 < out["ratio_book_to_bare"] < 100
     assert 0.0 < out["bytes_read_ratio_book"] < 1.0
     assert re.search(r"ratio_book_to_bare\s+[0-9.,]+\s+(NOT )?met", proc.stderr)
     # Bytes available are the sizes of the objects the run touched: trades and the 10-level
