@@ -12,7 +12,6 @@ liquidity consumption, the quotes and 10-level book data types, time shards. Eve
 
 from __future__ import annotations
 
-import hashlib
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from _results import comparable_summary, result_digests
 
-from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.sample import generate_sample_data
 from backtest_pipeline.engine.feed import clamp_start
@@ -74,20 +73,12 @@ def _config(name: str, **update: Any) -> BacktestConfig:
 
 
 def _digests(result: BacktestResult) -> dict[str, str]:
-    out = {}
-    for name in layout.RESULT_PARQUETS:
-        path = Path(result.locations[name].removeprefix("file://"))
-        out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    return result_digests(result)
 
 
 def _results(summary: dict[str, Any]) -> dict[str, Any]:
-    s = {k: v for k, v in summary.items() if k not in {"run_id", "created_at", "results"}}
-    s["execution_stats"] = {
-        k: v for k, v in summary["execution_stats"].items() if k not in FEED_STATS
-    }
-    s.pop("config", None)  # the stored configuration names its feed
-    return s
+    # The stored configuration names its feed.
+    return comparable_summary(summary, FEED_STATS, drop={"config"})
 
 
 def _both(
@@ -220,10 +211,11 @@ def test_clamp_start_is_the_last_row_that_fixes_the_state(seed: int) -> None:
 
 
 def test_a_jump_replays_the_prints_that_set_the_core_bid() -> None:
-    """A jump over prints that move the L1 core both ways before a LIMIT at the touch.
+    """A jump over a gap whose prints move the L1 core both ways, before a LIMIT at the touch.
 
-    A seller's print, then buyers' above and at the limit: the state the sell LIMIT meets on
-    arrival is set by all three, not by the last print alone (engine/feed.py, ``clamp_start``).
+    Both feeds must agree on the limit's fills with fewer ticks for the operations feed. (This
+    scenario does not by itself tell the last-print-only primer from ``clamp_start``; the
+    long-window sample-data case above does: it fails under that primer.)
     """
     from _engine_data import DAY1, config, day_input, instrument_row, instruments_df, t
     from _engine_data import signals as signals_df

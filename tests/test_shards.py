@@ -8,7 +8,6 @@ price, a leverage check that the true balance would turn) must be detected and r
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from _results import comparable_summary, result_digests
 
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
@@ -52,19 +52,11 @@ def _copy(root: Path, tmp_path: Path) -> UnifiedCloudService:
 
 
 def _digests(result: BacktestResult) -> dict[str, str]:
-    out = {}
-    for name in layout.RESULT_PARQUETS:
-        path = Path(result.locations[name].removeprefix("file://"))
-        out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    return result_digests(result)
 
 
 def _comparable(summary: dict[str, Any]) -> dict[str, Any]:
-    s = {k: v for k, v in summary.items() if k not in {"run_id", "created_at", "results"}}
-    s["execution_stats"] = {
-        k: v for k, v in summary["execution_stats"].items() if k not in TIMING_STATS
-    }
-    return s
+    return comparable_summary(summary, TIMING_STATS)
 
 
 def _assert_same(seq: BacktestResult, sharded: BacktestResult) -> None:

@@ -21,8 +21,8 @@ engine would do between operations does not reach them:
   the next fed tick passes them, as they do between two intervals, and act on state that no
   skipped tick changes.
 
-The windows of a busy stretch start short (an order's latency) and double up to
-``max_window_ns``, so a market operation costs a few ticks and a TWAP one engine call per window.
+The windows of a busy stretch start short (twice an order's latency) and grow ``GROWTH``-fold up
+to ``max_window_ns``: a market operation costs a few ticks, a resting limit a few engine calls.
 """
 
 from __future__ import annotations
@@ -380,7 +380,6 @@ class OperationFeed:
         self.max_ticks = max_ticks
         self.frontier = -1
         self.carry: dict[str, _Carry] = {}
-        self.windows = 0  # engine runs with data
         self.started = False  # whether the engine has run at all (the kernel starts then)
 
     def _busy(self) -> bool:
@@ -413,14 +412,15 @@ class OperationFeed:
         window = self.first_window_ns
         while True:
             jump_to: int | None = None
-            rest = self._rest_target(day, trades) if self._busy() else None
+            busy = self._busy()
+            rest = self._rest_target(day, trades) if busy else None
             if rest is not None and rest > self.frontier + window:
                 # Only limits rest: skip to the first print that reaches one (or the next alert).
                 jump_to = rest - 1
                 window = self.first_window_ns
                 hi = jump_to + window
                 window = min(GROWTH * window, self.max_window_ns)
-            elif self._busy():
+            elif busy:
                 hi = self.frontier + window
                 window = min(GROWTH * window, self.max_window_ns)
             else:
@@ -437,7 +437,6 @@ class OperationFeed:
                 break
             ticks, objs, start_ns, hi = picked
             dn, dt = feed_window(self.engine, ticks, objs, depth_keys, start_ns, hi)
-            self.windows += 1
             n += dn
             seconds += dt
             self.frontier = hi
@@ -500,9 +499,10 @@ class OperationFeed:
     ) -> tuple[dict[str, list[TradeTick]], dict[str, list[Data]], int, int] | None:
         """The next window's engine objects (rows up to ``hi``), or None when the day is out.
 
-        On a jump, each stream first skips to its last row at or before ``jump_to`` (or, with
-        none that day, the carried row of an earlier day). A window without a single row is
-        stretched to the next row, so every engine call has something to do.
+        On a jump, each stream first skips to the rows at or before ``jump_to`` that fix its
+        state (:func:`primer_start`; the tail carried from an earlier day when those rows start
+        at the day's first one). A window without a single row is stretched to the next row, so
+        every engine call has something to do.
         """
         # Plain ints: a numpy scalar of another integer type (signal times may be uint64) makes
         # each binary search cast the whole day's array first.
@@ -581,9 +581,9 @@ class OperationFeed:
             return None
         # The first run starts at the day's start, as the intervals feed's does (the kernel and
         # the strategy's alerts start then); later ones at their first row.
-        start = min(first) if self.started else day.start_ns
+        start = min(first) if self.started else min(day.start_ns, min(first))
         self.started = True
-        return ticks, objs, min(start, min(first)), hi
+        return ticks, objs, start, hi
 
     def _bounded(
         self,
@@ -654,7 +654,6 @@ class OperationFeed:
             n, seconds = feed_window(self.engine, ticks, objs, day.depth_keys, min(times), last)
         dn, dt = run_intervals(self.engine, day, None)
         self.carry.clear()
-        self.windows += 1
         self.started = True
         self.frontier = day.end_ns - 1
         return n + dn, seconds + dt
