@@ -116,4 +116,4 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert dagster_summary["pnl"] == direct.summary["pnl"]
     assert dagster_summary["metrics"] == direct.summary["metrics"]
     log = ucs.download_from_gcs_sync(t, layout.log_path(rid), format="text")
-    assert "BacktestEngine" in log  # the engine's own log, written in the warm process
+    assert "BACKTESTER-001" in log  # the engine's own lines, written in the warm process

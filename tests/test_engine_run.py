@@ -261,8 +261,13 @@ def test_marks_and_intervals_reported() -> None:
     assert out.intervals[DAY1]["start_ns"].to_list() == [t(DAY1, 100)]
 
 
-def test_log_dir_writes_execution_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """In a fresh process: Nautilus initialises logging once per process."""
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_log_dir_writes_execution_log(tmp_path, level: str) -> None:  # type: ignore[no-untyped-def]
+    """In a fresh process: Nautilus initialises logging once per process.
+
+    The default (``WARNING``) keeps the engine's problems and leaves out its per-event lines;
+    ``INFO`` has every order event.
+    """
     import subprocess
     import sys
     from pathlib import Path
@@ -282,7 +287,8 @@ sig = signals({{"signal_id": "s1", "ts_event": t(DAY1, 110), "instrument_key": B
                "target_position": 1.0}},
               {{"signal_id": "s2", "ts_event": t(DAY1, 201), "instrument_key": BTC,
                "target_position": 0.5, "algo": "LIMIT", "limit_price": 39_995.0}})
-out = run_engine(config([BTC]), [day_input(DAY1, instruments_df(instrument_row(BTC)), sig,
+cfg = config([BTC]).model_copy(update={{"engine_log_level": {level!r}}})
+out = run_engine(cfg, [day_input(DAY1, instruments_df(instrument_row(BTC)), sig,
                  {{BTC: pa.concat_tables([tr, stale])}})], log_dir=Path({str(tmp_path)!r}))
 print(out.fills.height)
 """
@@ -291,7 +297,9 @@ print(out.fills.height)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "2"
     log = (tmp_path / "execution.log").read_text()
-    assert "OrderFilled" in log and "[INFO]" in log and "\x1b[" not in log
+    assert "\x1b[" not in log
+    events = "OrderFilled" in log and "[INFO] BACKTESTER-001" in log
+    assert events == (level == "INFO")
     # Nautilus's ERROR lines go to the log file only, never to the terminal
     assert "[ERROR]" in log and "Cannot fill order" in log
     assert "BACKTESTER-001" not in res.stderr + res.stdout

@@ -190,8 +190,8 @@ def _is_derivatives_venue(config: BacktestConfig, venue: str) -> bool:
     )
 
 
-def _logging(log_dir: Path | None) -> LoggingConfig:
-    """Nothing from Nautilus on the terminal; with ``log_dir``, everything from INFO to a file.
+def _logging(log_dir: Path | None, level: str = "WARNING") -> LoggingConfig:
+    """Nothing from Nautilus on the terminal; with ``log_dir``, its lines from ``level`` to a file.
 
     ``log_level="OFF"`` also silences the ERROR lines Nautilus otherwise always copies to
     stderr: a CLI run's terminal belongs to the product, and problems that matter to a result
@@ -202,7 +202,7 @@ def _logging(log_dir: Path | None) -> LoggingConfig:
     log_dir.mkdir(parents=True, exist_ok=True)
     return LoggingConfig(
         log_level="OFF",
-        log_level_file="INFO",
+        log_level_file=level,
         log_directory=str(log_dir),
         log_file_name="execution",
         log_colors=False,
@@ -269,7 +269,7 @@ def _build_engine(
     engine = BacktestEngine(
         config=BacktestEngineConfig(
             trader_id=TraderId("BACKTESTER-001"),
-            logging=_logging(log_dir),
+            logging=_logging(log_dir, config.engine_log_level),
             risk_engine=RiskEngineConfig(bypass=False),
             run_analysis=False,
         )

@@ -322,6 +322,12 @@ class ExecutionStrategy(Strategy):
             self.set_alert(name, ts, cb)
         self._pending.clear()
 
+    def on_stop(self) -> None:
+        """Nothing to undo: the driver sweeps open orders and closes the books itself.
+
+        Defined so that NautilusTrader does not warn, at the end of every run, that it is not.
+        """
+
     # -- what the operations feed asks (engine/feed.py) -----------------------------------
 
     def needs_market(self) -> bool:

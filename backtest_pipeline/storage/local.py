@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import google_crc32c
 
 from backtest_pipeline.storage.base import ObjectInfo, ObjectNotFoundError, StorageError
 
@@ -47,11 +48,14 @@ class LocalBackend:
         key = (str(f), st.st_mtime_ns, st.st_size)
         checksum = self._checksums.get(key)
         if checksum is None:
-            h = hashlib.md5(usedforsecurity=False)
+            # The content's CRC32C, as GCS reports it: a generation that names the same bytes on
+            # any machine. Not MD5: a run reads ~15 % of a day's file, and MD5 of the whole file
+            # cost ~10x what CRC32C (hardware) does, 5 % of a long run's CPU.
+            h = google_crc32c.Checksum()
             with f.open("rb") as fh:
                 while chunk := fh.read(4 << 20):
                     h.update(chunk)
-            checksum = "md5:" + h.hexdigest()
+            checksum = "crc32c:" + h.hexdigest().decode()
             self._checksums[key] = checksum
         return ObjectInfo(bucket=bucket, path=path, size=st.st_size, generation=checksum)
 
