@@ -62,6 +62,20 @@ def test_default_knobs_leave_the_config_json_and_run_id_as_before() -> None:
     assert BacktestConfig.model_validate(tuned.model_dump(mode="json")) == tuned
 
 
+def test_speed_and_log_settings_never_change_the_run_id() -> None:
+    """The feed and the engine's log level change how a run goes, never its results."""
+    base = BacktestConfig.from_yaml(DEMO)
+    dumped = base.model_dump(mode="json")
+    assert "engine_feed" not in dumped and "engine_log_level" not in dumped
+    for update in ({"engine_feed": "intervals"}, {"engine_log_level": "INFO"}):
+        other = base.model_copy(update=update)
+        assert other.run_id("2024-01-01", "2024-01-03") == base.run_id("2024-01-01", "2024-01-03")
+        ((field, value),) = update.items()
+        assert other.model_dump(mode="json")[field] == value  # kept where it is not the default
+    with pytest.raises(ValueError, match="engine_log_level"):
+        BacktestConfig.model_validate({**dumped, "engine_log_level": "LOUD"})
+
+
 def test_orchestrator_twap_slices_and_limit_offsets() -> None:
     ctx = FakeCtx()
     orch = Orchestrator(ctx, group_of, twap_slice_s=10.0, twap_slices=4)
