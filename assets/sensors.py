@@ -209,6 +209,8 @@ def chunked_backtests(context: SensorEvaluationContext, ucs: UCSResource) -> Sen
             if not _superseded(instance, run) and _mark_failed(ucs, run, _why(instance, run)):
                 notes.append(f"backfill {backfill}: chunk {run.tags[CHUNK_TAG]} marked FAILED")
         notes.append(f"backfill {backfill}: {len(done)}/{expected} chunk runs succeeded")
+    for note in notes:
+        context.log.info(note)
     cursor: dict[str, Any] = {
         "after": max((r.update_timestamp.timestamp() for r in records), default=after)
     }

@@ -12,6 +12,11 @@ the per-strategy limit lifted so that the chunks of one strategy can overlap), i
   (after its step retries), no stitch run is queued, and the backtest is FAILED with the object
   named, no result Parquet left (a complete earlier result removed too).
 
+The sensor's decisions on run records (fast, no daemon): a chunk run that ended CANCELED without
+recording it marks the backtest FAILED once; a re-executed chunk supersedes its failed parent and
+the stitch is requested with a run config the stitch job accepts; a newer backfill of the same
+backtest supersedes an older failed one.
+
 Why a separate file from tests/test_dagster_shards.py: that one runs the one-run mode (shard
 steps of one run); this one needs the daemon, which only a real instance has.
 """
@@ -27,7 +32,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+    build_sensor_context,
+    instance_for_test,
+    validate_run_config,
+)
 
 import launch
 import local_queue
@@ -38,8 +50,7 @@ from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.run import shards
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-
-pytestmark = pytest.mark.slow  # a daemon, 2-4 runs of their own processes, an engine each
+from resources.ucs_resource import UCSResource
 
 START = date(2024, 2, 26)
 DAYS = 9
@@ -100,6 +111,7 @@ def _wait_for_stitch(instance: DagsterInstance, backfill: str, timeout_s: float)
     raise TimeoutError(f"no stitch run of backfill {backfill} after {timeout_s:.0f} s")
 
 
+@pytest.mark.slow  # a daemon, 4 runs of their own processes, an engine each: ~1.5 min
 def test_chunk_runs_through_the_queue_equal_the_one_engine_run(
     queue: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +170,7 @@ def test_chunk_runs_through_the_queue_equal_the_one_engine_run(
     assert ucs.list_files_sync(results, f"shards/{bt_id}/") == []  # shard objects removed
 
 
+@pytest.mark.slow  # a daemon, 2 runs, the failing chunk's engine 3 times: ~1.5 min
 def test_a_failing_chunk_run_fails_the_backtest_cleanly(queue: dict[str, Path]) -> None:
     ucs = UnifiedCloudService(str(queue["root"]))
     config = load_config("demo")
@@ -181,8 +194,84 @@ def test_a_failing_chunk_run_fails_the_backtest_cleanly(queue: dict[str, Path]) 
         time.sleep(25)
         assert _runs(instance, launch.STITCH_JOB_NAME, backfill) == []
         assert proc.poll() is None
+        # what the sensor sees (evaluated here on the same records): half the chunks done
+        from assets.sensors import chunked_backtests
+
+        seen = chunked_backtests(
+            build_sensor_context(instance=instance), UCSResource(root=str(queue["root"]))
+        )
+        assert not seen.run_requests
+        assert f"backfill {backfill}: 1/2 chunk runs succeeded" in seen.skip_reason.skip_message
     t = layout.target("results")
     summary = ucs.download_from_gcs_sync(t, layout.result_path(bt_id, "summary.json"))
     assert summary["status"] == "FAILED" and bad in summary["error"], summary.get("error")
     for name in layout.RESULT_PARQUETS:
         assert not ucs.exists_sync(t, layout.result_path(bt_id, name))
+
+
+def test_the_sensor_marks_stopped_chunks_failed_and_stitches_re_executed_ones(
+    tmp_path: Path,
+) -> None:
+    from assets.sensors import chunked_backtests
+    from definitions import defs
+
+    ucs = UnifiedCloudService(str(tmp_path))
+    resource = UCSResource(root=str(tmp_path))
+    config = load_config("demo")
+    (spec,) = launch.plan(["demo"], START, END, chunk="month", as_runs=True)
+    chunk_job = defs.get_job_def(launch.CHUNK_JOB_NAME)
+    bt_id = config.run_id(START, END)
+    t = layout.target("results")
+    writer = ResultWriter(ucs, bt_id)
+    writer.write_summary({"run_id": bt_id, "status": "COMPLETED"})  # an earlier complete result
+    ucs.upload_to_gcs_sync(t, layout.result_path(bt_id, "orders.parquet"), b"x", format="bytes")
+
+    def queue_runs(backfill: str, statuses: list[DagsterRunStatus]) -> list[str]:
+        ids = []
+        for (run_config, tags), status in zip(spec.runs(config, backfill), statuses, strict=True):
+            tags = {**tags, "backtest/config": "demo"}
+            run = instance.create_run_for_job(chunk_job, run_config=run_config, tags=tags,
+                                              status=status)  # fmt: skip
+            ids.append(run.run_id)
+        return ids
+
+    def summary() -> dict:
+        return ucs.download_from_gcs_sync(t, layout.result_path(bt_id, "summary.json"))
+
+    with instance_for_test() as instance:
+        _, stopped = queue_runs("aaa", [DagsterRunStatus.SUCCESS, DagsterRunStatus.CANCELED])
+        first = chunked_backtests(build_sensor_context(instance=instance), resource)
+        assert not first.run_requests
+        assert "backfill aaa: chunk 1 marked FAILED" in first.skip_reason.skip_message
+        assert summary()["status"] == "FAILED"
+        assert (
+            f"chunk run {stopped} (chunk 1 of 2, backfill aaa) ended CANCELED"
+            in (summary()["error"])
+        )
+        assert not ucs.exists_sync(t, layout.result_path(bt_id, "orders.parquet"))
+        # the next tick looks at the same runs again (re-scan window): marked once only
+        again = chunked_backtests(build_sensor_context(instance=instance, cursor=first.cursor),
+                                  resource)  # fmt: skip
+        assert "marked FAILED" not in again.skip_reason.skip_message
+
+        # the stopped chunk re-executed (a newer run of chunk 1, same tags): the stitch is due
+        (_, rerun) = spec.runs(config, "aaa")
+        instance.create_run_for_job(chunk_job, run_config=rerun[0], tags=rerun[1],
+                                    status=DagsterRunStatus.SUCCESS)  # fmt: skip
+        done = chunked_backtests(build_sensor_context(instance=instance), resource)
+        (request,) = done.run_requests
+        assert request.run_key == "stitch:aaa"
+        assert request.tags[launch.BACKFILL_TAG] == "aaa" and launch.CHUNK_TAG not in request.tags
+        stitch_config = request.run_config["ops"][launch.STITCH_OP]["config"]
+        assert stitch_config == {"start": str(START), "end": str(END), "chunk": "month",
+                                 "backfill": "aaa", "chunks": 2}  # fmt: skip
+        validate_run_config(defs.get_job_def(launch.STITCH_JOB_NAME), request.run_config)
+
+        # an older backfill's failed chunk, once a newer backfill of the backtest is queued
+        writer.write_summary({"run_id": bt_id, "status": "COMPLETED"})
+        queue_runs("bbb", [DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS])
+        queue_runs("ccc", [DagsterRunStatus.STARTED, DagsterRunStatus.NOT_STARTED])
+        late = chunked_backtests(build_sensor_context(instance=instance), resource)
+        # aaa again (deduplicated by its run key in the daemon), nothing for bbb or ccc
+        assert [r.run_key for r in late.run_requests] == ["stitch:aaa"]
+        assert summary()["status"] == "COMPLETED"  # not marked: superseded by ccc
