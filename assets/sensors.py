@@ -48,6 +48,7 @@ from launch import (
     CHUNK_OP,
     CHUNK_TAG,
     CHUNKS_TAG,
+    RUN_ID_TAG,
     STITCH_JOB_NAME,
     STITCH_OP,
 )
@@ -123,7 +124,9 @@ def _latest_chunk_runs(instance: DagsterInstance, backfill: str) -> dict[int, Da
         RunsFilter(job_name=CHUNK_JOB_NAME, tags={BACKFILL_TAG: backfill})
     )  # newest first
     for rec in records:
-        latest.setdefault(int(rec.dagster_run.tags[CHUNK_TAG]), rec.dagster_run)
+        index = rec.dagster_run.tags.get(CHUNK_TAG, "")
+        if index.isdigit() and CHUNKS_TAG in rec.dagster_run.tags:
+            latest.setdefault(int(index), rec.dagster_run)
     return latest
 
 
@@ -173,9 +176,11 @@ def _superseded(instance: DagsterInstance, run: DagsterRun) -> bool:
         RunsFilter(job_name=STITCH_JOB_NAME, tags={BACKFILL_TAG: backfill}), limit=1
     ):
         return True
+    bt_id = run.tags.get(RUN_ID_TAG)
+    if bt_id is None:
+        return False
     newest = instance.get_run_records(
-        RunsFilter(job_name=CHUNK_JOB_NAME, tags={"backtest/run_id": run.tags["backtest/run_id"]}),
-        limit=1,
+        RunsFilter(job_name=CHUNK_JOB_NAME, tags={RUN_ID_TAG: bt_id}), limit=1
     )
     return bool(newest) and newest[0].dagster_run.tags[BACKFILL_TAG] != backfill
 
@@ -193,12 +198,16 @@ def chunked_backtests(context: SensorEvaluationContext, ucs: UCSResource) -> Sen
         order_by="update_timestamp",
         ascending=True,
     )
-    backfills: list[str] = list(dict.fromkeys(r.dagster_run.tags[BACKFILL_TAG] for r in records))
+    # a chunk run without the tags of ``launch`` is no part of a backfill this sensor can finish
+    tagged = (r.dagster_run.tags.get(BACKFILL_TAG) for r in records)
+    backfills: list[str] = list(dict.fromkeys(b for b in tagged if b))
     requests: list[RunRequest] = []
     notes: list[str] = []
     for backfill in backfills:
         latest = _latest_chunk_runs(instance, backfill)
         runs: Sequence[DagsterRun] = list(latest.values())
+        if not runs:
+            continue
         expected = int(runs[0].tags[CHUNKS_TAG])
         done = [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
         if len(done) == expected and len(latest) == expected:

@@ -46,8 +46,12 @@ from backtest_pipeline.run import shards as shards_mod
 from backtest_pipeline.run.shards import ShardPlan
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 from launch import (
+    BACKFILL_TAG,
     CHUNK_JOB_NAME,
+    CHUNK_TAG,
+    CHUNKS_TAG,
     POD_RESOURCES,
+    RUN_ID_TAG,
     SHARDED_JOB_NAME,
     STITCH_JOB_NAME,
     chunk_range,
@@ -247,6 +251,7 @@ def run_chunk(
     bt_config, client = backtest.load(), ucs.client()
     tag_run(context, backtest, bt_config.strategy_id)
     days = layout.days_between(config.start, config.end)
+    _tag_chunk_run(context, config, bt_config.run_id(days[0], days[-1]))
     with stages.failing_run(client, bt_config, days):
         plans = chunk_plans(bt_config, config, client)
         if config.index >= len(plans):
@@ -256,6 +261,20 @@ def run_chunk(
         context.log.info(f"{plan.label()} of {run_id} (backfill {config.backfill})")
         path = shards_mod.run_one_shard(bt_config, client, plan, run_id, config.backfill)
     context.log.info(f"{plan.label()} stored at {client.uri(layout.target('results'), path)}")
+
+
+def _tag_chunk_run(context: OpExecutionContext, config: ChunkRunConfig, run_id: str) -> None:
+    """The backfill tags on a chunk run launched without them (the UI's launchpad), so that the
+    sensor can gather it with the other chunks of its backtest."""
+    wanted = {
+        BACKFILL_TAG: config.backfill,
+        CHUNK_TAG: str(config.index),
+        CHUNKS_TAG: str(config.chunks),
+        RUN_ID_TAG: run_id,
+    }
+    missing = {k: v for k, v in wanted.items() if context.run.tags.get(k) != v}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
 
 
 @op(tags=SHARD_TAGS)
