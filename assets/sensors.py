@@ -185,6 +185,26 @@ def _superseded(instance: DagsterInstance, run: DagsterRun) -> bool:
     return bool(newest) and newest[0].dagster_run.tags[BACKFILL_TAG] != backfill
 
 
+def _finish(
+    instance: DagsterInstance, ucs: UCSResource, backfill: str, notes: list[str]
+) -> RunRequest | None:
+    """The backfill's stitch request once all its chunks succeeded; else FAILED marks, notes."""
+    latest = _latest_chunk_runs(instance, backfill)
+    runs: Sequence[DagsterRun] = list(latest.values())
+    if not runs:
+        return None
+    expected = int(runs[0].tags[CHUNKS_TAG])
+    done = [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
+    if len(done) == expected and len(latest) == expected:
+        return stitch_request(runs[0])
+    ended = [r for r in runs if r.status != DagsterRunStatus.SUCCESS and r.status in ENDED]
+    for run in ended:
+        if not _superseded(instance, run) and _mark_failed(ucs, run, _why(instance, run)):
+            notes.append(f"backfill {backfill}: chunk {run.tags[CHUNK_TAG]} marked FAILED")
+    notes.append(f"backfill {backfill}: {len(done)}/{expected} chunk runs succeeded")
+    return None
+
+
 def chunked_backtests(context: SensorEvaluationContext, ucs: UCSResource) -> SensorResult:
     """Stitch requests and FAILED marks for the backfills whose chunk runs changed lately."""
     instance = context.instance
@@ -204,20 +224,14 @@ def chunked_backtests(context: SensorEvaluationContext, ucs: UCSResource) -> Sen
     requests: list[RunRequest] = []
     notes: list[str] = []
     for backfill in backfills:
-        latest = _latest_chunk_runs(instance, backfill)
-        runs: Sequence[DagsterRun] = list(latest.values())
-        if not runs:
+        try:
+            request = _finish(instance, ucs, backfill, notes)
+        except Exception as exc:  # noqa: BLE001 - one broken backfill must not stall the others
+            notes.append(f"backfill {backfill}: {type(exc).__name__}: {exc}")
+            context.log.error(notes[-1])
             continue
-        expected = int(runs[0].tags[CHUNKS_TAG])
-        done = [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
-        if len(done) == expected and len(latest) == expected:
-            requests.append(stitch_request(runs[0]))
-            continue
-        ended = [r for r in runs if r.status != DagsterRunStatus.SUCCESS and r.status in ENDED]
-        for run in ended:
-            if not _superseded(instance, run) and _mark_failed(ucs, run, _why(instance, run)):
-                notes.append(f"backfill {backfill}: chunk {run.tags[CHUNK_TAG]} marked FAILED")
-        notes.append(f"backfill {backfill}: {len(done)}/{expected} chunk runs succeeded")
+        if request is not None:
+            requests.append(request)
     for note in notes:
         context.log.info(note)
     cursor: dict[str, Any] = {

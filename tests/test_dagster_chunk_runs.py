@@ -279,3 +279,12 @@ def test_the_sensor_marks_stopped_chunks_failed_and_stitches_re_executed_ones(
         # aaa again (deduplicated by its run key in the daemon), nothing for bbb or ccc
         assert [r.run_key for r in late.run_requests] == ["stitch:aaa"]
         assert summary()["status"] == "COMPLETED"  # not marked: superseded by ccc
+
+        # a backfill the sensor cannot finish (its configuration is gone) does not stall others
+        (cfg, tags), _ = spec.runs(config, "eee")
+        cfg["resources"]["backtest"]["config"]["config_name"] = "no-such-config"
+        tags = {**tags, launch.RUN_ID_TAG: "BT-gone"}
+        instance.create_run_for_job(chunk_job, run_config=cfg, tags=tags,
+                                    status=DagsterRunStatus.FAILURE)  # fmt: skip
+        broken = chunked_backtests(build_sensor_context(instance=instance), resource)
+        assert [r.run_key for r in broken.run_requests] == ["stitch:aaa"]
