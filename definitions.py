@@ -31,8 +31,13 @@ from assets import backtest, catalog, comparison, inputs, runtime
 from assets.checks import ALL_CHECKS
 from assets.jobs import backtest_job, comparison_job
 from assets.schedules import t_plus_1_schedule
-from assets.sensors import inputs_ready_sensor
-from assets.shards import IO_MANAGER_KEY, sharded_backtest_job
+from assets.sensors import chunked_backtest_sensor, inputs_ready_sensor
+from assets.shards import (
+    IO_MANAGER_KEY,
+    backtest_chunk_job,
+    backtest_stitch_job,
+    sharded_backtest_job,
+)
 from resources.io_manager import UCSIOManager
 from resources.settings import BacktestSettings
 from resources.step_io import UCSPickleIOManager
@@ -44,9 +49,15 @@ settings = BacktestSettings.configure_at_launch()
 defs = Definitions(
     assets=load_assets_from_modules([inputs, catalog, backtest, comparison]),
     asset_checks=ALL_CHECKS,
-    jobs=[backtest_job, comparison_job, sharded_backtest_job],
+    jobs=[
+        backtest_job,
+        comparison_job,
+        sharded_backtest_job,
+        backtest_chunk_job,
+        backtest_stitch_job,
+    ],
     schedules=[t_plus_1_schedule],
-    sensors=[inputs_ready_sensor],
+    sensors=[inputs_ready_sensor, chunked_backtest_sensor],
     # In-process steps: the backtest itself runs in its own spawned process, and one process
     # per step would add ~5 s per step (a 13-step run: ~110 s instead of ~20 s). That process
     # is started with the run, so it is ready when the backtest step comes (assets/runtime.py).

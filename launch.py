@@ -21,10 +21,20 @@ balances carried across every chunk boundary. ``--shards N`` is the same job wit
 shards. Without either, a configuration's range is one run of the asset job ``backtest_job``
 (one engine in one step).
 
+``--as-runs`` queues the same backtest's chunks (or shards) as runs of their own instead: one run
+of ``backtest_chunk_job`` per chunk, each a separate entry of the instance's run queue (so the
+coordinator's limits spread them over its run slots or pods, and each is retried or re-executed
+on its own), sharing a ``backtest/backfill`` id. Each chunk run speculates from its warm-up days
+and stores its shard result in the results bucket, exactly as a shard step does; once every
+chunk run of the backfill has succeeded, ``chunked_backtest_sensor`` queues one run of
+``backtest_stitch_job``, which checks every boundary, re-runs a mismatching one from the true
+state and writes the backtest's results once (``assets/shards.py``, ``assets/sensors.py``).
+
 CLI (``DAGSTER_HOME`` names the instance; the daemon of ``scripts/dagster-dev.sh`` launches)::
 
     uv run python -m launch --configs demo --start 2020-01-01 --end 2024-12-31 --chunk year
     uv run python -m launch --configs demo --start 2024-01-01 --end 2024-03-31 --shards 4
+    uv run python -m launch --configs demo --start 2020-01-01 --end 2024-12-31 --chunk month --as-runs
     uv run python -m launch --configs all --start 2024-01-01 --end 2024-01-01
 """
 
@@ -41,11 +51,20 @@ from typing import Any, Literal
 from dagster import DagsterInstance
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import config_names, load_config
+from backtest_pipeline.config import BacktestConfig, config_names, load_config
+from backtest_pipeline.run import shards as shards_mod
 
 Chunk = Literal["none", "year", "quarter", "month", "day"]
 JOB_NAME = "backtest_job"
 SHARDED_JOB_NAME = "sharded_backtest_job"
+CHUNK_JOB_NAME = "backtest_chunk_job"
+STITCH_JOB_NAME = "backtest_stitch_job"
+#: Tags of the runs of one backtest whose chunks are queued runs (``--as-runs``): the id the
+#: chunk runs and their stitch run share, the chunk's index and the count, the backtest run id.
+BACKFILL_TAG = "backtest/backfill"
+CHUNK_TAG = "backtest/chunk"
+CHUNKS_TAG = "backtest/chunks"
+RUN_ID_TAG = "backtest/run_id"
 REPO_ROOT = Path(__file__).resolve().parent
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
@@ -66,6 +85,8 @@ class RunSpec:
     end: date
     chunk: Chunk = "none"
     shards: int = 1
+    #: the chunks (shards) as queued runs of their own, stitched by a final run
+    as_runs: bool = False
 
     @property
     def sharded(self) -> bool:
@@ -73,6 +94,8 @@ class RunSpec:
 
     @property
     def job_name(self) -> str:
+        if self.as_runs:
+            return CHUNK_JOB_NAME
         return SHARDED_JOB_NAME if self.sharded else JOB_NAME
 
     def partition_tags(self) -> dict[str, str]:
@@ -94,6 +117,56 @@ class RunSpec:
         op = {"start": self.start.isoformat(), "end": self.end.isoformat()}
         op |= {"chunk": self.chunk} if self.chunk != "none" else {"shards": self.shards}
         return {"resources": resources, "ops": {"plan_shards": {"config": op}}}
+
+    def runs(
+        self, config: BacktestConfig, backfill: str
+    ) -> list[tuple[dict[str, Any], dict[str, str]]]:
+        """The run config and extra tags of every run this spec queues.
+
+        One run, except with ``as_runs``: one run of ``backtest_chunk_job`` per chunk (their
+        count is the plan's, as the chunk runs compute it: ``shard_count``), all tagged with the
+        ``backfill`` id the stitch run gathers them by.
+        """
+        if not self.as_runs:
+            return [(self.run_config(), {})]
+        cfg = self.run_config()
+        op = cfg.pop("ops")["plan_shards"]["config"]
+        n = shard_count(config, self)
+        tags = {
+            BACKFILL_TAG: backfill,
+            CHUNKS_TAG: str(n),
+            RUN_ID_TAG: config.run_id(self.start, self.end),
+        }
+        return [
+            (
+                {
+                    **cfg,
+                    "ops": {
+                        CHUNK_OP: {"config": {**op, "backfill": backfill, "chunks": n, "index": i}}
+                    },
+                },  # fmt: skip
+                {**tags, CHUNK_TAG: str(i)},
+            )
+            for i in range(n)
+        ]
+
+
+#: The op of ``backtest_chunk_job`` (its config: the backtest's range and cut, and the chunk).
+CHUNK_OP = "run_chunk"
+STITCH_OP = "stitch_chunks"
+
+
+def shard_count(config: BacktestConfig, spec: RunSpec) -> int:
+    """How many shards (chunks) ``assets.shards.plan_for`` cuts the spec's backtest into.
+
+    Known before anything runs, so that one queued run per chunk can be created; the chunk runs
+    recompute the plan and refuse to run if their count differs (e.g. a changed code location).
+    """
+    if shards_mod.refusal(config):
+        return 1
+    if spec.chunk != "none":
+        return len(chunk_range(spec.start, spec.end, spec.chunk))
+    return len(shards_mod.plan_shards(layout.days_between(spec.start, spec.end), spec.shards))
 
 
 def backtest_tags(config_name: str, strategy_id: str, trigger: str) -> dict[str, str]:
@@ -162,16 +235,20 @@ def plan(
     end: date | str,
     chunk: Chunk = "none",
     shards: int = 1,
+    as_runs: bool = False,
 ) -> list[RunSpec]:
-    """One run per configuration of a sweep/backfill: the whole range, one backtest each.
+    """One backtest per configuration of a sweep/backfill over the whole range.
 
-    ``chunk`` or ``shards`` > 1 split that backtest into steps of one run (``RunSpec.sharded``).
+    ``chunk`` or ``shards`` > 1 split that backtest into steps of one run (``RunSpec.sharded``),
+    or, with ``as_runs``, into queued runs of their own and a stitch run.
     """
     s, e = layout.parse_day(start), layout.parse_day(end)
     chunk_range(s, e, chunk)  # refuses an empty range or an unknown chunk now, not in the run
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
-    return [RunSpec(name, s, e, chunk, shards) for name in configs]
+    if as_runs and chunk == "none" and shards == 1:
+        raise ValueError("as_runs queues a backtest's chunks as runs: name --chunk or --shards N")
+    return [RunSpec(name, s, e, chunk, shards, as_runs) for name in configs]
 
 
 @contextmanager
@@ -234,9 +311,6 @@ def submit(
     run_ids = []
     plan_snapshots: dict[str, Any] = {}
     for spec in specs:
-        run_config = spec.run_config()
-        if configs_dir:  # a sweep's variant files (``backtest sweep --dagster``)
-            run_config["resources"]["backtest"]["config"]["configs_dir"] = configs_dir
         config = configs[spec.config_name]
         remote_job = remote_jobs[spec.job_name]
         tags = {
@@ -246,34 +320,38 @@ def submit(
             **k8s_config_tag(config.full_day),
             **spec.partition_tags(),
         }
-        if spec.job_name not in plan_snapshots:
-            # The plan depends on the job and the selection, not on which configuration the
-            # resource loads nor on the days (the shards are dynamic outputs): build it once per
-            # job (a code-server round trip) for the whole batch.
-            plan_snapshots[spec.job_name] = location.get_execution_plan(
-                remote_job,
-                run_config,
-                step_keys_to_execute=None,
-                known_state=None,
-                instance=instance,
-            ).execution_plan_snapshot
-        plan_snapshot = plan_snapshots[spec.job_name]
-        run = instance.create_run(
-            job_name=spec.job_name,
-            run_config=run_config,
-            step_keys_to_execute=plan_snapshot.step_keys_to_execute,
-            tags=tags,
-            job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=plan_snapshot,
-            parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(),
-            job_code_origin=remote_job.get_python_origin(),
-            asset_graph=repo.asset_graph,
-            # A new run of the whole job: no id chosen, no lineage, no sub-selection.
-            **dict.fromkeys(UNSET_RUN_FIELDS),
-        )
-        instance.submit_run(run.run_id, workspace)
-        run_ids.append(run.run_id)
+        # one id per backtest whose chunks are runs: the stitch gathers its chunk runs by it
+        for run_config, run_tags in spec.runs(config, uuid.uuid4().hex[:16]):
+            if configs_dir:  # a sweep's variant files (``backtest sweep --dagster``)
+                run_config["resources"]["backtest"]["config"]["configs_dir"] = configs_dir
+            if spec.job_name not in plan_snapshots:
+                # The plan depends on the job and the selection, not on which configuration the
+                # resource loads nor on the days (the shards are dynamic outputs): build it once
+                # per job (a code-server round trip) for the whole batch.
+                plan_snapshots[spec.job_name] = location.get_execution_plan(
+                    remote_job,
+                    run_config,
+                    step_keys_to_execute=None,
+                    known_state=None,
+                    instance=instance,
+                ).execution_plan_snapshot
+            plan_snapshot = plan_snapshots[spec.job_name]
+            run = instance.create_run(
+                job_name=spec.job_name,
+                run_config=run_config,
+                step_keys_to_execute=plan_snapshot.step_keys_to_execute,
+                tags={**tags, **run_tags},
+                job_snapshot=remote_job.job_snapshot,
+                execution_plan_snapshot=plan_snapshot,
+                parent_job_snapshot=remote_job.parent_job_snapshot,
+                remote_job_origin=remote_job.get_remote_origin(),
+                job_code_origin=remote_job.get_python_origin(),
+                asset_graph=repo.asset_graph,
+                # A new run of the whole job: no id chosen, no lineage, no sub-selection.
+                **dict.fromkeys(UNSET_RUN_FIELDS),
+            )
+            instance.submit_run(run.run_id, workspace)
+            run_ids.append(run.run_id)
     return run_ids
 
 
@@ -312,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="one backtest in N even time shards run as parallel steps, stitched exactly",
     )
+    parser.add_argument(
+        "--as-runs",
+        action="store_true",
+        help="queue the --chunk/--shards pieces as runs of their own (the run queue spreads "
+        "them), stitched exactly by a final run once all have succeeded",
+    )
     parser.add_argument("--trigger", default="cli")
     parser.add_argument("--batch", default=None, help="backtest/batch tag (default: random)")
     parser.add_argument(
@@ -326,13 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.configs == "all"
         else [n.strip() for n in args.configs.split(",") if n.strip()]
     )
-    specs = plan(names, args.start, args.end, args.chunk, args.shards)
+    specs = plan(names, args.start, args.end, args.chunk, args.shards, args.as_runs)
     for s in specs:
         parts = (
             f"{len(chunk_range(s.start, s.end, s.chunk))} {s.chunk} chunks"
             if s.chunk != "none"
             else f"{s.shards} shards"
         )
+        if s.as_runs:
+            n = shard_count(load_config(s.config_name, args.configs_dir), s)
+            parts = f"{n} chunk runs + 1 {STITCH_JOB_NAME} run"
         print(
             f"{s.config_name}\t{s.start}\t{s.end}\t{(s.end - s.start).days + 1} days"
             f"\t{s.job_name}\t{parts}"

@@ -12,6 +12,13 @@ The executor is the deployment's choice, read when the code location loads
 (``$BACKTEST_SHARD_EXECUTOR``): ``multiprocess`` (default), ``in_process``, ``celery`` (broker and
 backend from ``$BACKTEST_CELERY_BROKER`` / ``$BACKTEST_CELERY_BACKEND``) or ``k8s``
 (``k8s_job_executor``: each step a Kubernetes Job).
+
+The same protocol with the chunks as queued runs (``launch --as-runs``): ``backtest_chunk_job``
+is one chunk of one backtest (its plan recomputed from the run config, the chunk's result stored
+under ``shards/{run_id}/{backfill}/``), and ``backtest_stitch_job`` the stitch, queued by
+``assets.sensors.chunked_backtest_sensor`` once every chunk run of the backfill has succeeded. A
+chunk run writes no result object; only the stitch does, once, through the same
+``runner.stitch_backtest`` as the stitch step.
 """
 
 import os
@@ -38,7 +45,17 @@ from backtest_pipeline.run import runner, stages
 from backtest_pipeline.run import shards as shards_mod
 from backtest_pipeline.run.shards import ShardPlan
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from launch import POD_RESOURCES, SHARDED_JOB_NAME, chunk_range
+from launch import (
+    BACKFILL_TAG,
+    CHUNK_JOB_NAME,
+    CHUNK_TAG,
+    CHUNKS_TAG,
+    POD_RESOURCES,
+    RUN_ID_TAG,
+    SHARDED_JOB_NAME,
+    STITCH_JOB_NAME,
+    chunk_range,
+)
 from resources.settings import BacktestSettings, tag_run
 from resources.ucs_resource import UCSResource
 
@@ -188,3 +205,114 @@ def _run_bounds(context: OpExecutionContext) -> tuple[str, str]:
 )
 def sharded_backtest_job() -> None:
     stitch_shards(plan_shards().map(run_shard).collect())
+
+
+# ---- the same backtest with its chunks as queued runs (``launch --as-runs``) ---------------
+
+
+class ChunkedBacktestConfig(ShardedRunConfig):
+    """A backtest whose chunks are runs of their own: its range and cut, and their shared id."""
+
+    backfill: str = Field(description="id shared by the chunk runs and the stitch run")
+    chunks: int = Field(ge=1, description="how many chunk runs the backtest was queued as")
+
+
+class ChunkRunConfig(ChunkedBacktestConfig):
+    """One chunk run of a :class:`ChunkedBacktestConfig` backtest."""
+
+    index: int = Field(ge=0, description="the chunk this run backtests (0 = the first)")
+
+
+def chunk_plans(
+    config: BacktestConfig, run: ChunkedBacktestConfig, ucs: UnifiedCloudService
+) -> list[ShardPlan]:
+    """The backtest's shards, as every chunk run and the stitch recompute them; the queued count
+    must match (chunk runs of a different cut could never stitch into one backtest)."""
+    plans = plan_for(config, run, ucs)
+    if len(plans) != run.chunks:
+        raise ValueError(
+            f"backfill {run.backfill}: {run.start}..{run.end} plans as {len(plans)} chunk(s) "
+            f"but was queued as {run.chunks} chunk runs; launch it again"
+        )
+    return plans
+
+
+@op(retry_policy=RetryPolicy(max_retries=2, delay=1), tags=SHARD_TAGS)
+def run_chunk(
+    context: OpExecutionContext,
+    config: ChunkRunConfig,
+    ucs: UCSResource,
+    backtest: BacktestSettings,
+) -> None:
+    """One chunk, speculating from its warm-up days; its result stored for the stitch run.
+
+    A failure marks the backtest FAILED (``failing_run``); no result object is written here.
+    """
+    bt_config, client = backtest.load(), ucs.client()
+    tag_run(context, backtest, bt_config.strategy_id)
+    days = layout.days_between(config.start, config.end)
+    _tag_chunk_run(context, config, bt_config.run_id(days[0], days[-1]))
+    with stages.failing_run(client, bt_config, days):
+        plans = chunk_plans(bt_config, config, client)
+        if config.index >= len(plans):
+            raise ValueError(f"chunk {config.index} of a backtest of {len(plans)} chunk(s)")
+        plan = plans[config.index]
+        run_id = bt_config.run_id(days[0], days[-1])
+        context.log.info(f"{plan.label()} of {run_id} (backfill {config.backfill})")
+        path = shards_mod.run_one_shard(bt_config, client, plan, run_id, config.backfill)
+    context.log.info(f"{plan.label()} stored at {client.uri(layout.target('results'), path)}")
+
+
+def _tag_chunk_run(context: OpExecutionContext, config: ChunkRunConfig, run_id: str) -> None:
+    """The backfill tags on a chunk run launched without them (the UI's launchpad), so that the
+    sensor can gather it with the other chunks of its backtest."""
+    wanted = {
+        BACKFILL_TAG: config.backfill,
+        CHUNK_TAG: str(config.index),
+        CHUNKS_TAG: str(config.chunks),
+        RUN_ID_TAG: run_id,
+    }
+    missing = {k: v for k, v in wanted.items() if context.run.tags.get(k) != v}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
+
+
+@op(tags=SHARD_TAGS)
+def stitch_chunks(
+    context: OpExecutionContext,
+    config: ChunkedBacktestConfig,
+    ucs: UCSResource,
+    backtest: BacktestSettings,
+) -> None:
+    """Every chunk run's result checked boundary by boundary (a failed one re-run here from the
+    true state), then the backtest's results written once."""
+    bt_config, client = backtest.load(), ucs.client()
+    tag_run(context, backtest, bt_config.strategy_id)
+    days = layout.days_between(config.start, config.end)
+    with stages.failing_run(client, bt_config, days):
+        plans = chunk_plans(bt_config, config, client)
+    # ``stitch_backtest`` writes the results, or the FAILED summary, itself
+    result = runner.stitch_backtest(bt_config, [(p, config.backfill) for p in plans], client)
+    info = result.summary["execution_stats"].get("shards", {})
+    context.log.info(
+        f"{result.run_id}: {info.get('count', 1)} chunk(s), merged boundaries: "
+        f"{'; '.join(info.get('merged_boundaries', [])) or 'none'}; {result.locations['summary.json']}"
+    )
+
+
+@job(
+    name=CHUNK_JOB_NAME,
+    executor_def=in_process_executor,
+    description="One chunk of a backtest queued as its own run (launch --as-runs).",
+)
+def backtest_chunk_job() -> None:
+    run_chunk()
+
+
+@job(
+    name=STITCH_JOB_NAME,
+    executor_def=in_process_executor,
+    description="The chunk runs of one backtest checked and stitched exactly; its results written.",
+)
+def backtest_stitch_job() -> None:
+    stitch_chunks()

@@ -84,3 +84,53 @@ def test_untagged_run_gets_config_and_strategy_tags(local_ucs: UnifiedCloudServi
     tags = instance.get_run_by_id(result.run_id).tags
     assert tags["backtest/config"] == "demo"
     assert tags["backtest/strategy"] == "demo-strategy"
+
+
+def test_chunks_as_runs_plan_one_run_per_chunk(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--as-runs``: one run of the chunk job per chunk (the plan's count), sharing a backfill
+    id, each run config accepted by the job; the stitch job accepts the same backtest's config
+    without the chunk index; without --chunk/--shards there is nothing to queue as runs."""
+    from dagster import validate_run_config
+
+    from backtest_pipeline.config import load_config
+    from backtest_pipeline.run import shards
+    from definitions import defs
+
+    config = load_config("demo")
+    (spec,) = launch.plan(["demo"], "2024-01-30", "2024-03-02", chunk="month", as_runs=True)
+    assert spec.job_name == launch.CHUNK_JOB_NAME
+    runs = spec.runs(config, "b1")
+    assert len(runs) == 3 == launch.shard_count(config, spec)
+    job = defs.get_job_def(launch.CHUNK_JOB_NAME)
+    for i, (cfg, tags) in enumerate(runs):
+        validate_run_config(job, cfg)
+        op = cfg["ops"][launch.CHUNK_OP]["config"]
+        assert op == {"start": "2024-01-30", "end": "2024-03-02", "chunk": "month",
+                      "backfill": "b1", "chunks": 3, "index": i}  # fmt: skip
+        assert tags == {
+            launch.BACKFILL_TAG: "b1",
+            launch.CHUNK_TAG: str(i),
+            launch.CHUNKS_TAG: "3",
+            launch.RUN_ID_TAG: config.run_id("2024-01-30", "2024-03-02"),
+        }
+    stitch = {k: v for k, v in runs[0][0]["ops"][launch.CHUNK_OP]["config"].items() if k != "index"}
+    validate_run_config(
+        defs.get_job_def(launch.STITCH_JOB_NAME),
+        {"resources": runs[0][0]["resources"], "ops": {launch.STITCH_OP: {"config": stitch}}},
+    )
+    # even shards as runs: as many as plan_shards makes (at least 3 days each)
+    (even,) = launch.plan(["demo"], "2024-01-01", "2024-01-08", shards=4, as_runs=True)
+    days = launch.layout.days_between("2024-01-01", "2024-01-08")
+    assert len(even.runs(config, "b2")) == len(shards.plan_shards(days, 4)) == 2
+    # a plain spec is still one run
+    (plain,) = launch.plan(["demo"], "2024-01-01", "2024-01-03")
+    assert plain.runs(config, "b3") == [(plain.run_config(), {})]
+    with pytest.raises(ValueError, match="--chunk or --shards"):
+        launch.plan(["demo"], "2024-01-01", "2024-01-03", as_runs=True)
+    argv = ["--configs", "demo", "--start", "2024-01-30", "--end", "2024-03-02",
+            "--chunk", "month", "--as-runs", "--dry-run"]  # fmt: skip
+    assert launch.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"demo\t2024-01-30\t2024-03-02\t33 days\t{launch.CHUNK_JOB_NAME}"
+        f"\t3 chunk runs + 1 {launch.STITCH_JOB_NAME} run"
+    ]
