@@ -116,3 +116,38 @@ def test_event_log_keeps_engines_bounded_and_wipes_cleanly(tmp_path: Path) -> No
     with DagsterInstance.from_config(str(home)) as reopened:  # what is on disk, not in memory
         assert [r.run_id for r in reopened.get_runs()] == [after.run_id]
         assert len(reopened.all_logs(after.run_id)) == n_after
+
+
+def test_new_databases_are_stamped_at_dagsters_head_with_one_revision_map(tmp_path: Path) -> None:
+    """A new instance's databases carry Dagster's head revision (the shared map changes no stamp);
+    Dagster's script directories share one revision map, other Alembic directories do not."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.sql import get_alembic_config
+
+    home = _home(tmp_path)
+    with DagsterInstance.from_config(str(home)) as instance:
+        run = materialize([tiny], instance=instance)
+        for storage in (
+            instance.run_storage,
+            instance.event_log_storage,
+            instance.schedule_storage,
+        ):
+            db_rev, head = storage.alembic_version()
+            assert db_rev == head and head, (type(storage).__name__, db_rev, head)
+        with instance.event_log_storage.run_connection(run.run_id) as conn:
+            stamped = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert stamped == head
+
+    import dagster._core.storage.runs.sqlite.sqlite_run_storage as runs_module
+
+    dagster_cfg = get_alembic_config(runs_module.__file__)
+    a, b = ScriptDirectory.from_config(dagster_cfg), ScriptDirectory.from_config(dagster_cfg)
+    assert a is not b and a.revision_map is b.revision_map
+    own = tmp_path / "migrations"
+    (own / "versions").mkdir(parents=True)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(own))
+    assert ScriptDirectory.from_config(cfg).revision_map is not (
+        ScriptDirectory.from_config(cfg).revision_map
+    )
