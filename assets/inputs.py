@@ -9,7 +9,6 @@ tables it stores (``check_specs``): as steps of their own they cost ~40 ms of Da
 and read every day back from storage — the tick slices, the largest input, twice.
 """
 
-import threading
 from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
@@ -146,7 +145,6 @@ def tick_slices(
 
     days = days_of(context.partition_keys)
     slice_checks = checks.TickSliceChecks()
-    checking = threading.Lock()  # days are produced in two threads (LazyDays ahead)
 
     def produce(key: str) -> pa.Table:
         day = layout.parse_day(key)
@@ -159,16 +157,14 @@ def tick_slices(
                 signals[key],
                 stages.to_polars(signal_intervals[key]),
             )
-        with checking:  # the day as it is stored: checked without a read back
-            slice_checks.add(key, table)
+        slice_checks.add(key, table)  # the day as it is stored: checked without a read back
         return table
 
-    # Lazy: each day is fetched when the IO manager stores it, the next one meanwhile (range
-    # reads and decoding overlap the encoding and the write), so a long range never holds more
-    # than two days of ticks; rows and bytes read vs available are recorded by the IO manager.
+    # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more
+    # than one day of ticks; rows and bytes read vs available are recorded by the IO manager.
     # Dagster stores a yielded output before resuming this generator: every day has been
     # fetched, checked and written when the check results below are computed.
-    yield Output(LazyDays([d.isoformat() for d in days], produce, ahead=True))
+    yield Output(LazyDays([d.isoformat() for d in days], produce))
     sorted_ok, schema_ok = slice_checks.outcomes()
     yield check_result("tick_slices_sorted", sorted_ok)
     yield check_result("tick_slices_schema", schema_ok)

@@ -20,7 +20,6 @@ separate intermediate objects (their slices differ by strategy and intervals).
 import io
 import json
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +99,7 @@ class LazyDays(Mapping[str, Any]):
     """``{partition_key: value}`` whose values are produced on access, one at a time.
 
     Used both ways: the IO manager loads per-day inputs lazily, and an asset may return one so
-    that each day is computed only when the IO manager writes it (``ahead``: the next day is
-    computed meanwhile). Nothing is cached.
+    that each day is computed only when the IO manager writes it. Nothing is cached.
     ``locate``: where a stored day lives (its path in the results bucket), for a step that hands
     the object to another process by reference instead of loading it here.
     """
@@ -111,32 +109,15 @@ class LazyDays(Mapping[str, Any]):
         keys: list[str],
         produce: Callable[[str], Any],
         locate: Callable[[str], str] | None = None,
-        ahead: bool = False,
     ) -> None:
         self._keys = list(keys)
         self._produce = produce
         self._locate = locate
-        # ``ahead``: while the consumer handles a day (the IO manager encodes and writes it),
-        # the next day in key order is produced in a thread, so at most two days are in memory.
-        self._ahead = ahead and len(self._keys) > 1
-        self._pending: dict[str, Future[Any]] = {}
-        self._pool: ThreadPoolExecutor | None = None
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._keys:
             raise KeyError(key)
-        if not self._ahead:
-            return self._produce(key)
-        future = self._pending.pop(key, None)
-        i = self._keys.index(key)
-        if i + 1 < len(self._keys) and self._keys[i + 1] not in self._pending:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="lazy-days-ahead")
-            self._pending[self._keys[i + 1]] = self._pool.submit(self._produce, self._keys[i + 1])
-        elif i + 1 == len(self._keys) and self._pool is not None:
-            self._pool.shutdown(wait=False)  # the last day: nothing more to produce ahead
-            self._pool = None
-        return future.result() if future is not None else self._produce(key)
+        return self._produce(key)
 
     def location(self, key: str) -> str | None:
         """The stored object of ``key`` (results-bucket path), or None if not a stored value."""

@@ -14,7 +14,7 @@ from dagster import (
 
 from backtest_pipeline import layout
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.io_manager import LazyDays, RunArtifact, UCSIOManager
+from resources.io_manager import RunArtifact, UCSIOManager
 from resources.settings import BacktestSettings
 from resources.ucs_resource import UCSResource
 
@@ -190,47 +190,3 @@ def test_local_writes_are_atomic(local_ucs: UnifiedCloudService) -> None:
     bucket_dir = local_ucs.backend.root / layout.target("results").gcs_bucket  # type: ignore[attr-defined]
     files = sorted(p.name for p in bucket_dir.rglob("*") if p.is_file())
     assert files == [f"demo.{d}.parquet" for d in DAYS]
-
-
-def test_lazy_days_ahead_produces_the_next_day_while_one_is_handled() -> None:
-    """``ahead``: reading day i starts day i+1 in another thread, never i+2; values are the same
-    as without it, in key order, each produced once; a failure surfaces on its own day."""
-    import threading
-
-    keys = ["2024-01-01", "2024-01-02", "2024-01-03"]
-    started: list[str] = []
-    threads: dict[str, str] = {}
-    release = {k: threading.Event() for k in keys}
-
-    def produce(key: str) -> str:
-        started.append(key)
-        threads[key] = threading.current_thread().name
-        if key != keys[0]:
-            assert release[key].wait(10)
-        return f"value-{key}"
-
-    days = LazyDays(keys, produce, ahead=True)
-    assert days[keys[0]] == f"value-{keys[0]}"
-    for _ in range(100):  # the next day starts in the background, the one after does not
-        if keys[1] in started:
-            break
-        threading.Event().wait(0.01)
-    assert sorted(started) == keys[:2]
-    release[keys[1]].set()
-    assert days[keys[1]] == f"value-{keys[1]}"
-    release[keys[2]].set()
-    assert days[keys[2]] == f"value-{keys[2]}"
-    assert sorted(started) == keys  # each day produced exactly once
-    assert threads[keys[0]] == threading.current_thread().name
-    assert threads[keys[1]] != threads[keys[0]]
-    assert [days[k] for k in keys] == [f"value-{k}" for k in keys]  # a second pass: no cache
-
-    def failing(key: str) -> str:
-        if key == keys[1]:
-            raise ValueError(f"bad day {key}")
-        return key
-
-    bad = LazyDays(keys, failing, ahead=True)
-    assert bad[keys[0]] == keys[0]
-    with pytest.raises(ValueError, match="bad day 2024-01-02"):
-        bad[keys[1]]
