@@ -12,11 +12,11 @@ import sqlite3
 from pathlib import Path
 
 import yaml
-from dagster import AssetKey, DagsterInstance, asset, materialize
+from dagster import AssetKey, DagsterEventType, DagsterInstance, asset, materialize
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from resources.local_instance import LocalInstance
+from resources.local_instance import KEEP_OPEN, LocalEventLogStorage, LocalInstance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,7 @@ def test_repository_instance_keeps_dagsters_files_and_records(tmp_path: Path) ->
     home = _home(tmp_path)
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance, LocalInstance)
+        assert isinstance(instance.event_log_storage, LocalEventLogStorage)
         result = materialize([tiny], instance=instance)
         assert result.success
         run_id = result.run_id
@@ -85,3 +86,68 @@ def test_only_the_instances_own_databases_commit_unsynced(tmp_path: Path) -> Non
         assert _synchronous(outside) == 2  # SQLite's default, FULL
         with sqlite3.connect(outside) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_event_log_keeps_engines_bounded_and_wipes_cleanly(tmp_path: Path) -> None:
+    """The event log reuses an engine per database, at most KEEP_OPEN; evicted ones reopen.
+
+    Every run's log reads back whole after its engine was evicted, and after a wipe (which
+    deletes the runs' databases under the kept engines) the next run's events are on disk: a
+    new instance on the same directory reads them.
+    """
+    home = _home(tmp_path)
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, LocalEventLogStorage)
+        run_ids = [materialize([tiny], instance=instance).run_id for _ in range(KEEP_OPEN + 2)]
+        assert 0 < storage.open_databases() <= KEEP_OPEN
+        for run_id in run_ids:  # evicted engines reopen: every run's log still reads whole
+            assert any(
+                e.dagster_event is not None
+                and e.dagster_event.event_type == DagsterEventType.RUN_SUCCESS
+                for e in instance.all_logs(run_id)
+            )
+        instance.wipe()
+        assert instance.get_runs() == []
+        after = materialize([tiny], instance=instance)
+        assert after.success
+        n_after = len(instance.all_logs(after.run_id))
+        assert n_after > 0
+    with DagsterInstance.from_config(str(home)) as reopened:  # what is on disk, not in memory
+        assert [r.run_id for r in reopened.get_runs()] == [after.run_id]
+        assert len(reopened.all_logs(after.run_id)) == n_after
+
+
+def test_new_databases_are_stamped_at_dagsters_head_with_one_revision_map(tmp_path: Path) -> None:
+    """A new instance's databases carry Dagster's head revision (the shared map changes no stamp);
+    Dagster's script directories share one revision map, other Alembic directories do not."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.sql import get_alembic_config
+
+    home = _home(tmp_path)
+    with DagsterInstance.from_config(str(home)) as instance:
+        run = materialize([tiny], instance=instance)
+        for storage in (
+            instance.run_storage,
+            instance.event_log_storage,
+            instance.schedule_storage,
+        ):
+            db_rev, head = storage.alembic_version()
+            assert db_rev == head and head, (type(storage).__name__, db_rev, head)
+        with instance.event_log_storage.run_connection(run.run_id) as conn:
+            stamped = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert stamped == head
+
+    import dagster._core.storage.runs.sqlite.sqlite_run_storage as runs_module
+
+    dagster_cfg = get_alembic_config(runs_module.__file__)
+    a, b = ScriptDirectory.from_config(dagster_cfg), ScriptDirectory.from_config(dagster_cfg)
+    assert a is not b and a.revision_map is b.revision_map
+    own = tmp_path / "migrations"
+    (own / "versions").mkdir(parents=True)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(own))
+    assert ScriptDirectory.from_config(cfg).revision_map is not (
+        ScriptDirectory.from_config(cfg).revision_map
+    )

@@ -15,6 +15,7 @@ import functools
 import io
 import json
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
@@ -34,7 +35,6 @@ from backtest_pipeline.storage.base import (
     RetryPolicy,
     StorageError,
 )
-from backtest_pipeline.storage.gcs import GCSBackend
 from backtest_pipeline.storage.local import LocalBackend
 from backtest_pipeline.storage.parquet_ranges import (
     Footer,
@@ -95,6 +95,12 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> str:
     return value
 
 
+def _is_gcs(backend: Backend) -> bool:
+    """``backend`` is a GCSBackend (if its module was never imported, none exists)."""
+    gcs = sys.modules.get("backtest_pipeline.storage.gcs")
+    return gcs is not None and isinstance(backend, gcs.GCSBackend)
+
+
 def _backend_for(root: str) -> Backend:
     if root.startswith("gs://"):
         rest = root[len("gs://") :].strip("/")
@@ -103,6 +109,10 @@ def _backend_for(root: str) -> Backend:
                 f"storage root {root!r}: a gs:// root names no bucket (buckets come from the "
                 "*_GCS_BUCKET variables); use plain 'gs://'"
             )
+        # Imported here: google-cloud-storage and requests cost ~0.2 s of imports, which a
+        # process on a local root (the CLI, a local Dagster run) never needs.
+        from backtest_pipeline.storage.gcs import GCSBackend
+
         return GCSBackend()
     if root.startswith("file://"):
         path = root[len("file://") :]
@@ -273,7 +283,7 @@ class UnifiedCloudService:
     def _fetcher(self, target: CloudTarget, gcs_path: str, info: ObjectInfo):  # type: ignore[no-untyped-def]
         b, where = target.gcs_bucket, self.uri(target, gcs_path)
         backend = self.backend
-        if isinstance(backend, GCSBackend):
+        if _is_gcs(backend):
             gen = info.generation
 
             def fetch(start: int, end: int) -> bytes:
