@@ -141,11 +141,17 @@ class BoundaryState:
     open_orders: tuple[str, ...]
     open_operations: tuple[str, ...]
     balances: tuple[tuple[str, str], ...]  # (venue, exact decimal balance in account currency)
+    # Depth instruments whose venue book still holds liquidity our own fills consumed: no
+    # snapshot has re-stated the book since their last fill (the matching engine forgets
+    # consumption only at a snapshot), so the next order may meet levels the run's history
+    # emptied. Everything else a book venue holds is re-stated by the data before our next
+    # order (the quote or snapshot in force, see engine/feed.py).
+    consumed_books: tuple[str, ...] = ()
 
     @property
     def quiet(self) -> bool:
-        """Nothing in flight: no working order and no operation with work left."""
-        return not self.open_orders and not self.open_operations
+        """Nothing in flight: no working order, no operation with work left, no consumed level."""
+        return not self.open_orders and not self.open_operations and not self.consumed_books
 
     def same_course(self, other: BoundaryState) -> bool:
         """Whether a run from ``other`` continues exactly like one from ``self``."""
@@ -411,6 +417,7 @@ class _DayFeeder:
         self.intervals: dict[date, pl.DataFrame] = {}
         self.last_day: date | None = None
         self.n_days = 0
+        self.last_snapshot_ns: dict[str, int] = {}  # per depth key, its latest snapshot read
 
     def prepare(self, day: DayInput, *, with_marks: bool = True) -> PreparedDay:
         config, strategy, run_keys = self.config, self.strategy, self.run_keys
@@ -483,6 +490,8 @@ class _DayFeeder:
                 )
             if kind == "depth":
                 books[key] = depth_columns(source[key])
+                if len(books[key]):
+                    self.last_snapshot_ns[key] = int(books[key].ts_event[-1])
                 continue
             trade_ts = sorted_ts_event_ns(trades[key])
             if trade_ts is None:
@@ -634,7 +643,11 @@ class _Mark:
 
 
 def boundary_state(
-    engine: BacktestEngine, strategy: ExecutionStrategy, config: BacktestConfig, day: date
+    engine: BacktestEngine,
+    strategy: ExecutionStrategy,
+    config: BacktestConfig,
+    day: date,
+    last_snapshot_ns: Mapping[str, int] | None = None,
 ) -> BoundaryState:
     ccy = Currency.from_str(config.account_currency)
     positions = []
@@ -646,12 +659,23 @@ def boundary_state(
         acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
         bal = acct.balance_total(ccy) if acct is not None else None
         balances.append((venue, str(bal.as_decimal()) if bal is not None else "0"))
+    consumed: set[str] = set()
+    if config.fill_model.depth_liquidity_consumption and last_snapshot_ns is not None:
+        # A snapshot read after a key's last fill resets its consumption before our next order
+        # there, whichever feed runs (every row, or the jump's primer from the book in force).
+        last_fill: dict[str, int] = {}
+        for f in strategy.fills:
+            last_fill[f[2]] = max(last_fill.get(f[2], 0), int(f[8]))
+        consumed = {
+            k for k, ts in last_snapshot_ns.items() if k in last_fill and last_fill[k] >= ts
+        }
     return BoundaryState(
         day=day,
         positions=tuple(positions),
         open_orders=tuple(r.order_id for r in strategy.oms.records() if r.is_open),
         open_operations=tuple(sorted(strategy.orch.unfinished())),
         balances=tuple(balances),
+        consumed_books=tuple(sorted(consumed)),
     )
 
 
@@ -683,7 +707,9 @@ def _run_engine(
     try:
         for i, day in enumerate(days):
             if i == warmup_days:
-                start_state = boundary_state(engine, strategy, config, day.day)
+                start_state = boundary_state(
+                    engine, strategy, config, day.day, feeder.last_snapshot_ns
+                )
                 mark = _mark(strategy, feeder, ticks_total, engine_time)
                 strategy.risk_log = []
             prepared = feeder.prepare(day)
@@ -714,8 +740,9 @@ def _run_engine(
         else:
             assert last_day is not None
             end_state = boundary_state(
-                engine, strategy, config, date.fromordinal(last_day.toordinal() + 1)
-            )
+                engine, strategy, config, date.fromordinal(last_day.toordinal() + 1),
+                feeder.last_snapshot_ns,
+            )  # fmt: skip
         balances: dict[str, float] = {}
         for venue in config.venue_names:
             acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))

@@ -107,6 +107,7 @@ def run_backtest(
         from backtest_pipeline.engine.driver import run_engine
 
         plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
+        plan = shards_mod.with_market_data(plan, market_data)
         refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
         if refusal:
             log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
@@ -225,14 +226,15 @@ def _execute(
 
 
 def market_data_for(
-    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, trades_only: bool
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, trades_only: bool = False
 ) -> dict[str, MarketData]:
     """What each instrument's book is built from, on a path that may supply trades only.
 
-    The Dagster path reads its days from a NautilusTrader catalog of trades, and distributed
-    shards replay trades only (their exactness on books is not proven): with ``auto`` such a path
-    runs on trades (a warning names what richer data it leaves unused); a named book type is
-    an error rather than a silent downgrade.
+    Every path resolves it here, from the objects in storage, so that `backtest run` and time
+    shards replay the same data types for the same configuration. The Dagster path reads its
+    days from a NautilusTrader catalog of trades: with ``auto`` it runs on trades (a warning
+    names what richer data it leaves unused); a named book type is an error rather than a
+    silent downgrade.
     """
     if not trades_only:
         return resolve_market_data(ucs, config, days)
