@@ -93,7 +93,8 @@ def run_backtest(
     """Backtest `config` over the UTC days [start, end] and write its results under `run_id`.
 
     `day_loader` replaces how a day's inputs are obtained (the Dagster path reads the day from
-    the NautilusTrader catalog its assets materialized); the default reads through UCS.
+    the NautilusTrader catalog its assets materialized); the default reads through UCS. It is
+    called as ``load_day`` is, with the run's resolved ``market_data`` as a keyword.
     `shards` > 1 splits a long run into time shards run in parallel processes and stitched
     exactly (`run/shards.py`); the results are the same as with one engine.
     """
@@ -181,9 +182,9 @@ def _execute(
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
     try:
-        market_data = market_data_for(ucs, config, days, trades_only=day_loader is not None)
-        if day_loader is None:
-            prefetch.loader = functools.partial(load_day, market_data=market_data)
+        market_data = market_data_for(ucs, config, days)
+        # A day loader (the Dagster path's catalog reader) is told the same market data.
+        prefetch.loader = functools.partial(day_loader or load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
         if write_results:
             begin_results(ucs, config, run_id)
@@ -226,28 +227,15 @@ def _execute(
 
 
 def market_data_for(
-    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, trades_only: bool = False
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date]
 ) -> dict[str, MarketData]:
-    """What each instrument's book is built from, on a path that may supply trades only.
+    """What each instrument's book is built from over ``days`` (``market_data: auto`` resolved).
 
-    Every path resolves it here, from the objects in storage, so that `backtest run` and time
-    shards replay the same data types for the same configuration. The Dagster path reads its
-    days from a NautilusTrader catalog of trades: with ``auto`` it runs on trades (a warning
-    names what richer data it leaves unused); a named book type is an error rather than a
-    silent downgrade.
+    Every path resolves it here, from the objects in the ticks bucket, so that `backtest run`,
+    time shards and the Dagster assets (whose catalog holds the book slices it names) replay
+    the same data types for the same configuration.
     """
-    if not trades_only:
-        return resolve_market_data(ucs, config, days)
-    if config.market_data in ("depth", "quotes"):
-        raise ValueError(
-            f"market_data: {config.market_data} is not available on this path (its day loader "
-            "supplies trades only); run it with `backtest run` or use market_data: auto/trades"
-        )
-    if config.market_data == "auto":
-        richer = {k: v for k, v in resolve_market_data(ucs, config, days).items() if v != "trades"}
-        if richer:
-            log.warning("this path runs on trades only; unused book data: %s", richer)
-    return dict.fromkeys(config.instruments, "trades")
+    return resolve_market_data(ucs, config, days)
 
 
 def record_failure(
