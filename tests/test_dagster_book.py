@@ -111,3 +111,39 @@ def test_dagster_on_a_book_equals_backtest_run(
         assert entry["books"][data_type]["file"].startswith(book_dir + "/")
         # the book's read record follows its trades' in summary.inputs, as `backtest run` has it
         assert any(f"data_type-{data_type}/" in r["path"] for r in manifest["inputs"])
+
+
+def _stored_digests(ucs: UnifiedCloudService, run_id: str) -> dict[str, str]:
+    t_res = layout.target("results")
+    return {
+        n: hashlib.sha256(ucs.download_bytes_sync(t_res, layout.result_path(run_id, n))).hexdigest()
+        for n in layout.RESULT_PARQUETS
+    }
+
+
+def test_dagster_on_a_book_on_the_gcs_emulator(
+    gcs_ucs: UnifiedCloudService, tmp_path: Path
+) -> None:
+    """The same on ``gs://``: the catalog (book files included) is uploaded and downloaded."""
+    generate_sample_data(gcs_ucs, START, 2, trades_per_day=8_000, seed=4, book=True)
+    end = "2024-01-02"
+    configs_dir, name = _configs(tmp_path, "auto")
+    config = load_config(name, configs_dir)
+    direct = run_backtest(config, START, end, ucs=gcs_ucs, run_id="direct")
+    assert direct.summary["execution_stats"]["market_data"] == {config.instruments[0]: "depth"}
+    ucs = UCSResource(root="gs://")
+    settings = BacktestSettings(config_name=name, configs_dir=configs_dir)
+    result = materialize(
+        load_assets_from_modules([inputs, catalog, backtest]),
+        resources={"ucs": ucs, "backtest": settings,
+                   "io_manager": UCSIOManager(ucs=ucs, settings=settings)},
+        instance=DagsterInstance.ephemeral(),
+        tags={"dagster/asset_partition_range_start": START,
+              "dagster/asset_partition_range_end": end},
+    )  # fmt: skip
+    assert result.success
+    rid = config.run_id(START, end)
+    assert _stored_digests(gcs_ucs, rid) == _stored_digests(gcs_ucs, "direct")
+    t_res = layout.target("results")
+    names = gcs_ucs.list_files_sync(t_res, catalog_mod.catalog_prefix(START, name))
+    assert any(f"/{catalog_mod.DEPTH10_DIR}/" in n for n in names), names
