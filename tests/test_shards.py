@@ -307,3 +307,33 @@ def test_liquidity_consumed_on_a_depth_book_before_the_boundary_is_re_run(
     merged = two.summary["execution_stats"]["shards"]["merged_boundaries"]
     assert len(merged) == 1 and f"consumed liquidity ['{key}']" in merged[0], merged
     _assert_same(seq, two)
+
+
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
+def test_a_warm_up_day_without_book_rows_is_re_run(
+    book_root: Path, config: BacktestConfig, tmp_path: Path
+) -> None:
+    """No signal on the eve: the run holds the quote of the day before, the shard holds none."""
+    ucs = _copy(book_root, tmp_path)
+    cfg = _book_config(config, "quotes")
+    eve = BOUNDARY - timedelta(days=1)
+    before = eve - timedelta(days=1)
+    # flat from the evening before (the day's last signal, superseding any still working), so
+    # the positions agree and only the books differ
+    last_ns = ucs.download_from_gcs_sync(
+        layout.target("signals"), layout.signals_path(before, cfg.strategy_id)
+    )["ts_event"].max()
+    assert last_ns + 60 * 10**9 < layout.day_bounds_ns(eve)[0]
+    _add_signal(
+        ucs, cfg, before, signal_id="test-flat", ts_event=int(last_ns) + 10**9,  # type: ignore[arg-type]
+        instrument_key=cfg.instruments[0], target_position=0.0, execution_window_s=30.0,
+        algo="MARKET",
+    )  # fmt: skip
+    ucs.delete_sync(layout.target("signals"), layout.signals_path(eve, cfg.strategy_id))
+    seq = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="seq")
+    assert _position_at(seq, layout.day_bounds_ns(BOUNDARY)[0]) == 0.0
+    two = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="two", shards=2)
+    merged = two.summary["execution_stats"]["shards"]["merged_boundaries"]
+    assert len(merged) == 1 and "book rows in force" in merged[0], merged
+    assert "working orders 0/0" in merged[0] and "positions () vs ()" in merged[0], merged
+    _assert_same(seq, two)

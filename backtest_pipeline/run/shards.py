@@ -20,7 +20,9 @@ the boundary is compared with the state its predecessor actually ended with:
   quiet boundary has none. What the data does not re-state is liquidity our own fills consumed
   on a depth book (``depth_liquidity_consumption``): it lives until the next snapshot, so a
   boundary where a depth instrument's last fill is not followed by a snapshot read is not
-  quiet (``BoundaryState.consumed_books``) and is re-run.
+  quiet (``BoundaryState.consumed_books``) and is re-run. So is one where the two sides last
+  read different book rows for an instrument (``books_in_force``: a warm-up day without book
+  rows for it), since that row is what the next day's first interval may start from.
 
 A boundary that fails either test is not guessed at: the shard is merged into its predecessor
 and that merged range is run again from the verified state, so the result is always the
@@ -272,6 +274,8 @@ def _boundary_ok(
             f"{len(end.open_operations)}/{len(start.open_operations)}, depth books with our "
             f"consumed liquidity {list(end.consumed_books)}/{list(start.consumed_books)}"
         )
+        if end.books_in_force != start.books_in_force:
+            why += f", book rows in force {end.books_in_force} vs {start.books_in_force}"
         return False, {}, why
     offset = {v: d + prev_offset.get(v, Decimal(0)) for v, d in end.balance_offsets(start).items()}
     shift = float(sum(offset.values()))
