@@ -1,7 +1,8 @@
 """Group ``backtest``: one backtest over the run's days, and its result objects.
 
 ``backtest_run`` runs the whole range of the run as ONE backtest (state carried across days) in
-a spawned process that reads the trades from the Nautilus catalogs. The result assets are the
+a spawned process that reads the ticks (trades, and the quotes or book snapshots the run
+replays) from the Nautilus catalogs. The result assets are the
 run's objects at their exact results paths (``backtest_results/{run_id}/…``): their values are
 :class:`RunArtifact` s that the UCS IO manager stores there, with a pointer per covered day.
 """

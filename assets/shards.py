@@ -114,14 +114,16 @@ def plan_for(
 ) -> list[ShardPlan]:
     """The run's shards: calendar chunks, or ``run.shards`` even ranges; one if refused."""
     days = layout.days_between(run.start, run.end)
-    # Shards replay trades: a named book type is an error, richer data under ``auto`` a warning.
-    runner.market_data_for(ucs, config, days, trades_only=True)
-    if shards_mod.refusal(config):
-        return shards_mod.plan_shards(days, 1)
-    if run.chunk != "none":
+    # Resolved once (``auto`` as `backtest run` resolves it); every shard replays the same data.
+    market_data = runner.market_data_for(ucs, config, days)
+    if shards_mod.refusal(config, market_data):
+        plans = shards_mod.plan_shards(days, 1)
+    elif run.chunk != "none":
         chunks = chunk_range(days[0], days[-1], run.chunk)  # type: ignore[arg-type]
-        return shards_mod.plan_chunks(days, chunks, run.warmup_days)
-    return shards_mod.plan_shards(days, run.shards, run.warmup_days)
+        plans = shards_mod.plan_chunks(days, chunks, run.warmup_days)
+    else:
+        plans = shards_mod.plan_shards(days, run.shards, run.warmup_days)
+    return shards_mod.with_market_data(plans, market_data)
 
 
 #: Step pod of a shard on Kubernetes: one engine, sized as a signal-driven run pod.
@@ -142,7 +144,7 @@ def plan_shards(
     with stages.failing_run(client, bt_config, days):
         plans = plan_for(bt_config, config, client)
         runner.begin_results(client, bt_config, bt_config.run_id(days[0], days[-1]))
-    why = shards_mod.refusal(bt_config)
+    why = shards_mod.refusal(bt_config, dict(plans[0].market_data))
     if why:
         context.log.warning(f"one shard only: {why}")
     for p in plans:

@@ -19,6 +19,7 @@ import pytest
 from _engine_data import BTC, DAY1, MS, config, instrument_row, instruments_df, signals, t, trades
 
 from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.sample import generate_sample_data
 from backtest_pipeline.engine import conversion as cv
 from backtest_pipeline.engine.driver import DayInput, EngineInputError, run_engine
@@ -770,19 +771,25 @@ def test_real_capture_imported_and_run_on_its_rebuilt_book(
     assert checked_limits >= 1
 
 
-def test_a_custom_day_loader_runs_auto_on_trades_and_refuses_a_named_book(
+def test_a_custom_day_loader_is_handed_the_resolved_market_data(
     book_store: tuple[UnifiedCloudService, list[date]],
 ) -> None:
-    """The Dagster path hands in its own loader (trades only): no silent downgrade of a request."""
+    """A day loader (the Dagster path's catalog reader) replays what `backtest run` replays."""
     from backtest_pipeline.run.inputs import load_day
 
     ucs, days = book_store
-    res = run_backtest(config([BTC], strategy_id="demo-strategy"), days[0], days[0], ucs=ucs,
-                       write_results=False, day_loader=load_day)  # fmt: skip
-    assert res.summary["execution_stats"]["market_data"] == {BTC: "trades"}
-    with pytest.raises(BacktestFailed, match="market_data: depth is not available on this path"):
-        run_backtest(config([BTC], strategy_id="demo-strategy", market_data="depth"), days[0],
-                     days[0], ucs=ucs, write_results=False, day_loader=load_day)  # fmt: skip
+    seen: list[object] = []
+
+    def loader(u: UnifiedCloudService, cfg: BacktestConfig, day: date, **kw: object):  # type: ignore[no-untyped-def]
+        seen.append(kw.get("market_data"))
+        return load_day(u, cfg, day, **kw)  # type: ignore[arg-type]
+
+    cfg = config([BTC], strategy_id="demo-strategy")
+    res = run_backtest(cfg, days[0], days[0], ucs=ucs, write_results=False, day_loader=loader)
+    direct = run_backtest(cfg, days[0], days[0], ucs=ucs, write_results=False)
+    assert seen == [{BTC: "depth"}]
+    assert res.summary["execution_stats"]["market_data"] == {BTC: "depth"}
+    assert res.fills.equals(direct.fills) and res.fills.height > 0
 
 
 def test_day_windows_carry_each_book_row_once_within_its_window() -> None:

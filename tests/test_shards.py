@@ -3,7 +3,9 @@
 Each sharded run is compared with the sequential run of the same configuration on the same
 inputs: the Parquet outputs (operations.parquet included) byte for byte, and summary.json apart from ids and timings.
 The boundaries that cannot be handed over exactly (a position carried with a different entry
-price, a leverage check that the true balance would turn) must be detected and re-run.
+price, a leverage check that the true balance would turn, an order resting across midnight,
+liquidity our fills consumed on a depth book that no snapshot has re-stated yet) must be
+detected and re-run. Runs on quotes and on 10-level books shard as trade runs do.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from _results import comparable_summary, result_digests
 
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.data import parquet_io
 from backtest_pipeline.data.sample import generate_sample_data
 from backtest_pipeline.run import shards
 from backtest_pipeline.run.runner import BacktestFailed, BacktestResult, run_backtest
@@ -85,10 +88,17 @@ def test_plan_covers_every_day_once_with_a_warm_up_day() -> None:
 
 def test_refuses_runs_whose_course_depends_on_hidden_state(config: BacktestConfig) -> None:
     assert shards.refusal(config) is None
+    key = config.instruments[0]
+    for md in ("trades", "quotes", "depth"):
+        assert shards.refusal(config, {key: md}) is None, md
     fm = config.fill_model.model_copy(update={"prob_fill_on_limit": 0.5})
     assert "random" in (shards.refusal(config.model_copy(update={"fill_model": fm})) or "")
     fm = config.fill_model.model_copy(update={"liquidity_consumption": True})
-    assert "liquidity" in (shards.refusal(config.model_copy(update={"fill_model": fm})) or "")
+    l1 = config.model_copy(update={"fill_model": fm})
+    assert "liquidity" in (shards.refusal(l1) or "")
+    assert key in (shards.refusal(l1, {key: "quotes"}) or "")
+    # liquidity_consumption is the L1 knob: a depth book's consumption is checked at the boundary
+    assert shards.refusal(l1, {key: "depth"}) is None
 
 
 @pytest.mark.slow  # tens of seconds each: the full suite runs them
@@ -176,3 +186,154 @@ def test_a_failing_shard_fails_the_run_with_nothing_half_written(
     assert summary["status"] == "FAILED" and path in summary["error"]
     for name in layout.RESULT_PARQUETS:
         assert not ucs.exists_sync(t_res, layout.result_path("bad", name))
+
+
+# ---- quotes and 10-level books ----------------------------------------------------------------
+
+BOOK_DAYS = 7
+BOOK_END = START + timedelta(days=BOOK_DAYS - 1)
+#: Two shards of the book days meet here (shard 1 warms up on the day before).
+BOUNDARY = date(2024, 3, 5)
+
+
+@pytest.fixture(scope="module")
+def book_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("shards-book")
+    ucs = UnifiedCloudService(str(path))
+    generate_sample_data(ucs, START, BOOK_DAYS, trades_per_day=20_000, seed=5, book=True)
+    return path
+
+
+def _book_config(config: BacktestConfig, market_data: str) -> BacktestConfig:
+    return config.model_copy(update={"market_data": market_data})
+
+
+def _position_at(result: BacktestResult, ns: int) -> float:
+    before = result.positions.filter(pl.col("ts_event").cast(pl.Int64) < ns)
+    return float(before["quantity"][-1]) if before.height else 0.0
+
+
+def _add_signal(ucs: UnifiedCloudService, config: BacktestConfig, day: date, **row: Any) -> None:
+    """One more signal on ``day`` (kept in time order, the schema's order)."""
+    t_sig = layout.target("signals")
+    path = layout.signals_path(day, config.strategy_id)
+    sig = ucs.download_from_gcs_sync(t_sig, path)
+    extra = pl.DataFrame([{c: row.get(c) for c in sig.columns}], schema=sig.schema)
+    ucs.upload_to_gcs_sync(t_sig, path, pl.concat([sig, extra]).sort("ts_event"), format="parquet")
+
+
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
+@pytest.mark.parametrize("market_data", ["quotes", "depth"])
+def test_a_sharded_run_on_a_book_equals_the_one_engine_run(
+    book_root: Path, config: BacktestConfig, tmp_path: Path, market_data: str
+) -> None:
+    """Default fill models (queues on quotes, consumption on depth), a position over the boundary."""
+    ucs = _copy(book_root, tmp_path)
+    cfg = _book_config(config, market_data)
+    seq = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="seq")
+    two = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="two", shards=2)
+    key = cfg.instruments[0]
+    assert seq.summary["execution_stats"]["market_data"] == {key: market_data}
+    info = two.summary["execution_stats"]["shards"]
+    # Handed over at once, not re-run: the hand-off itself is what the comparison covers...
+    assert info["count"] == 2 and info["merged_boundaries"] == [], info
+    # ...and the run holds a position across it (opened on the warm-up day, so both sides agree).
+    assert _position_at(seq, layout.day_bounds_ns(BOUNDARY)[0]) != 0.0
+    _assert_same(seq, two)
+    # Both shards read the book objects of their own days, as the one-engine run read them.
+    book_type = "book_depth10" if market_data == "depth" else "quotes"
+    assert {i["path"] for i in two.summary["inputs"]} == {i["path"] for i in seq.summary["inputs"]}
+    assert any(f"data_type-{book_type}/" in i["path"] for i in two.summary["inputs"])
+
+
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
+def test_a_limit_resting_across_the_boundary_on_quotes_is_re_run(
+    book_root: Path, config: BacktestConfig, tmp_path: Path
+) -> None:
+    """A queued limit order working at midnight: its queue position lives in the venue's book."""
+    ucs = _copy(book_root, tmp_path)
+    cfg = _book_config(config, "quotes")
+    eve = BOUNDARY - timedelta(days=1)
+    start_ns = layout.day_bounds_ns(BOUNDARY)[0]
+    last = ucs.download_from_gcs_sync(
+        layout.target("ticks"), layout.tick_path(eve, cfg.instruments[0], "quotes")
+    )["bid_price"][-1]
+    _add_signal(
+        ucs, cfg, eve, signal_id="test-resting-limit", ts_event=start_ns - 20 * 10**9,
+        instrument_key=cfg.instruments[0], target_position=0.3, execution_window_s=60.0,
+        algo="LIMIT", limit_price=round(float(last) * 0.97, 1),
+    )  # fmt: skip
+    seq = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="seq")
+    resting = seq.orders.filter(pl.col("order_id").str.contains("test-resting-limit"))
+    assert resting.height > 0 and (resting["order_type"] == "LIMIT").all()
+    # placed before midnight, still working after it
+    assert (resting["created_at"].cast(pl.Int64) < start_ns).all()
+    assert (resting["updated_at"].cast(pl.Int64) > start_ns).any()
+    two = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="two", shards=2)
+    merged = two.summary["execution_stats"]["shards"]["merged_boundaries"]
+    assert len(merged) == 1 and "working orders 1/" in merged[0], merged
+    _assert_same(seq, two)
+
+
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
+def test_liquidity_consumed_on_a_depth_book_before_the_boundary_is_re_run(
+    book_root: Path, config: BacktestConfig, tmp_path: Path
+) -> None:
+    """A market order's fill late on the eve, with no snapshot after it that day.
+
+    The signal's interval goes on for half a minute after it, so prints follow the fill that
+    day (an order still in flight when the day's data ends would stop the hand-off anyway).
+    """
+    ucs = _copy(book_root, tmp_path)
+    cfg = _book_config(config, "depth")
+    key = cfg.instruments[0]
+    eve = BOUNDARY - timedelta(days=1)
+    signal_ns = layout.day_bounds_ns(BOUNDARY)[0] - 600 * 10**9
+    _add_signal(
+        ucs, cfg, eve, signal_id="test-last-market", ts_event=signal_ns, instrument_key=key,
+        target_position=0.6, execution_window_s=30.0, algo="MARKET",
+    )  # fmt: skip
+    t_ticks, path = layout.target("ticks"), layout.tick_path(eve, key, "book_depth10")
+    book = ucs.download_from_gcs_sync(t_ticks, path)
+    book = book.filter(pl.col("ts_event").cast(pl.Int64) <= signal_ns)
+    ucs.upload_to_gcs_sync(
+        t_ticks, path, parquet_io.book_depth10_to_parquet_bytes(book), format="bytes"
+    )
+    seq = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="seq")
+    last = seq.fills.filter(pl.col("order_id").str.contains("test-last-market"))
+    assert last.height > 0 and (last["ts_event"].cast(pl.Int64) > signal_ns).all()
+    assert (last["ts_event"].cast(pl.Int64) < layout.day_bounds_ns(BOUNDARY)[0]).all()
+    two = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="two", shards=2)
+    merged = two.summary["execution_stats"]["shards"]["merged_boundaries"]
+    assert len(merged) == 1 and f"consumed liquidity ['{key}']" in merged[0], merged
+    _assert_same(seq, two)
+
+
+@pytest.mark.slow  # tens of seconds each: the full suite runs them
+def test_a_warm_up_day_without_book_rows_is_re_run(
+    book_root: Path, config: BacktestConfig, tmp_path: Path
+) -> None:
+    """No signal on the eve: the run holds the quote of the day before, the shard holds none."""
+    ucs = _copy(book_root, tmp_path)
+    cfg = _book_config(config, "quotes")
+    eve = BOUNDARY - timedelta(days=1)
+    before = eve - timedelta(days=1)
+    # flat from the evening before (the day's last signal, superseding any still working), so
+    # the positions agree and only the books differ
+    last_ns = ucs.download_from_gcs_sync(
+        layout.target("signals"), layout.signals_path(before, cfg.strategy_id)
+    )["ts_event"].max()
+    assert last_ns + 60 * 10**9 < layout.day_bounds_ns(eve)[0]
+    _add_signal(
+        ucs, cfg, before, signal_id="test-flat", ts_event=int(last_ns) + 10**9,  # type: ignore[arg-type]
+        instrument_key=cfg.instruments[0], target_position=0.0, execution_window_s=30.0,
+        algo="MARKET",
+    )  # fmt: skip
+    ucs.delete_sync(layout.target("signals"), layout.signals_path(eve, cfg.strategy_id))
+    seq = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="seq")
+    assert _position_at(seq, layout.day_bounds_ns(BOUNDARY)[0]) == 0.0
+    two = run_backtest(cfg, START, BOOK_END, ucs=ucs, run_id="two", shards=2)
+    merged = two.summary["execution_stats"]["shards"]["merged_boundaries"]
+    assert len(merged) == 1 and "book rows in force" in merged[0], merged
+    assert "working orders 0/0" in merged[0] and "positions () vs ()" in merged[0], merged
+    _assert_same(seq, two)

@@ -12,6 +12,15 @@ with pyarrow (7–14x faster, same file — see benchmarks/RESULTS.md):
 * files at ``data/trade_tick/{instrument_id}/{start}_{end}.parquet`` (ISO times, ``:``/``.``
   replaced by ``-``).
 
+Quotes and 10-level books go the same way, in the schemas 1.231 writes for ``QuoteTick``
+(``data/quote_tick/``: ``bid_price``, ``ask_price``, ``bid_size``, ``ask_size`` as fixed point,
+``ts_event``, ``ts_init``) and ``OrderBookDepth10`` (``data/order_book_depths/``:
+``{bid,ask}_{price,size}_{0..9}`` fixed point, ``{bid,ask}_count_{0..9}`` ``uint32``, ``flags``
+``uint8``, ``sequence`` ``uint64``, the two times). A missing level is a null order, as
+Nautilus writes one: raw price and size 0 with count 0; read back, count 0 is a null level.
+Every snapshot carries ``F_SNAPSHOT | F_LAST`` (``conversion.DEPTH_FLAGS``), as the engine path
+builds them, so Nautilus's reader and our engine see the same whole books.
+
 The catalog of a day also holds the day's instruments (written by Nautilus itself: a handful of
 objects) and a ``_manifest.json`` written last: a reader that finds no manifest knows the catalog
 is incomplete. For a ``gs://`` root the directory is built locally and uploaded object by object
@@ -39,6 +48,11 @@ from backtest_pipeline.storage.ucs import UnifiedCloudService
 FIXED_PRECISION = 16
 MANIFEST = "_manifest.json"
 TRADE_TICK_DIR = "data/trade_tick"
+QUOTE_TICK_DIR = "data/quote_tick"
+DEPTH10_DIR = "data/order_book_depths"
+#: Our tick data type → the catalog directory Nautilus 1.231 keeps it in.
+BOOK_DIRS = {"quotes": QUOTE_TICK_DIR, "book_depth10": DEPTH10_DIR}
+DEPTH_LEVELS = 10
 ROW_GROUP_SIZE = 5_000
 _AGGRESSOR = {"buy": 1, "sell": 2}
 _SIDE = {1: "buy", 2: "sell"}
@@ -53,6 +67,29 @@ CATALOG_TRADE_SCHEMA = pa.schema(
         pa.field("ts_init", pa.uint64(), nullable=False),
     ]
 )
+CATALOG_QUOTE_SCHEMA = pa.schema(
+    [
+        *(pa.field(f"{side}_{what}", pa.binary(16), nullable=False)
+          for what in ("price", "size") for side in ("bid", "ask")),
+        pa.field("ts_event", pa.uint64(), nullable=False),
+        pa.field("ts_init", pa.uint64(), nullable=False),
+    ]
+)  # fmt: skip
+CATALOG_DEPTH10_SCHEMA = pa.schema(
+    [
+        *(pa.field(f"{side}_{what}_{i}", pa.binary(16), nullable=False)
+          for what in ("price", "size") for side in ("bid", "ask") for i in range(DEPTH_LEVELS)),
+        *(pa.field(f"{side}_count_{i}", pa.uint32(), nullable=False)
+          for side in ("bid", "ask") for i in range(DEPTH_LEVELS)),
+        pa.field("flags", pa.uint8(), nullable=False),
+        pa.field("sequence", pa.uint64(), nullable=False),
+        pa.field("ts_event", pa.uint64(), nullable=False),
+        pa.field("ts_init", pa.uint64(), nullable=False),
+    ]
+)  # fmt: skip
+#: Every stored row is a whole book: F_SNAPSHOT (32) | F_LAST (128), as the engine path sends.
+DEPTH10_FLAGS = 32 | 128
+
 #: What :func:`read_trades` gives back: the columns the engine's trade tables carry.
 TRADES_OUT_SCHEMA = pa.schema(
     [
@@ -239,6 +276,138 @@ def read_trades(catalog_dir: Path, instrument_id: str) -> pa.Table:
     return pa.concat_tables(parts)
 
 
+# ---- quotes and 10-level books ----------------------------------------------------------------
+
+
+def _ns_u64(df: pl.DataFrame, name: str) -> np.ndarray:
+    return df[name].cast(pl.Int64).to_numpy().astype(np.uint64)
+
+
+def _meta(instrument_id: str, price_precision: int, size_precision: int) -> dict[str, str]:
+    return {
+        "instrument_id": instrument_id,
+        "price_precision": str(price_precision),
+        "size_precision": str(size_precision),
+    }
+
+
+def _level(col: pl.Series, precision: int) -> tuple[pa.FixedSizeBinaryArray, np.ndarray]:
+    """A nullable level column → fixed point (a missing level's raw value 0) and its presence."""
+    values = col.cast(pl.Float64).to_numpy()
+    present = ~np.isnan(values)
+    return encode_fixed(np.where(present, values, 0.0), precision), present
+
+
+def book_to_catalog_table(
+    table: pa.Table | pl.DataFrame,
+    data_type: str,
+    instrument_id: str,
+    price_precision: int,
+    size_precision: int,
+) -> pa.Table:
+    """Our validated ``quotes`` / ``book_depth10`` rows → Nautilus 1.231's catalog schema.
+
+    ``ts_init`` is ``ts_event``, as the engine path builds its ticks (and as trades are written).
+    """
+    df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    ts = _ns_u64(df, "ts_event")
+    prec = {"price": price_precision, "size": size_precision}
+    if data_type == "quotes":
+        columns: list[pa.Array] = [
+            encode_fixed(df[f.name].cast(pl.Float64).to_numpy(), prec[f.name.split("_")[1]])
+            for f in CATALOG_QUOTE_SCHEMA
+            if f.name not in ("ts_event", "ts_init")
+        ]
+        schema = CATALOG_QUOTE_SCHEMA
+    elif data_type == "book_depth10":
+        columns, counts = [], {}
+        for what in ("price", "size"):
+            for side in ("bid", "ask"):
+                for i in range(DEPTH_LEVELS):
+                    arr, present = _level(df[f"{side}_{what}_{i}"], prec[what])
+                    columns.append(arr)
+                    if what == "price":
+                        counts[f"{side}_count_{i}"] = present.astype(np.uint32)
+        columns += [pa.array(counts[f"{s}_count_{i}"], pa.uint32())
+                    for s in ("bid", "ask") for i in range(DEPTH_LEVELS)]  # fmt: skip
+        columns += [
+            pa.array(np.full(df.height, DEPTH10_FLAGS, np.uint8), pa.uint8()),
+            pa.array(np.zeros(df.height, np.uint64), pa.uint64()),
+        ]
+        schema = CATALOG_DEPTH10_SCHEMA
+    else:
+        raise ValueError(f"no catalog schema for tick data type {data_type!r}")
+    columns += [pa.array(ts, pa.uint64()), pa.array(ts, pa.uint64())]
+    out = pa.Table.from_arrays(columns, schema=schema)
+    return out.replace_schema_metadata(_meta(instrument_id, price_precision, size_precision))
+
+
+def write_book(
+    catalog_dir: Path,
+    table: pa.Table | pl.DataFrame,
+    data_type: str,
+    instrument_id: str,
+    price_precision: int,
+    size_precision: int,
+) -> Path | None:
+    """Write one instrument's quotes or snapshots into the catalog; None when there are none."""
+    out = book_to_catalog_table(table, data_type, instrument_id, price_precision, size_precision)
+    if out.num_rows == 0:
+        return None
+    ts_init = out.column("ts_init")
+    directory = Path(catalog_dir) / BOOK_DIRS[data_type] / instrument_id
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / trade_file_name(int(ts_init[0].as_py()), int(ts_init[-1].as_py()))
+    pq.write_table(out, path, row_group_size=ROW_GROUP_SIZE)
+    return path
+
+
+def read_book(catalog_dir: Path, data_type: str, instrument_id: str) -> pa.Table:
+    """One instrument's quotes or snapshots from the catalog, as our columns (floats, ns times).
+
+    A level whose count is 0 is a missing level (null), as it was before it was written.
+    """
+    directory = Path(catalog_dir) / BOOK_DIRS[data_type] / instrument_id
+    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    parts = []
+    for f in files:
+        t = pq.read_table(f)
+        meta = t.schema.metadata or {}
+        pp = int(meta.get(b"price_precision", b"-1"))
+        sp = int(meta.get(b"size_precision", b"-1"))
+        if pp < 0 or sp < 0:
+            raise CatalogError(f"{f}: no price/size precision in the schema metadata")
+        prec = {"price": pp, "size": sp}
+        cols: dict[str, pa.Array] = {
+            "ts_event": pa.array(t.column("ts_event").to_numpy().astype(np.int64)),
+            "ts_init": pa.array(t.column("ts_init").to_numpy().astype(np.int64)),
+        }
+        if data_type == "quotes":
+            for side in ("bid", "ask"):
+                for what in ("price", "size"):
+                    name = f"{side}_{what}"
+                    cols[name] = pa.array(decode_fixed(t.column(name), prec[what]))
+        else:
+            for side in ("bid", "ask"):
+                for what in ("price", "size"):
+                    for i in range(DEPTH_LEVELS):
+                        absent = t.column(f"{side}_count_{i}").to_numpy() == 0
+                        values = decode_fixed(t.column(f"{side}_{what}_{i}"), prec[what])
+                        cols[f"{side}_{what}_{i}"] = pa.array(values, mask=absent)
+        parts.append(pa.table(cols))
+    if not parts:
+        names = ["ts_event", "ts_init"] + [
+            f"{side}_{what}" + ("" if data_type == "quotes" else f"_{i}")
+            for side in ("bid", "ask")
+            for what in ("price", "size")
+            for i in range(1 if data_type == "quotes" else DEPTH_LEVELS)
+        ]
+        return pa.table({n: pa.array([], pa.int64() if n[:3] == "ts_" else pa.float64())
+                         for n in names})  # fmt: skip
+    return pa.concat_tables(parts)
+
+
 # ---- a day's catalog --------------------------------------------------------------------------
 
 
@@ -248,12 +417,14 @@ def write_day_catalog(
     trades: Mapping[str, pa.Table | pl.DataFrame],
     instruments: pl.DataFrame,
     extra: Mapping[str, Any] | None = None,
+    books: Mapping[str, Mapping[str, pa.Table | pl.DataFrame]] | None = None,
 ) -> dict[str, Any]:
     """Write the day's trade slices (and their instruments) as a catalog; returns the manifest.
 
-    ``trades`` maps our instrument keys to trade tables; ``instruments`` is the day's validated
-    instruments frame (precisions come from there). The manifest maps keys to Nautilus ids and
-    row counts, and is written last.
+    ``trades`` maps our instrument keys to trade tables; ``books`` maps keys to their book
+    slices by tick data type (``quotes``, ``book_depth10``); ``instruments`` is the day's
+    validated instruments frame (precisions come from there). The manifest maps keys to Nautilus
+    ids and row counts (per book data type under ``books``), and is written last.
     """
     from backtest_pipeline.config import FeeOverride
     from backtest_pipeline.engine.instruments import build_instrument, instrument_id_for
@@ -274,9 +445,18 @@ def write_day_catalog(
         )
         entries[key] = {
             "instrument_id": iid,
-            "rows": int(table.num_rows if isinstance(table, pa.Table) else table.height),
+            "rows": _rows(table),
             "file": str(path.relative_to(catalog_dir)) if path else None,
         }
+        for data_type, book in sorted((books or {}).get(key, {}).items()):
+            bpath = write_book(
+                catalog_dir, book, data_type, iid,
+                int(row["price_precision"]), int(row["size_precision"]),
+            )  # fmt: skip
+            entries[key].setdefault("books", {})[data_type] = {
+                "rows": _rows(book),
+                "file": str(bpath.relative_to(catalog_dir)) if bpath else None,
+            }
         nautilus_instruments.append(build_instrument(row, FeeOverride(), ts_ns=day_start))
     if nautilus_instruments:
         from nautilus_trader.persistence.catalog import ParquetDataCatalog
@@ -290,6 +470,10 @@ def write_day_catalog(
     }
     (catalog_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
+
+
+def _rows(table: pa.Table | pl.DataFrame) -> int:
+    return int(table.num_rows if isinstance(table, pa.Table) else table.height)
 
 
 def read_manifest(catalog_dir: Path) -> dict[str, Any]:
@@ -306,6 +490,18 @@ def read_day_trades(catalog_dir: Path) -> dict[str, pa.Table]:
         key: read_trades(catalog_dir, entry["instrument_id"])
         for key, entry in manifest["instruments"].items()
     }
+
+
+def read_day_books(catalog_dir: Path) -> dict[str, dict[str, pa.Table]]:
+    """Every book slice of a day catalog: tick data type → instrument key → our columns."""
+    manifest = read_manifest(catalog_dir)
+    out: dict[str, dict[str, pa.Table]] = {}
+    for key, entry in manifest["instruments"].items():
+        for data_type in entry.get("books", {}):
+            out.setdefault(data_type, {})[key] = read_book(
+                catalog_dir, data_type, entry["instrument_id"]
+            )
+    return out
 
 
 # ---- storage ----------------------------------------------------------------------------------

@@ -141,15 +141,30 @@ class BoundaryState:
     open_orders: tuple[str, ...]
     open_operations: tuple[str, ...]
     balances: tuple[tuple[str, str], ...]  # (venue, exact decimal balance in account currency)
+    # Depth instruments whose venue book still holds liquidity our own fills consumed: no
+    # snapshot has re-stated the book since their last fill (the matching engine forgets
+    # consumption only at a snapshot), so the next order may meet levels the run's history
+    # emptied. Everything else a book venue holds is re-stated by the data before our next
+    # order (the quote or snapshot in force, see engine/feed.py).
+    consumed_books: tuple[str, ...] = ()
+    # Per instrument on quotes or depth, the time of the last book row read: the row a jump or
+    # an interval without a row of its own starts from. A warm-up day without book rows for an
+    # instrument leaves the shard without the one the run holds, so they must agree.
+    books_in_force: tuple[tuple[str, int], ...] = ()
 
     @property
     def quiet(self) -> bool:
-        """Nothing in flight: no working order and no operation with work left."""
-        return not self.open_orders and not self.open_operations
+        """Nothing in flight: no working order, no operation with work left, no consumed level."""
+        return not self.open_orders and not self.open_operations and not self.consumed_books
 
     def same_course(self, other: BoundaryState) -> bool:
         """Whether a run from ``other`` continues exactly like one from ``self``."""
-        return self.quiet and other.quiet and self.positions == other.positions
+        return (
+            self.quiet
+            and other.quiet
+            and self.positions == other.positions
+            and self.books_in_force == other.books_in_force
+        )
 
     def balance_offsets(self, other: BoundaryState) -> dict[str, Decimal]:
         """Per venue, what to add to ``other``'s balances to get ``self``'s."""
@@ -411,6 +426,7 @@ class _DayFeeder:
         self.intervals: dict[date, pl.DataFrame] = {}
         self.last_day: date | None = None
         self.n_days = 0
+        self.last_book_ns: dict[str, int] = {}  # per book key, the time of its last row read
 
     def prepare(self, day: DayInput, *, with_marks: bool = True) -> PreparedDay:
         config, strategy, run_keys = self.config, self.strategy, self.run_keys
@@ -483,6 +499,8 @@ class _DayFeeder:
                 )
             if kind == "depth":
                 books[key] = depth_columns(source[key])
+                if len(books[key]):
+                    self.last_book_ns[key] = int(books[key].ts_event[-1])
                 continue
             trade_ts = sorted_ts_event_ns(trades[key])
             if trade_ts is None:
@@ -492,6 +510,8 @@ class _DayFeeder:
             books[key] = quotes_restored_after_trades(
                 quote_columns(source[key]), trade_ts.view(np.uint64)
             )
+            if len(books[key]):
+                self.last_book_ns[key] = int(books[key].ts_event[-1])
         return books
 
 
@@ -634,7 +654,12 @@ class _Mark:
 
 
 def boundary_state(
-    engine: BacktestEngine, strategy: ExecutionStrategy, config: BacktestConfig, day: date
+    engine: BacktestEngine,
+    strategy: ExecutionStrategy,
+    config: BacktestConfig,
+    day: date,
+    last_book_ns: Mapping[str, int] | None = None,
+    market_data: Mapping[str, MarketData] | None = None,
 ) -> BoundaryState:
     ccy = Currency.from_str(config.account_currency)
     positions = []
@@ -646,12 +671,27 @@ def boundary_state(
         acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))
         bal = acct.balance_total(ccy) if acct is not None else None
         balances.append((venue, str(bal.as_decimal()) if bal is not None else "0"))
+    consumed: set[str] = set()
+    last_book_ns = last_book_ns or {}
+    if config.fill_model.depth_liquidity_consumption:
+        # A snapshot read after a key's last fill resets its consumption before our next order
+        # there, whichever feed runs (every row, or the jump's primer from the book in force).
+        last_fill: dict[str, int] = {}
+        for f in strategy.fills:
+            last_fill[f[2]] = max(last_fill.get(f[2], 0), int(f[8]))
+        consumed = {
+            k
+            for k, ts in last_book_ns.items()
+            if (market_data or {}).get(k) == "depth" and last_fill.get(k, -1) >= ts
+        }
     return BoundaryState(
         day=day,
         positions=tuple(positions),
         open_orders=tuple(r.order_id for r in strategy.oms.records() if r.is_open),
         open_operations=tuple(sorted(strategy.orch.unfinished())),
         balances=tuple(balances),
+        consumed_books=tuple(sorted(consumed)),
+        books_in_force=tuple(sorted(last_book_ns.items())),
     )
 
 
@@ -683,7 +723,9 @@ def _run_engine(
     try:
         for i, day in enumerate(days):
             if i == warmup_days:
-                start_state = boundary_state(engine, strategy, config, day.day)
+                start_state = boundary_state(
+                    engine, strategy, config, day.day, feeder.last_book_ns, feeder.market_data
+                )
                 mark = _mark(strategy, feeder, ticks_total, engine_time)
                 strategy.risk_log = []
             prepared = feeder.prepare(day)
@@ -714,8 +756,9 @@ def _run_engine(
         else:
             assert last_day is not None
             end_state = boundary_state(
-                engine, strategy, config, date.fromordinal(last_day.toordinal() + 1)
-            )
+                engine, strategy, config, date.fromordinal(last_day.toordinal() + 1),
+                feeder.last_book_ns, feeder.market_data,
+            )  # fmt: skip
         balances: dict[str, float] = {}
         for venue in config.venue_names:
             acct = engine.cache.account_for_venue(Venue(names.to_nautilus_venue(venue)))

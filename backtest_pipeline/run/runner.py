@@ -93,7 +93,8 @@ def run_backtest(
     """Backtest `config` over the UTC days [start, end] and write its results under `run_id`.
 
     `day_loader` replaces how a day's inputs are obtained (the Dagster path reads the day from
-    the NautilusTrader catalog its assets materialized); the default reads through UCS.
+    the NautilusTrader catalog its assets materialized); the default reads through UCS. It is
+    called as ``load_day`` is, with the run's resolved ``market_data`` as a keyword.
     `shards` > 1 splits a long run into time shards run in parallel processes and stitched
     exactly (`run/shards.py`); the results are the same as with one engine.
     """
@@ -107,6 +108,7 @@ def run_backtest(
         from backtest_pipeline.engine.driver import run_engine
 
         plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
+        plan = shards_mod.with_market_data(plan, market_data)
         refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
         if refusal:
             log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
@@ -180,9 +182,9 @@ def _execute(
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
     try:
-        market_data = market_data_for(ucs, config, days, trades_only=day_loader is not None)
-        if day_loader is None:
-            prefetch.loader = functools.partial(load_day, market_data=market_data)
+        market_data = market_data_for(ucs, config, days)
+        # A day loader (the Dagster path's catalog reader) is told the same market data.
+        prefetch.loader = functools.partial(day_loader or load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
         if write_results:
             begin_results(ucs, config, run_id)
@@ -225,27 +227,15 @@ def _execute(
 
 
 def market_data_for(
-    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date], *, trades_only: bool
+    ucs: UnifiedCloudService, config: BacktestConfig, days: list[date]
 ) -> dict[str, MarketData]:
-    """What each instrument's book is built from, on a path that may supply trades only.
+    """What each instrument's book is built from over ``days`` (``market_data: auto`` resolved).
 
-    The Dagster path reads its days from a NautilusTrader catalog of trades, and distributed
-    shards replay trades only (their exactness on books is not proven): with ``auto`` such a path
-    runs on trades (a warning names what richer data it leaves unused); a named book type is
-    an error rather than a silent downgrade.
+    Every path resolves it here, from the objects in the ticks bucket, so that `backtest run`,
+    time shards and the Dagster assets (whose catalog holds the book slices it names) replay
+    the same data types for the same configuration.
     """
-    if not trades_only:
-        return resolve_market_data(ucs, config, days)
-    if config.market_data in ("depth", "quotes"):
-        raise ValueError(
-            f"market_data: {config.market_data} is not available on this path (its day loader "
-            "supplies trades only); run it with `backtest run` or use market_data: auto/trades"
-        )
-    if config.market_data == "auto":
-        richer = {k: v for k, v in resolve_market_data(ucs, config, days).items() if v != "trades"}
-        if richer:
-            log.warning("this path runs on trades only; unused book data: %s", richer)
-    return dict.fromkeys(config.instruments, "trades")
+    return resolve_market_data(ucs, config, days)
 
 
 def record_failure(

@@ -13,7 +13,16 @@ the boundary is compared with the state its predecessor actually ended with:
   payment after the boundary is the same as the one-engine run's (ids are functions of the
   signal, not of the run's history);
 * account balances differ by a constant offset; the only decisions they feed, the gross-leverage
-  checks, are replayed with the true equity and must give the same outcome, word for word.
+  checks, are replayed with the true equity and must give the same outcome, word for word;
+* on quotes and 10-level books, the venue's book, bid/ask and last price are re-stated by the
+  data before our next order (each interval, and each jump of the operations feed, starts from
+  the quote or snapshot in force), and queue positions belong to working orders, of which a
+  quiet boundary has none. What the data does not re-state is liquidity our own fills consumed
+  on a depth book (``depth_liquidity_consumption``): it lives until the next snapshot, so a
+  boundary where a depth instrument's last fill is not followed by a snapshot read is not
+  quiet (``BoundaryState.consumed_books``) and is re-run. So is one where the two sides last
+  read different book rows for an instrument (``books_in_force``: a warm-up day without book
+  rows for it), since that row is what the next day's first interval may start from.
 
 A boundary that fails either test is not guessed at: the shard is merged into its predecessor
 and that merged range is run again from the verified state, so the result is always the
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import logging
 import pickle
 import resource
@@ -73,6 +83,9 @@ class ShardPlan:
     days: tuple[date, ...]
     warmup: int
     final: bool
+    # What each instrument's book is built from (``run/inputs.resolve_market_data``), resolved
+    # once for the whole run so that every shard replays the same data types.
+    market_data: tuple[tuple[str, str], ...] = ()
 
     @property
     def own_days(self) -> tuple[date, ...]:
@@ -127,17 +140,30 @@ def plan_chunks(
     return plans
 
 
+def with_market_data(plans: Sequence[ShardPlan], market_data: Mapping[str, str]) -> list[ShardPlan]:
+    """``plans`` with the run's market data per instrument attached (each shard replays it)."""
+    md = tuple(sorted(market_data.items()))
+    return [dataclasses.replace(p, market_data=md) for p in plans]
+
+
 def refusal(config: BacktestConfig, market_data: Mapping[str, str] | None = None) -> str | None:
-    """Why this run's course depends on more than the hand-off state (None: it may be sharded)."""
-    books = sorted(k for k, v in (market_data or {}).items() if v != "trades")
-    if books:
-        # Not yet proven exact: consumed levels and queue positions live in the venue's book.
-        return f"instruments {books} run on quotes or depth books (shards run trades only)"
+    """Why this run's course depends on more than the hand-off state (None: it may be sharded).
+
+    Quotes and depth books are no reason (see the module docstring); liquidity consumption on
+    an L1 book (trades or quotes) is: 1.231 keeps a level's consumed size until a print or quote
+    of another size at that price arrives, which no snapshot bounds, so no boundary could be
+    shown to have forgotten it.
+    """
     fm = config.fill_model
     if fm.prob_fill_on_limit not in (0.0, 1.0) or fm.prob_slippage not in (0.0, 1.0):
         return "the fill model draws random numbers, whose state no shard can know"
     if fm.liquidity_consumption:
-        return "liquidity consumption keeps per-level state in the venue's book"
+        l1 = sorted(k for k in config.instruments if (market_data or {}).get(k) != "depth")
+        if l1:
+            return (
+                f"liquidity_consumption on the L1 books of {l1} keeps per-level state in the "
+                "venue's book that no data re-states"
+            )
     spot = [k for k in config.instruments if k.split(":")[1] == "SPOT"]
     if spot:
         return f"spot instruments {spot} trade on cash accounts whose balances gate orders"
@@ -164,13 +190,16 @@ def _run_shard(
     t0 = time.perf_counter()
     config = BacktestConfig.model_validate_json(config_json)
     ucs = UnifiedCloudService(root, retry=retry)
-    prefetch = Prefetcher(ucs, config, list(plan.days), None, load_day)
+    market_data: dict[str, Any] = dict(plan.market_data)
+    loader = functools.partial(load_day, market_data=market_data)
+    prefetch = Prefetcher(ucs, config, list(plan.days), None, loader)
     out = run_engine(
         config,
         iter(prefetch),
         log_dir=Path(log_dir),
         warmup_days=plan.warmup if plan.index > 0 else None,
         final=plan.final,
+        market_data=market_data or None,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return ShardResult(plan, out, prefetch.summary(plan.own_days[0]), time.perf_counter() - t0, rss)
@@ -229,7 +258,7 @@ def _launch(
 
 
 def _merge(a: ShardPlan, b: ShardPlan) -> ShardPlan:
-    return ShardPlan(a.index, a.days + b.own_days, a.warmup, b.final)
+    return ShardPlan(a.index, a.days + b.own_days, a.warmup, b.final, a.market_data)
 
 
 def _boundary_ok(
@@ -242,8 +271,11 @@ def _boundary_ok(
         why = (
             f"positions {end.positions} vs {start.positions}, working orders "
             f"{len(end.open_orders)}/{len(start.open_orders)}, unfinished operations "
-            f"{len(end.open_operations)}/{len(start.open_operations)}"
+            f"{len(end.open_operations)}/{len(start.open_operations)}, depth books with our "
+            f"consumed liquidity {list(end.consumed_books)}/{list(start.consumed_books)}"
         )
+        if end.books_in_force != start.books_in_force:
+            why += f", book rows in force {end.books_in_force} vs {start.books_in_force}"
         return False, {}, why
     offset = {v: d + prev_offset.get(v, Decimal(0)) for v, d in end.balance_offsets(start).items()}
     shift = float(sum(offset.values()))

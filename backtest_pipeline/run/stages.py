@@ -8,12 +8,13 @@ Arrow schema metadata (``backtest.inputs``).
 The backtest itself runs in a process of its own: see ``run/worker.py``.
 """
 
+import dataclasses
 import io
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -25,13 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
-from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.config import BacktestConfig, MarketData
 from backtest_pipeline.data import readers, schemas
+from backtest_pipeline.data.books import InvalidPeriod
 from backtest_pipeline.engine import catalog as catalog_mod
 from backtest_pipeline.run.inputs import (
+    BOOK_DATA_TYPES,
     TRADE_COLUMNS,
     InputRecord,
     check_signal_instruments,
+    fetch_book,
     fetch_trades,
     load_bars,
     ranges_for_key,
@@ -241,22 +245,79 @@ def split_funding(table: pa.Table) -> dict[str, pl.DataFrame]:
 # ---- the catalog --------------------------------------------------------------------------------
 
 
+#: What of one instrument's book a day's catalog holds: its tick data type, the half-open ns
+#: ranges of the signal intervals (as for its trades) and how many signals need them.
+BookRequest = tuple[str, list[tuple[int, int]], int]
+
+
+def book_requests(
+    config: BacktestConfig,
+    market_data: Mapping[str, MarketData],
+    day: date,
+    instruments: pa.Table | pl.DataFrame,
+    intervals: pa.Table | pl.DataFrame,
+) -> dict[str, BookRequest]:
+    """Per instrument of the day run on quotes or depth, the book slice it would need.
+
+    The same ranges as its trades (``ranges_for_key``), read as ``load_day`` reads them, so
+    the catalog holds exactly the rows `backtest run` replays, the row in force before each
+    interval included. :func:`build_catalog` keeps those of the instruments whose trades the
+    day's slices hold (the slices themselves may stay in storage until then).
+    """
+    iv = to_polars(intervals)
+    available = set(to_polars(instruments)["instrument_key"].to_list())
+    out: dict[str, BookRequest] = {}
+    for key in (k for k in config.instruments if k in available):
+        kind = market_data.get(key, "trades")
+        if kind == "trades":
+            continue
+        ranges = ranges_for_key(config, iv, key, day)
+        if ranges:
+            out[key] = (BOOK_DATA_TYPES[kind], ranges, iv.height)
+    return out
+
+
 def build_catalog(
     ucs: UnifiedCloudService,
     day: date,
     scope: str,
     slices: pa.Table,
     instruments: pa.Table | pl.DataFrame,
+    books: Mapping[str, BookRequest] | None = None,
 ) -> dict[str, Any]:
-    """Write the day's slices as a Nautilus catalog and store it under its prefix via UCS."""
+    """Write the day's slices as a Nautilus catalog and store it under its prefix via UCS.
+
+    ``books`` (from :func:`book_requests`): the quotes or 10-level snapshots read here, by the
+    byte ranges of ``load_day``, and written beside the trades; their read records follow each
+    instrument's trades record in the manifest's ``inputs``, in ``load_day``'s order, and the
+    invalid periods of a depth book travel in the manifest (``book_invalid``).
+    """
     workdir = Path(tempfile.mkdtemp(prefix=f"catalog-{day}-"))
     try:
+        tables: dict[str, dict[str, pa.Table]] = {}
+        records: dict[str, InputRecord] = {}
+        invalid: dict[str, list[dict[str, Any]]] = {}
+        trades = split_slices(slices)
+        for key, (data_type, ranges, needed_by) in sorted((books or {}).items()):
+            if key not in trades:
+                continue
+            table, rec, periods = fetch_book(ucs, day, key, data_type, ranges, needed_by)  # type: ignore[arg-type]
+            tables[key] = {data_type: table}
+            records[layout.trades_path(day, key)] = rec
+            if periods:
+                invalid[key] = [dataclasses.asdict(p) for p in periods]
+        inputs: list[dict[str, Any]] = []
+        for r in inputs_of(slices):
+            inputs.append(r.as_dict())
+            if r.path in records:
+                inputs.append(records[r.path].as_dict())
         manifest = catalog_mod.write_day_catalog(
             workdir,
             day,
-            split_slices(slices),
+            trades,
             to_polars(instruments),
-            extra={"inputs": [r.as_dict() for r in inputs_of(slices)], "scope": scope},
+            extra={"inputs": inputs, "scope": scope, "book_invalid": invalid},
+            books=tables,
         )
         prefix = catalog_mod.catalog_prefix(day, scope)
         catalog_mod.upload_catalog(ucs, workdir, prefix)
@@ -283,6 +344,7 @@ def build_catalog_task(
     scope: str,
     slices: pa.Table | str,
     instruments: pa.Table | pl.DataFrame,
+    books: Mapping[str, BookRequest] | None = None,
 ) -> dict[str, Any]:
     """:func:`build_catalog` as a :class:`BacktestWorker` task.
 
@@ -293,7 +355,7 @@ def build_catalog_task(
     if isinstance(slices, str):
         data = ucs.download_bytes_sync(layout.target("results"), slices)
         slices = pq.ParquetFile(io.BytesIO(data)).read()
-    return build_catalog(ucs, day, scope, slices, instruments)
+    return build_catalog(ucs, day, scope, slices, instruments, books)
 
 
 def manifest_table(manifest: dict[str, Any]) -> pa.Table:
@@ -362,9 +424,10 @@ def make_bundle(
 
 
 class CatalogDayLoader:
-    """A ``run_backtest`` day loader that takes the day's trades from its Nautilus catalog.
+    """A ``run_backtest`` day loader that takes the day's ticks from its Nautilus catalog.
 
-    Local roots are read in place; for ``gs://`` the catalog is downloaded to a temp dir first.
+    Trades, and the quotes or 10-level snapshots of the instruments the run's ``market_data``
+    puts on a book; local roots are read in place, ``gs://`` catalogs downloaded to a temp dir.
     """
 
     def __init__(self, bundles: Sequence[DayBundle]) -> None:
@@ -379,17 +442,42 @@ class CatalogDayLoader:
         return catalog_mod.download_catalog(ucs, prefix, tmp)
 
     def __call__(
-        self, ucs: UnifiedCloudService, config: BacktestConfig, day: date
+        self,
+        ucs: UnifiedCloudService,
+        config: BacktestConfig,
+        day: date,
+        market_data: Mapping[str, MarketData] | None = None,
     ) -> "tuple[DayInput, list[InputRecord], dict[str, pl.DataFrame]]":
         b = self.bundles.get(day)
         if b is None:
             raise KeyError(f"no materialized inputs for {day}; have {sorted(self.bundles)}")
+        uri = ucs.uri(layout.target("results"), b.catalog_prefix)
         with tempfile.TemporaryDirectory(prefix=f"catalog-read-{day}-") as tmp:
             cdir = self._catalog_dir(ucs, b.catalog_prefix, Path(tmp))
             manifest = catalog_mod.read_manifest(cdir)
             trades = catalog_mod.read_day_trades(cdir)
+            books: dict[str, dict[str, pa.Table]] = {"quotes": {}, "depth": {}}
+            for key in trades:
+                kind = (market_data or {}).get(key, "trades")
+                if kind == "trades":
+                    continue
+                data_type = BOOK_DATA_TYPES[kind]
+                entry = manifest["instruments"][key]
+                if data_type not in entry.get("books", {}):
+                    raise catalog_mod.CatalogError(
+                        f"{uri}: the catalog of {day} holds no {data_type} for {key}, which the "
+                        f"run's market_data ({kind}) needs; materialize nautilus_catalog for the "
+                        "run's days again"
+                    )
+                table = catalog_mod.read_book(cdir, data_type, entry["instrument_id"])
+                books[kind][key] = schemas.validate_tick(table, data_type, uri, day=day)  # type: ignore[arg-type]
         bars, bar_records = load_bars(ucs, config, day)
         tick_inputs = [InputRecord(**r) for r in manifest.get("inputs", [])]
+        invalid = {
+            k: [InvalidPeriod(**p) for p in v]
+            for k, v in manifest.get("book_invalid", {}).items()
+            if k in books["depth"]
+        }
         by_key = {
             k: pl.DataFrame(
                 ranges_for_key(config, b.intervals, k, day),
@@ -407,5 +495,8 @@ class CatalogDayLoader:
             trades=trades,
             funding=b.funding,
             bars=bars or None,
+            quotes=books["quotes"],
+            depth=books["depth"],
+            book_invalid=invalid,
         )
         return day_input, b.pre_inputs + tick_inputs + b.post_inputs + bar_records, by_key
