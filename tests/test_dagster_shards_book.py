@@ -7,7 +7,6 @@ replays that book, and the stitched objects are the one-engine run's byte for by
 import hashlib
 import shutil
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
