@@ -223,7 +223,9 @@ def test_a_file_without_a_matching_page_table_is_read_by_row_groups(
     md = pq.ParquetFile(io.BytesIO(paged)).metadata
     good = parquet_pages.page_table_of(md)
     assert good is not None
-    bad = parquet_pages.PageTable(good.rg_pages, good.rows, good.ts_min, good.ts_max, good.sizes + 1)
+    bad = parquet_pages.PageTable(
+        good.rg_pages, good.rows, good.ts_min, good.ts_max, good.sizes + 1
+    )
     kv = {**(md.metadata or {}), parquet_pages.PAGES_KEY: parquet_pages.encode_page_table(bad)}
     assert parquet_pages.page_table_of(_with_metadata(md, kv)) is None
 

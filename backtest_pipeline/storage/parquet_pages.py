@@ -436,9 +436,7 @@ class PageRun:
     stop: int
 
 
-def select_pages(
-    t: PageTable, ranges: list[tuple[int, int]], include_prior: bool
-) -> list[PageRun]:
+def select_pages(t: PageTable, ranges: list[tuple[int, int]], include_prior: bool) -> list[PageRun]:
     """Runs of pages overlapping any [start, end); with ``include_prior`` also the page holding
     the last row before each start (the state in force there), wherever it lies."""
     keep = np.zeros(t.rows.size, dtype=bool)
