@@ -221,7 +221,18 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     for values, keys in sections:
         for k in keys.split():
             t.add_row(k, fmt(values.get(k)))
-    t.add_row("bytes read / available", f"{st['bytes_read']:,} / {st['bytes_available']:,}")
+    t.add_row("bytes read (all inputs)", f"{st['bytes_read']:,}")
+    # Per tick data type, over the objects the run touched: what signal pruning saved.
+    ticks: dict[str, list[int]] = {}
+    for i in summary.get("inputs") or []:
+        for kind in layout.TICK_DATA_TYPES:
+            if f"/data_type-{kind}/" in i["path"]:
+                acc = ticks.setdefault(kind, [0, 0])
+                acc[0] += int(i["bytes_read"])
+                acc[1] += int(i["bytes_total"])
+    for kind, (got, total) in ticks.items():
+        share = f" ({got / total:.1%})" if total else ""
+        t.add_row(f"{kind} read / stored", f"{got / 1e6:,.1f} / {total / 1e6:,.1f} MB{share}")
     t.add_row(
         "wall time",
         f"{st['wall_time_s']:.2f} s (engine {st.get('engine_time_s', 0):.2f} s, "

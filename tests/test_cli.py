@@ -261,6 +261,7 @@ def test_demo_trades_in_a_fresh_process_has_its_own_root_and_no_book(tmp_path: P
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "net_pnl" in proc.stdout and "equity_curve.parquet" in proc.stdout
     assert "market data" in proc.stdout and f"{KEY}: trades" in proc.stdout
+    assert "trades read / stored" in proc.stdout and "book_depth10" not in proc.stdout
     # Its own root: the book demo's ./data is untouched, and no book was generated.
     assert not (tmp_path / "data").exists()
     ucs = UnifiedCloudService(str(tmp_path / "data-trades"))
@@ -314,6 +315,7 @@ def test_demo_runs_on_the_book_in_data_and_never_fills_through_it(
     assert res.exit_code == 0, res.output
     assert "net_pnl" in res.output and "execution quality by algo" in res.output
     assert f"{KEY}: depth (10-level book" in res.output
+    assert "book_depth10 read / stored" in res.output and "trades read / stored" in res.output
     assert not (tmp_path / "data-trades").exists()
     ucs = UnifiedCloudService(str(tmp_path / "data"))
     key = KEY
