@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich import box
@@ -39,6 +39,12 @@ RootOpt = Annotated[
         "when STORAGE_EMULATOR_HOST is set). Default: $BACKTEST_STORAGE_ROOT or ./data.",
     ),
 ]
+# What each `market_data` value means to a reader of the summary.
+MARKET_DATA_LABELS: Final = {
+    "depth": "depth (10-level book + trades, L2_MBP)",
+    "quotes": "quotes (top of book + trades, L1_MBP)",
+    "trades": "trades (L1_MBP book moved by each trade)",
+}
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
@@ -215,7 +221,18 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     for values, keys in sections:
         for k in keys.split():
             t.add_row(k, fmt(values.get(k)))
-    t.add_row("bytes read / available", f"{st['bytes_read']:,} / {st['bytes_available']:,}")
+    t.add_row("bytes read (all inputs)", f"{st['bytes_read']:,}")
+    # Per tick data type, over the objects the run touched: what signal pruning saved.
+    ticks: dict[str, list[int]] = {}
+    for i in summary.get("inputs") or []:
+        for kind in layout.TICK_DATA_TYPES:
+            if f"/data_type-{kind}/" in i["path"]:
+                acc = ticks.setdefault(kind, [0, 0])
+                acc[0] += int(i["bytes_read"])
+                acc[1] += int(i["bytes_total"])
+    for kind, (got, total) in ticks.items():
+        share = f" ({got / total:.1%})" if total else ""
+        t.add_row(f"{kind} read / stored", f"{got / 1e6:,.1f} / {total / 1e6:,.1f} MB{share}")
     t.add_row(
         "wall time",
         f"{st['wall_time_s']:.2f} s (engine {st.get('engine_time_s', 0):.2f} s, "
@@ -223,10 +240,14 @@ def _print_summary(summary: dict[str, Any], locations: dict[str, str]) -> None:
     )
     t.add_row("peak RSS", f"{st['peak_rss_mb']:,.0f} MB")
     console.print(t)
+    # Which data each instrument's orders met: the same configuration fills differently on each.
+    for key, kind in (st.get("market_data") or {}).items():
+        console.print(f"[bold]market data:[/] {key}: {MARKET_DATA_LABELS.get(kind, kind)}",
+                      soft_wrap=True)  # fmt: skip
     _print_tca(st.get("tca") or {})
     console.print("[bold]results:[/]")
     for name, uri in locations.items():
-        console.print(f"  {name:22s} {uri}")
+        console.print(f"  {name:22s} {uri}", soft_wrap=True)
     if "report.html" in locations:
         console.print(f"[bold]report:[/] {locations['report.html']}", soft_wrap=True)
 
@@ -261,7 +282,6 @@ def _run(
     full_day: bool,
     as_json: bool,
     shards: int = 1,
-    market_data: str | None = None,
 ) -> None:
     from backtest_pipeline.config import BacktestConfig
     from backtest_pipeline.run.runner import BacktestFailed, run_backtest
@@ -270,8 +290,6 @@ def _run(
         config = BacktestConfig.from_yaml(config_path)
         if full_day:
             config = config.model_copy(update={"full_day": True})
-        if market_data is not None:
-            config = config.model_copy(update={"market_data": market_data})
         s, e = _parse_date(start, "--start"), _parse_date(end, "--end")
         if e < s:
             _fail(f"--end {e} is before --start {s}", 2)
@@ -348,47 +366,64 @@ def run_cmd(
 def demo_cmd(
     root: RootOpt = None,
     trades_per_day: Annotated[int, typer.Option(min=1000)] = 2_000_000,
-    book: Annotated[
+    trades: Annotated[
         bool,
         typer.Option(
-            "--book",
-            help="Generate quotes and a 10-level book with the trades (into ./data-book unless "
-            "--root says otherwise) and run on the book (market_data: depth)",
+            "--trades",
+            help="Trades only, no quotes or book: sample data into ./data-trades unless --root "
+            "says otherwise, run on the trades as before books existed",
         ),
     ] = False,
 ) -> None:
-    """Generate 3 days of sample data (if absent) and backtest the demo config over them."""
+    """Generate 3 days of sample data (if absent) and backtest the demo config over them.
+
+    By default the data holds trades, quotes and a 10-level book, and the configuration's
+    ``market_data: auto`` runs it on the book (depth).
+    """
     from backtest_pipeline.data.sample import generate_sample_data
 
-    # The book demo has a root of its own: with a book present, `market_data: auto` would run
-    # the plain demo on depth too and change its (byte-compared) results.
-    if book and root is None and not os.environ.get("BACKTEST_STORAGE_ROOT"):
-        root = "data-book"
+    # The trade-only demo has a root of its own: `market_data: auto` runs on the richest data
+    # present, so one root holding a book would run both demos on depth.
+    if trades and root is None and not os.environ.get("BACKTEST_STORAGE_ROOT"):
+        root = "data-trades"
     ucs = _ucs(root)
     start = date(2024, 1, 1)
     days = layout.days_between(start, date(2024, 1, 3))
     key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
     t_ticks = layout.target("ticks")
+
+    def book_held(d: date) -> list[bool]:
+        paths = (layout.quotes_path(d, key), layout.book_depth10_path(d, key))
+        return [ucs.exists_sync(t_ticks, p) for p in paths]
+
+    if trades:
+        booked = [d.isoformat() for d in days if any(book_held(d))]
+        if booked:
+            _fail(
+                f"demo --trades: {ucs.root} holds quotes or a book of {key} on "
+                f"{', '.join(booked)}, so `market_data: auto` would not run on trades; give "
+                "--root a directory without them (the default is ./data-trades)",
+                2,
+            )
     missing = [
         d
         for d in days
         if not ucs.exists_sync(layout.target("instruments"), layout.instruments_path(d))
-        or (book and not ucs.exists_sync(t_ticks, layout.book_depth10_path(d, key)))
+        or (not trades and not all(book_held(d)))
     ]
     if missing:
-        what = "sample data with quotes and a 10-level book" if book else "sample data"
-        console.print(f"generating 3 days of {what} into {ucs.root} …")
+        what = "sample trades" if trades else "sample trades, quotes and a 10-level book"
+        console.print(f"generating 3 days of {what} into {ucs.root} …", soft_wrap=True)
         t0 = time.perf_counter()
-        generate_sample_data(ucs, start, 3, None, trades_per_day=trades_per_day, seed=0, book=book)
+        generate_sample_data(
+            ucs, start, 3, None, trades_per_day=trades_per_day, seed=0, book=not trades
+        )
         console.print(f"  done in {time.perf_counter() - t0:.1f} s")
     else:
-        console.print(f"using the sample data already in {ucs.root}")
-    if book:
-        console.print(f"running {key} on the 10-level book (market_data: depth)", soft_wrap=True)
-    # With the book named (not `auto`), a missing book day is an error, not a quiet trades run.
-    market_data = "depth" if book else None
-    _run(DEMO_CONFIG, days[0].isoformat(), days[-1].isoformat(), root, None, False, False,
-         market_data=market_data)  # fmt: skip
+        console.print(f"using the sample data already in {ucs.root}", soft_wrap=True)
+    how = "its trades" if trades else "its 10-level book and trades (market_data: auto → depth)"
+    console.print(f"running {DEMO_CONFIG.name} on {key}: {how}", soft_wrap=True)
+    _run(DEMO_CONFIG, days[0].isoformat(), days[-1].isoformat(), root, None, False, False)
 
 
 @app.command("bench")

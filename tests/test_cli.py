@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
+KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
 TARDIS = "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv"
 
 
@@ -244,31 +246,55 @@ def test_real_tardis_trades_imported_and_backtested(tmp_path: Path, shared_data:
 
 
 @pytest.mark.slow
-def test_demo_command_in_a_fresh_process(tmp_path: Path) -> None:
-    """The README's main command, in its own process as a user runs it (small data)."""
+def test_demo_trades_in_a_fresh_process_has_its_own_root_and_no_book(tmp_path: Path) -> None:
+    """`backtest demo --trades` in its own process as a user runs it (small data, clean cwd)."""
+    env = {k: v for k, v in os.environ.items() if k != "BACKTEST_STORAGE_ROOT"}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backtest_pipeline.cli",
-            "demo",
-            "--root",
-            str(tmp_path / "demo"),
-            "--trades-per-day",
-            "20000",
-        ],
+        [sys.executable, "-m", "backtest_pipeline.cli", "demo", "--trades"]
+        + ["--trades-per-day", "20000"],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "net_pnl" in proc.stdout and "equity_curve.parquet" in proc.stdout
-    ucs = UnifiedCloudService(str(tmp_path / "demo"))
+    assert "market data" in proc.stdout and f"{KEY}: trades" in proc.stdout
+    assert "trades read / stored" in proc.stdout and "book_depth10" not in proc.stdout
+    # Its own root: the book demo's ./data is untouched, and no book was generated.
+    assert not (tmp_path / "data").exists()
+    ucs = UnifiedCloudService(str(tmp_path / "data-trades"))
+    ticks = ucs.list_files_sync(layout.target("ticks"), "")
+    assert any("/data_type-trades/" in p for p in ticks)
+    assert not any("/data_type-quotes/" in p or "/data_type-book_depth10/" in p for p in ticks)
     results = ucs.list_files_sync(layout.target("results"), "")
     assert sorted(r.rsplit("/", 1)[-1] for r in results if r.endswith(".parquet")) == sorted(
         n for n in layout.RESULT_OBJECTS if n.endswith(".parquet")
     )
     assert any(r.endswith("execution.log") for r in results)
+    summary_path = next(r for r in results if r.endswith("/summary.json"))
+    summary = json.loads(
+        ucs.download_from_gcs_sync(layout.target("results"), summary_path, "bytes")
+    )
+    assert summary["execution_stats"]["market_data"] == {KEY: "trades"}
+    # The configuration is demo.yaml unchanged (`auto`): the run id is the plain demo's.
+    assert summary["config"]["market_data"] == "auto"
+
+
+def test_demo_trades_refuses_a_root_holding_a_book(tmp_path: Path) -> None:
+    """With a book in the root, `auto` would run on depth: --trades says so instead."""
+    ucs = UnifiedCloudService(str(tmp_path))
+    ucs.upload_to_gcs_sync(
+        layout.target("ticks"), layout.quotes_path("2024-01-02", KEY), b"not read", "bytes"
+    )
+    res = runner.invoke(app, ["demo", "--trades", "--root", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "demo --trades" in res.output and "2024-01-02" in res.output
+    assert "market_data: auto" in res.output and KEY in res.output
+    # Nothing generated, nothing run.
+    assert ucs.list_files_sync(layout.target("results"), "") == []
+    assert not ucs.exists_sync(layout.target("instruments"), layout.instruments_path("2024-01-01"))
 
 
 def _touch_in_force(book: pl.DataFrame, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,26 +305,28 @@ def _touch_in_force(book: pl.DataFrame, ts: np.ndarray) -> tuple[np.ndarray, np.
 
 
 @pytest.mark.slow
-def test_demo_book_runs_on_its_own_root_on_depth_and_never_fills_through_the_book(
+def test_demo_runs_on_the_book_in_data_and_never_fills_through_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`backtest demo --book` (the README's second command) on small data, from a clean cwd."""
+    """`backtest demo` (the README's command) on small data, from a clean cwd: `auto` → depth."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BACKTEST_STORAGE_ROOT", raising=False)
-    res = runner.invoke(app, ["demo", "--book", "--trades-per-day", "20000"])
+    res = runner.invoke(app, ["demo", "--trades-per-day", "20000"])
     assert res.exit_code == 0, res.output
-    assert "market_data: depth" in res.output and "net_pnl" in res.output
-    # Its own root: the plain demo's ./data stays free of a book (its outputs are byte-compared).
-    assert not (tmp_path / "data").exists()
-    ucs = UnifiedCloudService(str(tmp_path / "data-book"))
-    key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
+    assert "net_pnl" in res.output and "execution quality by algo" in res.output
+    assert f"{KEY}: depth (10-level book" in res.output
+    assert "book_depth10 read / stored" in res.output and "trades read / stored" in res.output
+    assert not (tmp_path / "data-trades").exists()
+    ucs = UnifiedCloudService(str(tmp_path / "data"))
+    key = KEY
     days = layout.days_between("2024-01-01", "2024-01-03")
     t_res = layout.target("results")
     summaries = [p for p in ucs.list_files_sync(t_res, "") if p.endswith("/summary.json")]
     assert len(summaries) == 1
     summary = json.loads(ucs.download_from_gcs_sync(t_res, summaries[0], format="bytes"))
     assert summary["status"] == "COMPLETED"
-    assert summary["config"]["market_data"] == "depth"
+    # demo.yaml as it is (`auto`): the run a user gets with `backtest run --config` on ./data.
+    assert summary["config"]["market_data"] == "auto"
     assert summary["execution_stats"]["market_data"] == {key: "depth"}
     assert summary["execution_stats"]["venue_books"]["BINANCE-FUTURES"]["book_type"] == "L2_MBP"
     run_id = summary["run_id"]
