@@ -15,7 +15,6 @@ from backtest_pipeline import layout
 from backtest_pipeline.data import books, parquet_io, readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError, MissingDataError
 from backtest_pipeline.run.inputs import fetch_ticks, tick_types_present
-from backtest_pipeline.storage import parquet_pages, parquet_ranges
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
@@ -165,80 +164,20 @@ def test_readers_round_trip_and_missing(ucs: UnifiedCloudService) -> None:
 
 
 def test_writer_settings() -> None:
-    """Large row groups of row-aligned pages, a page table that matches the pages, no page index."""
-    q = schemas.validate_quotes(quotes(120_000), "q")
+    q = schemas.validate_quotes(quotes(2_500), "q")
     payload = parquet_io.quotes_to_parquet_bytes(q)
     assert payload == parquet_io.quotes_to_parquet_bytes(q)
     md = pq.ParquetFile(io.BytesIO(payload)).metadata
     assert md.num_row_groups == 3 and md.row_group(0).column(0).compression == "ZSTD"
     rg = md.row_group(0)
-    assert rg.num_rows == parquet_io.QUOTES_ROW_GROUP_SIZE
     assert rg.column(0).statistics.has_min_max
     assert all(rg.column(i).statistics is None for i in range(1, rg.num_columns))
-    # The page index Arrow wrote to locate the pages is cut: our table replaces it.
-    assert not any(rg.column(i).has_offset_index for i in range(rg.num_columns))
-    assert not any(rg.column(i).has_dictionary_page for i in range(rg.num_columns))
-    table = parquet_pages.page_table_of(md)
-    assert table is not None
-    assert (table.rows[:-1] == parquet_io.QUOTES_ROWS_PER_PAGE).all()
-    ts = q["ts_event"].to_numpy()
-    first = np.concatenate([[0], np.cumsum(table.rows)[:-1]])
-    assert (table.ts_min == ts[first]).all() and (table.ts_max == ts[first + table.rows - 1]).all()
-    assert pq.read_table(io.BytesIO(payload)).equals(schemas.to_arrow(q, schemas.QUOTES_SCHEMA))
-
     b = schemas.validate_book_depth10(book(1_200), "b")
-    payload = parquet_io.book_depth10_to_parquet_bytes(b)
-    md = pq.ParquetFile(io.BytesIO(payload)).metadata
-    assert md.num_row_groups == 1 and md.num_columns == 42
-    table = parquet_pages.page_table_of(md)
-    assert table is not None and table.rows.tolist() == [parquet_io.BOOK_ROWS_PER_PAGE] * 6
-    # Each column's pages add up to its chunk: the table locates every page of every column.
-    chunk = [md.row_group(0).column(c).total_compressed_size for c in range(42)]
-    assert table.sizes.sum(axis=1).tolist() == chunk
-    assert pq.read_table(io.BytesIO(payload)).equals(
+    md = pq.ParquetFile(io.BytesIO(parquet_io.book_depth10_to_parquet_bytes(b))).metadata
+    assert md.num_row_groups == 3 and md.num_columns == 42
+    assert pq.read_table(io.BytesIO(parquet_io.book_depth10_to_parquet_bytes(b))).equals(
         schemas.to_arrow(b, schemas.BOOK_DEPTH10_SCHEMA)
     )
-    # An empty day still writes a readable file (no pages, no table).
-    empty = parquet_io.book_depth10_to_parquet_bytes(b.head(0))
-    assert pq.read_table(io.BytesIO(empty)).num_rows == 0
-
-
-def test_a_file_without_a_matching_page_table_is_read_by_row_groups(
-    ucs: UnifiedCloudService,
-) -> None:
-    """Another writer's file, or a table that does not match the footer, costs row groups."""
-    df = schemas.validate_quotes(quotes(60_000, 1_000_000_000), "q")
-    t, path = layout.target("ticks"), layout.quotes_path(DAY, KEY)
-    ranges = [(T0 + 1_000 * 10**9, T0 + 1_250 * 10**9)]
-    paged = parquet_io.quotes_to_parquet_bytes(df)
-    ucs.upload_to_gcs_sync(t, path, paged)
-    by_pages, rec_pages = fetch_ticks(ucs, DAY, KEY, "quotes", ranges, needed_by=1)
-    # The same rows written by a plain writer (one row group, no table).
-    plain = parquet_io.table_to_parquet_bytes(df, schemas.QUOTES_SCHEMA)
-    ucs.upload_to_gcs_sync(t, path, plain)
-    by_groups, rec_groups = fetch_ticks(ucs, DAY, KEY, "quotes", ranges, needed_by=1)
-    assert by_pages.equals(by_groups) and by_pages.num_rows == 250 + 1
-    assert rec_pages.bytes_read < rec_groups.bytes_read / 4 < len(plain)
-    # A table whose page sizes disagree with the footer is ignored, not trusted.
-    md = pq.ParquetFile(io.BytesIO(paged)).metadata
-    good = parquet_pages.page_table_of(md)
-    assert good is not None
-    bad = parquet_pages.PageTable(
-        good.rg_pages, good.rows, good.ts_min, good.ts_max, good.sizes + 1
-    )
-    kv = {**(md.metadata or {}), parquet_pages.PAGES_KEY: parquet_pages.encode_page_table(bad)}
-    assert parquet_pages.page_table_of(_with_metadata(md, kv)) is None
-
-
-def _with_metadata(md: pq.FileMetaData, kv: dict[bytes, bytes]) -> pq.FileMetaData:
-    """A footer with other key-value metadata (a stand-in for a stale or foreign table)."""
-    sink = io.BytesIO()
-    schema = md.schema.to_arrow_schema().with_metadata(kv)
-    pq.write_metadata(schema, sink)
-    meta = pq.read_metadata(io.BytesIO(sink.getvalue()))
-    # Row groups of the real file, so only the table is wrong.
-    meta.append_row_groups(md)
-    return meta
 
 
 @pytest.mark.parametrize("data_type", ["quotes", "book_depth10"])
@@ -267,17 +206,6 @@ def test_window_reads_fetch_only_their_row_groups(ucs: UnifiedCloudService, data
     assert got[0] == ts[ts < ranges[0][0]][-1] and got[0] < ranges[0][0]
     assert rec.bytes_total == len(payload) and 0 < rec.bytes_read < 0.25 * len(payload)
     assert table.schema == schemas.TICK_SCHEMAS[data_type]
-    # By pages: less than the row group the windows lie in (the footer and a page or two each).
-    md = pq.ParquetFile(io.BytesIO(payload)).metadata
-    pages = parquet_pages.page_table_of(md)
-    assert pages is not None
-    group = sum(md.row_group(0).column(c).total_compressed_size for c in range(md.num_columns))
-    footer = max(len(parquet_pages.footer_of(payload)) + 8, 64 * 1024)
-    assert rec.bytes_read - min(footer, len(payload)) < 0.2 * group
-    # Exactly the rows a whole-file read gives for the same windows.
-    whole = pq.read_table(io.BytesIO(payload), columns=table.column_names)
-    mask = parquet_ranges.range_mask(whole.column("ts_event"), ranges, include_prior=True)
-    assert table.equals(schemas.validate_tick(whole.filter(mask), data_type, "w"))  # type: ignore[arg-type]
 
 
 def test_window_read_of_a_crossed_object_names_it(ucs: UnifiedCloudService) -> None:

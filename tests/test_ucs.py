@@ -12,7 +12,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from backtest_pipeline import layout
@@ -352,66 +351,3 @@ def test_range_mask_whole_range_shortcut_matches_general_rule() -> None:
     assert range_mask(ts, [(0, 100), (3, 4)], include_prior=True).all()
     assert range_mask(ts, [(6, 13)], include_prior=True).tolist() == [False, True] + [True] * 3
     assert range_mask(ts, [(5, 12)], include_prior=False).tolist() == [True] * 4 + [False]
-
-
-# ---- quotes and books: windows read by pages ---------------------------------------------------
-
-
-def _book(n: int, step_ns: int) -> pa.Table:
-    """n 10-level snapshots from 00:00 of 2024-01-01, the touch drifting tick by tick."""
-    from backtest_pipeline.data import schemas
-
-    rng = np.random.default_rng(3)
-    t0 = layout.day_bounds_ns("2024-01-01")[0]
-    mid = 40_000 + np.round(rng.standard_normal(n).cumsum(), 1)
-    cols: dict[str, object] = {"ts_event": t0 + np.arange(n, dtype=np.int64) * step_ns}
-    cols["ts_init"] = cols["ts_event"]
-    for side, sign in (("bid", -1), ("ask", 1)):
-        for lvl in range(10):
-            cols[f"{side}_price_{lvl}"] = np.round(mid + sign * (0.05 + 0.1 * lvl), 2)
-            cols[f"{side}_size_{lvl}"] = np.round(rng.uniform(0.001, 5, n), 3)
-    return (
-        pa.table(cols).select(schemas.BOOK_DEPTH10_SCHEMA.names).cast(schemas.BOOK_DEPTH10_SCHEMA)
-    )
-
-
-@pytest.mark.parametrize("dense", [True, False])
-def test_book_windows_read_by_pages_on_emulator(
-    gcs_ucs: UnifiedCloudService,
-    gcs_emulator,
-    monkeypatch: pytest.MonkeyPatch,
-    dense: bool,
-) -> None:
-    """A paged book in the emulator: the rows of a whole read, fewer bytes than its row groups,
-    and every byte counted is on the wire (through the page path's own footer and offsets)."""
-    from backtest_pipeline.data.parquet_io import book_depth10_to_parquet_bytes
-    from backtest_pipeline.storage import parquet_pages, parquet_ranges
-
-    table = _book(80_000, 1_000_000_000)
-    payload = book_depth10_to_parquet_bytes(table)
-    t = layout.target("ticks")
-    path = layout.book_depth10_path("2024-01-01", KEY)
-    gcs_ucs.upload_to_gcs_sync(t, path, payload, format="bytes")
-    t0 = layout.day_bounds_ns("2024-01-01")[0]
-    windows = [(t0 + a * 10**9, t0 + b * 10**9) for a, b in ((1_000, 1_090), (30_050, 30_300))]
-    cols = [c for c in table.column_names if c != "ts_init"]
-
-    monkeypatch.setattr(parquet_ranges, "_dense_decode_ok", lambda md: dense)
-    proxy = _CountingProxy(gcs_emulator.port)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.port}")
-    res = UnifiedCloudService("gs://").download_from_gcs_streaming_sync(
-        t, path, windows, columns=cols, include_prior=True
-    )
-    mask = parquet_ranges.range_mask(table.column("ts_event"), windows, include_prior=True)
-    assert res.table.equals(table.filter(pa.array(mask)).select(cols))
-    assert res.table.num_rows == 90 + 250 + 2
-    assert res.bytes_read <= proxy.down_bytes <= res.bytes_read * 1.05 + 400_000
-    # Pages, not row groups: well under the two 20,000-row groups the windows lie in.
-    md = pq.ParquetFile(pa.BufferReader(payload)).metadata
-    assert parquet_pages.page_table_of(md) is not None and md.num_row_groups == 4
-    groups = sum(
-        md.row_group(g).column(c).total_compressed_size
-        for g in (0, 1)
-        for c in range(md.num_columns)
-    )
-    assert res.row_groups_read == 2 and res.bytes_read < 0.2 * groups

@@ -32,13 +32,11 @@ from __future__ import annotations
 import io
 from typing import Any, Final
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backtest_pipeline.data import schemas
-from backtest_pipeline.storage import parquet_pages
 
 TRADES_ROW_GROUP_SIZE: Final = 1_000
 COMPRESSION: Final = "zstd"
@@ -101,46 +99,16 @@ def trades_to_parquet_bytes(
     return _ticks_bytes(t, row_group_size, ["side", "price", "size"], TRADES_ENCODINGS)
 
 
-# Quotes and book snapshots are read in the same signal windows as trades, but by *pages*
-# (storage/parquet_pages.py): large row groups of small pages that hold the same rows in every
-# column, and a page table in the footer. A window then costs its pages, and the footer stays small
-# (row groups short enough to cut the over-read would carry ~60 bytes of footer per column chunk,
-# read whole by every run). Measured on a sample book day (365k snapshots, 123 signal windows =
-# 11.5 % of the day; bytes = footer + pages or row groups fetched):
-#
-#   500-row groups, dictionary (before)    34.4 MB file, 2.2 MB footer, 10.36 MB read (0.301)
-#   500-row groups, no dictionary          31.5 MB file, 1.8 MB footer,  9.35 MB read (0.296)
-#   20,000-row groups, 200-row pages       34.9 MB file, 0.2 MB footer,  6.10 MB read (0.175)
-#   10,000-row groups, 100-row pages       41.2 MB file, 0.4 MB footer,  6.15 MB read (0.149)
-#
-# 100-row pages read no fewer bytes than 200-row ones (each page is compressed alone), and the file
-# grows by a fifth. A quote row is ~5 numbers, so its pages hold more rows for a similar size.
-QUOTES_ROW_GROUP_SIZE: Final = 50_000
-QUOTES_ROWS_PER_PAGE: Final = 500
-BOOK_ROW_GROUP_SIZE: Final = 20_000
-BOOK_ROWS_PER_PAGE: Final = 200
+# Quotes and book snapshots are read in the same signal windows as trades, so they follow the same
+# rule: short row groups, statistics on ts_event only. A quote row is ~5 numbers (like a trade); a
+# book row is 42, so its groups hold fewer rows to cover a comparable span (500 rows = 50 s of
+# 100 ms snapshots). Measured in docs/market-data.md.
+QUOTES_ROW_GROUP_SIZE: Final = 1_000
+BOOK_ROW_GROUP_SIZE: Final = 500
 _TS_ENCODINGS: Final[dict[str, str]] = {
     "ts_event": "DELTA_BINARY_PACKED",
     "ts_init": "DELTA_BINARY_PACKED",
 }
-
-
-def _paged_bytes(t: pa.Table, row_group_size: int, rows_per_page: int) -> bytes:
-    """Quotes and books: row-aligned pages (no dictionary page, so each page decodes alone) and
-    the page table that lets a window be read by pages. Deterministic."""
-    data = _parquet_bytes(
-        t,
-        row_group_size=row_group_size,
-        max_rows_per_page=rows_per_page,
-        write_batch_size=rows_per_page,
-        write_page_index=True,
-        write_statistics=["ts_event"],
-        use_dictionary=False,
-        column_encoding=_TS_ENCODINGS,
-        sorting_columns=[pq.SortingColumn(0)],
-    )
-    ts = t.column("ts_event").to_numpy() if t.num_rows else np.empty(0, np.int64)
-    return parquet_pages.with_page_table(data, np.asarray(ts, dtype=np.int64))
 
 
 def _ticks_bytes(
@@ -149,7 +117,8 @@ def _ticks_bytes(
     dictionary: list[str] | None = None,
     encodings: dict[str, str] | None = None,
 ) -> bytes:
-    """The trades writer: short row groups, ts_event statistics, sorted by ts_event."""
+    """The one tick writer: short row groups, ts_event statistics, sorted by ts_event. Quotes and
+    books dictionary-encode every value column (levels repeat row to row) unless told otherwise."""
     encodings = _TS_ENCODINGS if encodings is None else encodings
     if dictionary is None:
         dictionary = [n for n in t.column_names if n not in _TS_ENCODINGS]
@@ -171,33 +140,28 @@ def _parquet_bytes(t: pa.Table, **options: Any) -> bytes:
 
 
 def quotes_to_parquet_bytes(
-    table: pa.Table | pl.DataFrame,
-    *,
-    row_group_size: int = QUOTES_ROW_GROUP_SIZE,
-    rows_per_page: int = QUOTES_ROWS_PER_PAGE,
+    table: pa.Table | pl.DataFrame, *, row_group_size: int = QUOTES_ROW_GROUP_SIZE
 ) -> bytes:
     """Serialise a (validated) quotes table for the ticks bucket; deterministic."""
-    t = _as_table(table, schemas.QUOTES_SCHEMA)
-    return _paged_bytes(t, row_group_size, rows_per_page)
+    return _ticks_bytes(_as_table(table, schemas.QUOTES_SCHEMA), row_group_size)
 
 
 def book_depth10_to_parquet_bytes(
     table: pa.Table | pl.DataFrame,
     *,
     row_group_size: int = BOOK_ROW_GROUP_SIZE,
-    rows_per_page: int = BOOK_ROWS_PER_PAGE,
     metadata: dict[bytes, bytes] | None = None,
 ) -> bytes:
     """Serialise (validated) 10-level book snapshots for the ticks bucket; deterministic.
 
     ``metadata`` goes into the footer's key-value metadata (the invalid periods of
     :func:`books.encode_invalid_periods`): readers already fetch the footer, so it costs no
-    read.
+    read. Without it the bytes are exactly those of a file written before the key existed.
     """
     t = _as_table(table, schemas.BOOK_DEPTH10_SCHEMA)
     if metadata:
         t = t.replace_schema_metadata(metadata)
-    return _paged_bytes(t, row_group_size, rows_per_page)
+    return _ticks_bytes(t, row_group_size)
 
 
 def tick_to_parquet_bytes(

@@ -23,9 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from backtest_pipeline.storage import parquet_pages
-from backtest_pipeline.storage.parquet_pages import PageTable
-
 FOOTER_GUESS = 64 * 1024
 COALESCE_GAP = 1024  # measured: a wider gap pulls in unread columns (ts_init) and neighbours
 MAX_PARALLEL = 8
@@ -118,8 +115,6 @@ class Footer:
     ts_min: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     ts_max: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     has_stats: bool = False
-    # Where every page is (quote and book files the product writes): windows are read by pages.
-    pages: PageTable | None = None
 
 
 @dataclass
@@ -172,8 +167,6 @@ def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: st
     except Exception as exc:
         raise ParquetRangeError(f"{where}: cannot parse the Parquet footer: {exc}") from exc
     footer = Footer(size=size, metadata=md, tail_start=tail_start, tail=tail)
-    if md.schema.names and md.schema.names[0] == timestamp_column:
-        footer.pages = parquet_pages.page_table_of(md)
     bounds = row_group_time_bounds(md, timestamp_column, where)
     if bounds is not None:
         footer.ts_min, footer.ts_max = bounds
@@ -259,12 +252,7 @@ def _chunk_ranges(
             ):
                 start = min(start, c.dictionary_page_offset)
             spans.append((start, start + c.total_compressed_size))
-    return _coalesce(spans)
-
-
-def _coalesce(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted spans with gaps up to COALESCE_GAP fetched as one range (the gap is counted)."""
-    spans = sorted(spans)
+    spans.sort()
     merged: list[tuple[int, int]] = []
     for s, e in spans:
         if merged and s - merged[-1][1] <= COALESCE_GAP:
@@ -407,15 +395,7 @@ def read_ranges(
         rgs = list(row_groups)
     counter = [0]
     col_idx = [names.index(c) for c in read_cols]
-    runs: list[parquet_pages.PageRun] | None = None
-    if footer.pages is not None and row_groups is None and ranges is not None and filter_rows:
-        # Page-granular: the pages the ranges overlap (and the one in force before each start).
-        runs = parquet_pages.select_pages(footer.pages, list(ranges), include_prior)
-        page_spans = parquet_pages.run_spans(md, footer.pages, runs, col_idx)
-        spans = _coalesce(page_spans)
-        rgs = sorted({r.row_group for r in runs})
-    else:
-        spans = _chunk_ranges(md, rgs, col_idx)
+    spans = _chunk_ranges(md, rgs, col_idx)
     # Bytes already held in the cached footer tail are not fetched (or counted) again.
     tail_start = footer.tail_start
     to_fetch = [(s, min(e, tail_start)) for s, e in spans if s < tail_start]
@@ -443,19 +423,13 @@ def read_ranges(
         schema = md.schema.to_arrow_schema()
         table = schema.empty_table().select(read_cols)
     else:
-        decode_md, decode_rgs = md, rgs
-        if runs is not None:
-            # Each run of pages is a row group of a footer of our own, at the pages' offsets.
-            foot = parquet_pages.footer_of(footer.tail)
-            decode_md = parquet_pages.runs_metadata(foot, md, footer.pages, runs)  # type: ignore[arg-type]
-            decode_rgs = list(range(len(runs)))
         try:
             # One decoding thread: reads run beside an engine that needs a core of its own. On
             # the 2-core machine Arrow's pool decoded a whole day ~12 % faster, but a Python
             # loop standing in for the engine lost ~0.8 s over 3 such days against ~0.5 s.
             table = pq.ParquetFile(
-                source, metadata=decode_md, page_checksum_verification=True, pre_buffer=False
-            ).read_row_groups(decode_rgs, columns=read_cols, use_threads=False)
+                source, metadata=md, page_checksum_verification=True, pre_buffer=False
+            ).read_row_groups(rgs, columns=read_cols, use_threads=False)
         except Exception as exc:
             raise ParquetRangeError(
                 f"{where}: corrupt Parquet data in row groups {rgs[:5]}…: {exc}"
