@@ -23,6 +23,7 @@ from _engine_data import (
     trades,
 )  # fmt: skip
 
+from backtest_pipeline.engine.conversion import marks_per_second
 from backtest_pipeline.engine.driver import EngineInputError, run_engine
 
 INST = instruments_df(instrument_row(BTC))
@@ -251,13 +252,31 @@ def test_marks_and_intervals_reported() -> None:
     cfg = config([BTC])
     tr = steady_trades(DAY1, 100, 110, 0.25, 40_000.0, drift=0.1)
     bars = {BTC: pl.DataFrame({"ts_event": [t(DAY1, 60), t(DAY1, 120)], "close": [1.0, 2.0]})}
-    out = run_engine(cfg, [day_input(DAY1, INST, signals(_sig("s1", 105, 0.0)), {BTC: tr},
+    out = run_engine(cfg, [day_input(DAY1, INST, signals(_sig("s1", 105, 0.1)), {BTC: tr},
                                      bars=bars)])  # fmt: skip
     m = out.marks
     assert m.columns == ["ts_event", "instrument_key", "price"]
     assert m.filter(pl.col("ts_event") == t(DAY1, 60))["price"].to_list() == [1.0]
+    # The run keeps the marks the results read, not every second it read: per instrument the
+    # last mark at or before each minute of the equity grid and each fill (and the day's last).
+    every_second = marks_per_second(tr, BTC)
+    assert every_second.height == 11  # seconds 100..110
     per_sec = m.filter(pl.col("price") > 100)
-    assert per_sec.height == 11  # seconds 100..110
+    assert 0 < per_sec.height < every_second.height
+    full = pl.concat([every_second, bars[BTC].select(
+        pl.col("ts_event").cast(pl.Int64), pl.lit(BTC).alias("instrument_key"),
+        pl.col("close").cast(pl.Float64).alias("price"),
+    )]).sort("ts_event")  # fmt: skip
+    instants = sorted({*range(t(DAY1, 0), t(DAY1, 86_400) + 1, 60 * 10**9),
+                       *out.fills["ts_event"].to_list()})  # fmt: skip
+    assert out.fills.height > 0
+
+    def read_at(marks: pl.DataFrame) -> list[tuple[int, float] | None]:
+        ts, px = marks["ts_event"].to_list(), marks["price"].to_list()
+        return [max(((a, b) for a, b in zip(ts, px, strict=True) if a <= i), default=None)
+                for i in instants]  # fmt: skip
+
+    assert read_at(m.sort("ts_event")) == read_at(full)
     assert out.intervals[DAY1]["start_ns"].to_list() == [t(DAY1, 100)]
 
 

@@ -427,6 +427,14 @@ class _DayFeeder:
         self.last_day: date | None = None
         self.n_days = 0
         self.last_book_ns: dict[str, int] = {}  # per book key, the time of its last row read
+        # Marks not yet cut to what the results read: (index in ``marks``, day start, day end).
+        self._unpruned: list[tuple[int, int, int]] = []
+        self._fills_seen = 0
+        self._fill_ts = np.empty(0, dtype=np.int64)
+        interval_ns = int(config.equity_interval_s * 1_000_000_000)
+        # The equity grid starts at a day's start; only a step that divides the day puts it at
+        # the same instants of every day whatever the run's (or a shard's) first day is.
+        self._grid_ns = interval_ns if interval_ns > 0 and _DAY_NS % interval_ns == 0 else None
 
     def prepare(self, day: DayInput, *, with_marks: bool = True) -> PreparedDay:
         config, strategy, run_keys = self.config, self.strategy, self.run_keys
@@ -462,16 +470,18 @@ class _DayFeeder:
                 )
             table = trades[key] = day.trades[key]
             if with_marks:
-                self.marks.append(marks_per_second(table, key))
+                self._add_marks(marks_per_second(table, key), day_start, day_end)
         if with_marks and config.use_bars_for_marks and day.bars:
             for key in sorted(day.bars):
                 b = day.bars[key]
-                self.marks.append(
+                self._add_marks(
                     b.select(
                         pl.col("ts_event").cast(pl.Int64),
                         pl.lit(key).alias("instrument_key"),
                         pl.col("close").cast(pl.Float64).alias("price"),
-                    )
+                    ),
+                    day_start,
+                    day_end,
                 )
         strategy.schedule_day(
             day.day.isoformat(), sigs, _funding_of(day.funding, day_keys), day_end_ns=day_end
@@ -482,6 +492,44 @@ class _DayFeeder:
         books = self._books(day, trades)
         instruments = {k: strategy.info[k].instrument for k in set(trades) | set(books)}
         return PreparedDay(trades, instruments, day_start, day_end, books)
+
+    def _add_marks(self, frame: pl.DataFrame, day_start: int, day_end: int) -> None:
+        self._unpruned.append((len(self.marks), day_start, day_end))
+        self.marks.append(frame)
+
+    def prune_marks(self, now_ns: int, *, every_day: bool = False) -> None:
+        """Cut each finished day's marks to those the equity curve and positions can read.
+
+        The results value a position at each equity-grid instant and each fill by an as-of
+        join: the last finite mark at or before it (``results/tables.py``). Only those marks
+        are kept: per instrument, the last one at or before each grid instant of its day
+        (the day's end included, which also serves the next days' first instants) and each
+        fill of that day. The join then finds exactly the marks it found in the whole set, so
+        the results are the same while a day's ~10,000 per-second marks shrink to ~1,500 and
+        the run no longer holds every second it read. A day is cut once the engine's clock has
+        passed its end (all its fills are known), or at the run's end (``every_day``).
+        """
+        if self._grid_ns is None or not self._unpruned:
+            return
+        new = self.strategy.fills[self._fills_seen :]
+        self._fills_seen += len(new)
+        if new:
+            self._fill_ts = np.concatenate(
+                [self._fill_ts, np.fromiter((f[8] for f in new), dtype=np.int64, count=len(new))]
+            )
+        keep: list[tuple[int, int, int]] = []
+        for i, start, end in self._unpruned:
+            if not every_day and now_ns < end:
+                keep.append((i, start, end))
+                continue
+            fills = self._fill_ts[(self._fill_ts >= start) & (self._fill_ts < end)]
+            grid = np.arange(start, end + 1, self._grid_ns, dtype=np.int64)
+            self.marks[i] = _marks_read_at(self.marks[i], np.union1d(grid, fills))
+        self._unpruned = keep
+        first = min((s for _, s, _ in keep), default=None)
+        self._fill_ts = (
+            self._fill_ts[self._fill_ts >= first] if first is not None else self._fill_ts[:0]
+        )
 
     def _books(
         self, day: DayInput, trades: Mapping[str, pa.Table | pl.DataFrame]
@@ -513,6 +561,30 @@ class _DayFeeder:
             if len(books[key]):
                 self.last_book_ns[key] = int(books[key].ts_event[-1])
         return books
+
+
+def _marks_read_at(marks: pl.DataFrame, instants: np.ndarray) -> pl.DataFrame:
+    """The rows of ``marks`` that a backward as-of join at sorted ``instants`` can pick.
+
+    Per instrument: the last finite mark at or before each instant (of equal timestamps, the
+    later row, as ``results/tables._marks`` keeps), and its last mark. Rows keep their order.
+    """
+    finite = marks.filter(pl.col("price").is_finite())
+    if finite.height == 0:
+        return finite
+    ts = finite.get_column("ts_event").to_numpy()
+    keys = finite.get_column("instrument_key")
+    groups = (
+        [np.arange(finite.height)]
+        if keys.n_unique() == 1
+        else [np.flatnonzero((keys == k).to_numpy()) for k in keys.unique(maintain_order=True)]
+    )
+    rows: list[np.ndarray] = []
+    for idx in groups:
+        order = idx[np.argsort(ts[idx], kind="stable")]
+        at = np.searchsorted(ts[order], instants, side="right") - 1
+        rows.append(order[np.unique(np.append(at[at >= 0], order.size - 1))])
+    return finite[np.sort(np.concatenate(rows))]
 
 
 def _feed_for(
@@ -738,6 +810,7 @@ def _run_engine(
             del prepared
             if strategy.errors:
                 raise strategy.errors[0]
+            feeder.prune_marks(engine.kernel.clock.timestamp_ns())
             _purge_closed(engine, engine_order_ids)
             last_day = day.day
             tracker.resolve_finished(day.day)
@@ -765,6 +838,7 @@ def _run_engine(
             bal = acct.balance_total(ccy) if acct is not None else None
             balances[venue] = bal.as_double() if bal is not None else float("nan")
         tracker.resolve_all()
+        feeder.prune_marks(engine.kernel.clock.timestamp_ns(), every_day=True)
         out = _collect(
             strategy, feeder.marks, feeder.intervals, balances, ticks_total, engine_time,
             feeder.n_days, unresolved, mark,

@@ -702,7 +702,8 @@ class ExecutionStrategy(Strategy):
         self.fills.append(
             (
                 f"{oid}-F{n}", oid, key, side, qty, px, fee,
-                self.run_config.account_currency, ev.ts_event, names.venue_of_key(key),
+                # The instrument's own venue string, shared by its fills rather than one each.
+                self.run_config.account_currency, ev.ts_event, self.info[key].venue,
             )
         )  # fmt: skip
         if rec is None:

@@ -103,9 +103,10 @@ class ResultWriter:
     def write_log_from(self, workdir: Path) -> None:
         """The engine's and the product's logs of a run, joined into its one log object.
 
-        A year's engine log is ~0.5 GB: joined on disk and read back once as the payload, it
-        costs its own size in memory, not the four copies (text, f-string, join, encoding) that
-        joining strings in memory made the run's largest allocation. The bytes are the same as
+        A year's engine log is ~0.5 GB: joined on disk and streamed from that file to the
+        object, it costs a copy buffer in memory, not its size (read back as one payload it
+        was the sharded year's largest allocation; joining strings in memory made four copies).
+        The bytes are the same as
         decoding with ``errors="replace"`` and re-encoding, unless a log is not UTF-8 — then
         that is what is done.
         """
@@ -135,9 +136,10 @@ class ResultWriter:
             parts = [f"===== {n} =====\n{f.read_text(errors='replace')}" for n, f in files]
             self.write_log("\n".join(parts))
             return
-        payload = joined.read_bytes()
-        joined.unlink()
-        self.ucs.upload_to_gcs_sync(self.target, self.path(LOG), payload, format="text")
+        try:
+            self.ucs.upload_file_sync(self.target, self.path(LOG), joined, format="text")
+        finally:
+            joined.unlink()
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         self.ucs.upload_to_gcs_sync(self.target, self.path(SUMMARY), dict(summary))

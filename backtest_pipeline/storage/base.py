@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class Backend(Protocol):
         ...
 
     def write(self, bucket: str, path: str, data: bytes, content_type: str) -> ObjectInfo: ...
+
+    def write_file(self, bucket: str, path: str, src: Path, content_type: str) -> ObjectInfo:
+        """The object from the local file ``src``, streamed: atomic, as ``write``."""
+        ...
 
     def list(self, bucket: str, prefix: str) -> list[str]: ...
 

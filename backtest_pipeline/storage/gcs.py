@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import threading
+from pathlib import Path
 
 import requests
 from google.api_core import exceptions as gexc
@@ -209,6 +210,20 @@ class GCSBackend:
             blob.upload_from_string(data, content_type=content_type, timeout=_TIMEOUT, retry=None)
             return ObjectInfo(
                 bucket=bucket, path=path, size=len(data), generation=str(blob.generation)
+            )
+
+        return self._call("upload", bucket, path, go)
+
+    def write_file(self, bucket: str, path: str, src: Path, content_type: str) -> ObjectInfo:
+        def go() -> ObjectInfo:
+            self._ensure_bucket(bucket)
+            blob = self.client.bucket(bucket).blob(path)
+            # Streamed from the file in chunks (resumable upload); retried whole, as ``write``.
+            blob.upload_from_filename(
+                str(src), content_type=content_type, timeout=_TIMEOUT, retry=None
+            )
+            return ObjectInfo(
+                bucket=bucket, path=path, size=src.stat().st_size, generation=str(blob.generation)
             )
 
         return self._call("upload", bucket, path, go)

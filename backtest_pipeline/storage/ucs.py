@@ -394,6 +394,20 @@ class UnifiedCloudService:
             self.uri(target, gcs_path),
         )
 
+    def upload_file_sync(
+        self, target: CloudTarget, gcs_path: str, src: Path, format: Format | None = None
+    ) -> ObjectInfo:
+        """The object from a local file, streamed rather than held in memory (large logs).
+
+        The bytes are stored as they are in ``src``; atomic and retried as ``upload_to_gcs_sync``.
+        """
+        fmt = format or _format_of(gcs_path)
+        b = target.gcs_bucket
+        return self.retry.call(
+            lambda: self.backend.write_file(b, gcs_path, src, CONTENT_TYPES[fmt]),
+            self.uri(target, gcs_path),
+        )
+
     def list_files_sync(self, target: CloudTarget, prefix: str = "") -> list[str]:
         b = target.gcs_bucket
         return self.retry.call(lambda: self.backend.list(b, prefix), self.uri(target, prefix))
