@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pytest
 from _engine_data import (
     BTC,
     DAY1,
@@ -108,6 +109,27 @@ def test_marks_kept_per_day_are_bounded_and_the_results_unchanged() -> None:
         lambda m: build_equity_curve(out.fills, out.funding, m, 100_000.0, start_ns, end_ns, grid),
     ):
         assert build(out.marks).equals(build(every))
+
+
+def test_the_portfolio_analyzer_keeps_a_day_of_closes_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NautilusTrader's analyzer copies its whole run of closed-position PnLs at each close."""
+    from nautilus_trader.analysis.analyzer import PortfolioAnalyzer
+
+    held: list[int] = []  # records in the analyzer when each close is added
+    record = PortfolioAnalyzer.record_trade
+
+    def counting(self: PortfolioAnalyzer, position_id, realized_pnl, ts_event=None) -> None:  # type: ignore[no-untyped-def]
+        held.append(sum(len(v) for v in self._recorded_realized_pnls.values()))
+        record(self, position_id, realized_pnl, ts_event)
+
+    monkeypatch.setattr(PortfolioAnalyzer, "record_trade", counting)
+    out = run_engine(config([BTC]), _days())
+    closes_per_day = out.fills.group_by(pl.col("ts_event") // 86_400_000_000_000).len()
+    assert len(held) >= N_DAYS  # positions closed on several days
+    # Without the daily reset the last close would see every earlier one.
+    assert max(held) < closes_per_day["len"].max()
 
 
 def test_marks_kept_when_the_grid_does_not_divide_the_day() -> None:

@@ -656,6 +656,11 @@ def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
     for position_id in cache.position_snapshot_ids():
         # The cache's own list (Nautilus hands it out, not a copy): emptied in place.
         del cache.position_snapshot_bytes(position_id)[:]
+    # The portfolio's analyzer appends every closed position's PnL to a pandas Series by
+    # ``pd.concat`` (1.231): a record of the whole run, copied at each close. Its statistics are
+    # never asked for (``run_analysis`` off; our metrics come from our fills), so its records
+    # start afresh each day.
+    engine.portfolio.analyzer.reset()
     _malloc_trim()
 
 
