@@ -244,20 +244,28 @@ def write_trades(
     return path
 
 
+def _catalog_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+
+def _with_precisions(f: Path) -> tuple[pa.Table, int, int]:
+    """A catalog file with the precisions Nautilus stores in its schema (needed to decode it)."""
+    t = pq.read_table(f)
+    meta = t.schema.metadata or {}
+    pp = int(meta.get(b"price_precision", b"-1"))
+    sp = int(meta.get(b"size_precision", b"-1"))
+    if pp < 0 or sp < 0:
+        raise CatalogError(f"{f}: no price/size precision in the schema metadata")
+    return t, pp, sp
+
+
 def read_trades(catalog_dir: Path, instrument_id: str) -> pa.Table:
     """One instrument's trades from the catalog, back as our columns (price/size as float64)."""
-    directory = Path(catalog_dir) / TRADE_TICK_DIR / instrument_id
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    files = _catalog_files(Path(catalog_dir) / TRADE_TICK_DIR / instrument_id)
     if not files:
         return TRADES_OUT_SCHEMA.empty_table()
     parts = []
-    for f in files:
-        t = pq.read_table(f)
-        meta = t.schema.metadata or {}
-        pp = int(meta.get(b"price_precision", b"-1"))
-        sp = int(meta.get(b"size_precision", b"-1"))
-        if pp < 0 or sp < 0:
-            raise CatalogError(f"{f}: no price/size precision in the schema metadata")
+    for t, pp, sp in (_with_precisions(f) for f in files):
         side_codes = t.column("aggressor_side").to_numpy()
         sides = np.where(side_codes == 1, "buy", np.where(side_codes == 2, "sell", "none"))
         parts.append(
@@ -368,16 +376,9 @@ def read_book(catalog_dir: Path, data_type: str, instrument_id: str) -> pa.Table
 
     A level whose count is 0 is a missing level (null), as it was before it was written.
     """
-    directory = Path(catalog_dir) / BOOK_DIRS[data_type] / instrument_id
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
     parts = []
-    for f in files:
-        t = pq.read_table(f)
-        meta = t.schema.metadata or {}
-        pp = int(meta.get(b"price_precision", b"-1"))
-        sp = int(meta.get(b"size_precision", b"-1"))
-        if pp < 0 or sp < 0:
-            raise CatalogError(f"{f}: no price/size precision in the schema metadata")
+    files = _catalog_files(Path(catalog_dir) / BOOK_DIRS[data_type] / instrument_id)
+    for t, pp, sp in (_with_precisions(f) for f in files):
         prec = {"price": pp, "size": sp}
         cols: dict[str, pa.Array] = {
             "ts_event": pa.array(t.column("ts_event").to_numpy().astype(np.int64)),
