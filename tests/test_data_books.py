@@ -15,6 +15,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.data import books, parquet_io, readers, schemas
 from backtest_pipeline.data.schemas import DataValidationError, MissingDataError
 from backtest_pipeline.run.inputs import fetch_ticks, tick_types_present
+from backtest_pipeline.storage import footer_index
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 KEY = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
@@ -174,7 +175,12 @@ def test_writer_settings() -> None:
     assert all(rg.column(i).statistics is None for i in range(1, rg.num_columns))
     b = schemas.validate_book_depth10(book(1_200), "b")
     md = pq.ParquetFile(io.BytesIO(parquet_io.book_depth10_to_parquet_bytes(b))).metadata
-    assert md.num_row_groups == 3 and md.num_columns == 42
+    assert md.num_row_groups == 5 and md.num_columns == 42
+    # Books: no dictionary (smaller here than dictionary pages of 250-row groups), and both
+    # kinds carry the row-group index a window read assembles its footer from.
+    assert "RLE_DICTIONARY" not in md.row_group(0).column(2).encodings
+    assert footer_index.INDEX_KEY.encode() in md.metadata
+    assert footer_index.INDEX_KEY.encode() in pq.read_metadata(io.BytesIO(payload)).metadata
     assert pq.read_table(io.BytesIO(parquet_io.book_depth10_to_parquet_bytes(b))).equals(
         schemas.to_arrow(b, schemas.BOOK_DEPTH10_SCHEMA)
     )

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backtest_pipeline.data import schemas
+from backtest_pipeline.storage import footer_index
 
 TRADES_ROW_GROUP_SIZE: Final = 1_000
 COMPRESSION: Final = "zstd"
@@ -104,7 +105,7 @@ def trades_to_parquet_bytes(
 # book row is 42, so its groups hold fewer rows to cover a comparable span (500 rows = 50 s of
 # 100 ms snapshots). Measured in docs/market-data.md.
 QUOTES_ROW_GROUP_SIZE: Final = 1_000
-BOOK_ROW_GROUP_SIZE: Final = 500
+BOOK_ROW_GROUP_SIZE: Final = 250
 _TS_ENCODINGS: Final[dict[str, str]] = {
     "ts_event": "DELTA_BINARY_PACKED",
     "ts_init": "DELTA_BINARY_PACKED",
@@ -114,15 +115,20 @@ _TS_ENCODINGS: Final[dict[str, str]] = {
 def _ticks_bytes(
     t: pa.Table,
     row_group_size: int,
-    dictionary: list[str] | None = None,
+    dictionary: list[str] | bool | None = None,
     encodings: dict[str, str] | None = None,
+    index: bool = False,
 ) -> bytes:
-    """The one tick writer: short row groups, ts_event statistics, sorted by ts_event. Quotes and
-    books dictionary-encode every value column (levels repeat row to row) unless told otherwise."""
+    """The one tick writer: short row groups, ts_event statistics, sorted by ts_event. Quotes
+    dictionary-encode every value column (levels repeat row to row) unless told otherwise.
+
+    ``index`` appends the row-group index of :mod:`backtest_pipeline.storage.footer_index`, so
+    that a window read fetches only its row groups' part of the footer.
+    """
     encodings = _TS_ENCODINGS if encodings is None else encodings
     if dictionary is None:
         dictionary = [n for n in t.column_names if n not in _TS_ENCODINGS]
-    return _parquet_bytes(
+    data = _parquet_bytes(
         t,
         row_group_size=row_group_size,
         write_statistics=["ts_event"],
@@ -130,6 +136,7 @@ def _ticks_bytes(
         column_encoding=encodings,
         sorting_columns=[pq.SortingColumn(0)],
     )
+    return footer_index.with_index(data) if index and t.num_rows else data
 
 
 def _parquet_bytes(t: pa.Table, **options: Any) -> bytes:
@@ -143,7 +150,7 @@ def quotes_to_parquet_bytes(
     table: pa.Table | pl.DataFrame, *, row_group_size: int = QUOTES_ROW_GROUP_SIZE
 ) -> bytes:
     """Serialise a (validated) quotes table for the ticks bucket; deterministic."""
-    return _ticks_bytes(_as_table(table, schemas.QUOTES_SCHEMA), row_group_size)
+    return _ticks_bytes(_as_table(table, schemas.QUOTES_SCHEMA), row_group_size, index=True)
 
 
 def book_depth10_to_parquet_bytes(
@@ -161,7 +168,7 @@ def book_depth10_to_parquet_bytes(
     t = _as_table(table, schemas.BOOK_DEPTH10_SCHEMA)
     if metadata:
         t = t.replace_schema_metadata(metadata)
-    return _ticks_bytes(t, row_group_size)
+    return _ticks_bytes(t, row_group_size, dictionary=False, index=True)
 
 
 def tick_to_parquet_bytes(

@@ -30,9 +30,6 @@ from backtest_pipeline.signals.windows import apply_execution_window
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.storage.parquet_ranges import (
     merge_ranges,
-    prior_state_ranges,
-    range_mask,
-    row_group_time_bounds,
 )
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
@@ -336,27 +333,25 @@ def fetch_book(
 
     They come from the footer's key-value metadata, read anyway for the row-group ranges, so
     they cost no byte more; a file without the key has none (trades and quotes never do).
+    Quotes and books are read with the row in force at each range start wherever it lies, and
+    with only the part of the footer those row groups need (its row-group index).
     """
     t_ticks = layout.target("ticks")
     tpath = layout.tick_path(day, key, data_type)
     uri = ucs.uri(t_ticks, tpath)
-    wanted = list(ranges)
     periods: list[InvalidPeriod] = []
-    if data_type != "trades":  # trades keep their established reads (byte-identical runs)
-        footer = ucs.parquet_metadata_sync(t_ticks, tpath)
-        bounds = row_group_time_bounds(footer, "ts_event", uri)
-        if bounds is not None:
-            wanted = merge_ranges(wanted + prior_state_ranges(*bounds, ranges))
-        if data_type == "book_depth10":
-            periods = decode_invalid_periods(footer.metadata, uri, *layout.day_bounds_ns(day))
     res = ucs.download_from_gcs_streaming_sync(
         t_ticks,
         tpath,
-        timestamp_range=wanted,
+        timestamp_range=list(ranges),
         columns=TICK_COLUMNS[data_type],
         use_byte_range=True,
         include_prior=True,
+        # Trades keep their established reads (byte-identical runs).
+        prior_state=data_type != "trades",
     )
+    if data_type == "book_depth10":
+        periods = decode_invalid_periods(res.key_value_metadata, uri, *layout.day_bounds_ns(day))
     if res.object_rows == 0:
         what = "trades" if data_type == "trades" else f"{data_type} rows"
         raise DataValidationError(
@@ -364,10 +359,7 @@ def fetch_book(
             f"the {data_type} object holds no {what} (0 rows) but {needed_by} signal(s) of {day} "
             "need it",
         )
-    table = res.table
-    if wanted != merge_ranges(ranges):  # drop what the extra ranges brought beyond the prior row
-        table = table.filter(pa.array(range_mask(table.column("ts_event"), ranges, True)))
-    table = schemas.validate_tick(table, data_type, uri, day=day)
+    table = schemas.validate_tick(res.table, data_type, uri, day=day)
     rec = InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read)
     return table, rec, periods
 

@@ -23,6 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from backtest_pipeline.storage.footer_index import (
+    FooterIndexError,
+    find_index,
+    parse_index,
+    subset_footer,
+)
+
 FOOTER_GUESS = 64 * 1024
 COALESCE_GAP = 1024  # measured: a wider gap pulls in unread columns (ts_init) and neighbours
 MAX_PARALLEL = 8
@@ -115,6 +122,14 @@ class Footer:
     ts_min: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     ts_max: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     has_stats: bool = False
+    # Bytes of footer read beyond ``tail`` (the prefix and the row-group structs of a footer
+    # assembled from its row-group index); 0 for a footer read whole.
+    extra_bytes: int = 0
+
+    @property
+    def cost(self) -> int:
+        """The bytes this footer took to read: what a read that needs it counts."""
+        return len(self.tail) + self.extra_bytes
 
 
 @dataclass
@@ -128,6 +143,8 @@ class RangeReadResult:
     row_groups_total: int
     footer_bytes: int
     object_rows: int = -1  # rows in the whole object, from its footer (no extra read)
+    # The object's key-value metadata (from the footer read anyway): e.g. a book's invalid periods.
+    key_value_metadata: dict[bytes, bytes] | None = None
 
 
 def _to_int_ns(value: object) -> int:
@@ -144,7 +161,8 @@ def _to_int_ns(value: object) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
-def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: str) -> Footer:
+def _fetch_tail(size: int, fetch: RangeFetcher, where: str) -> tuple[int, bytes, int]:
+    """``(tail start, the object's last bytes, footer length)``, the magic and length checked."""
     if size < 12:
         raise ParquetRangeError(
             f"{where}: {size} bytes is too small to be a Parquet file (truncated or empty)"
@@ -154,9 +172,33 @@ def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: st
     if tail[-4:] != b"PAR1":
         raise ParquetRangeError(f"{where}: no Parquet magic at the end (truncated or not Parquet)")
     footer_len = struct.unpack("<I", tail[-8:-4])[0]
-    need = footer_len + 8
-    if need > size - 4:
+    if footer_len + 8 > size - 4:
         raise ParquetRangeError(f"{where}: footer length {footer_len} exceeds the object (corrupt)")
+    return tail_start, tail, footer_len
+
+
+def read_footer(
+    size: int,
+    fetch: RangeFetcher,
+    where: str,
+    timestamp_column: str,
+    tail: tuple[int, bytes, int] | None = None,
+) -> Footer:
+    """The whole footer, parsed (``tail``: the object's last bytes when already fetched)."""
+    tail_start, tail_bytes, footer_len = tail or _fetch_tail(size, fetch, where)
+    return _whole_footer(size, fetch, where, timestamp_column, tail_start, tail_bytes, footer_len)
+
+
+def _whole_footer(
+    size: int,
+    fetch: RangeFetcher,
+    where: str,
+    timestamp_column: str,
+    tail_start: int,
+    tail: bytes,
+    footer_len: int,
+) -> Footer:
+    need = footer_len + 8
     if need > len(tail):
         tail_start = size - need
         tail = fetch(tail_start, size - len(tail)) + tail
@@ -172,6 +214,105 @@ def read_footer(size: int, fetch: RangeFetcher, where: str, timestamp_column: st
         footer.ts_min, footer.ts_max = bounds
         footer.has_stats = True
     return footer
+
+
+def read_footer_for_ranges(
+    size: int,
+    fetch: RangeFetcher,
+    where: str,
+    ranges: Sequence[tuple[int, int]],
+    timestamp_column: str = "ts_event",
+    fetch_many: MultiRangeFetcher | None = None,
+) -> tuple[Footer, list[tuple[int, int]], bool]:
+    """The footer a read of ``ranges`` with the row in force at each start needs.
+
+    Returns ``(footer, the ranges to read, whether the footer is the whole one)``. The ranges to
+    read are ``ranges`` plus :func:`prior_state_ranges`. With a row-group index
+    (:mod:`footer_index`) the footer holds only the row groups those ranges touch, assembled
+    from the object's own bytes; without one it is the whole footer, parsed as always.
+    """
+    tail_start, tail, footer_len = _fetch_tail(size, fetch, where)
+    found = find_index(tail, where)
+    footer_start = size - 8 - footer_len
+    if found is None or tail_start + found[1] < footer_start:  # none, or not in the footer
+        footer = _whole_footer(size, fetch, where, timestamp_column, tail_start, tail, footer_len)
+        wanted = list(ranges)
+        if footer.has_stats:
+            wanted = merge_ranges(wanted + prior_state_ranges(footer.ts_min, footer.ts_max, ranges))
+        return footer, wanted, True
+    b64_start, b64_end = found
+    if b64_start < 0:  # a long index: the rest of it lies before the fetched tail
+        tail = fetch(tail_start + b64_start, tail_start) + tail
+        tail_start += b64_start
+        b64_end -= b64_start
+        b64_start = 0
+    index = parse_index(tail[b64_start:b64_end], tail[b64_end : b64_end + 16], where)
+    starts = index.starts + footer_start
+    if (
+        index.list_at <= 0
+        or index.starts[0] <= index.list_at
+        or bool(np.any(np.diff(index.starts) <= 0))
+        or index.starts[-1] > footer_len
+    ):
+        raise FooterIndexError(f"{where}: the row-group index does not match the footer")
+    wanted = merge_ranges(list(ranges) + prior_state_ranges(index.ts_min, index.ts_max, ranges))
+    keep = np.zeros(index.n, dtype=bool)
+    for start, end in wanted:
+        keep |= (index.ts_max >= start) & (index.ts_min < end)
+    groups = np.flatnonzero(keep)
+    # The footer's own bytes: its prefix, the chosen structs (neighbours in one range), and the
+    # part after the list, which the tail holds unless the key-value metadata is very long.
+    spans = [(footer_start, footer_start + index.list_at)]
+    for g in groups.tolist():
+        s, e = int(starts[g]), int(starts[g + 1])
+        if spans[-1][1] == s and len(spans) > 1:
+            spans[-1] = (spans[-1][0], e)
+        else:
+            spans.append((s, e))
+    spans.append((int(starts[-1]), size - 8))
+    to_fetch = [(s, min(e, tail_start)) for s, e in spans if s < tail_start]
+    if fetch_many is not None and to_fetch:
+        datas = fetch_many(to_fetch)
+    elif len(to_fetch) > 1:
+        datas = list(_executor().map(lambda se: fetch(se[0], se[1]), to_fetch))
+    else:
+        datas = [fetch(s, e) for s, e in to_fetch]
+    got = dict(zip(to_fetch, datas, strict=True))
+
+    def span_bytes(s: int, e: int) -> bytes:
+        head = got.get((s, min(e, tail_start)), b"") if s < tail_start else b""
+        return head + (
+            tail[max(s, tail_start) - tail_start : e - tail_start] if e > tail_start else b""
+        )
+
+    prefix = span_bytes(*spans[0])
+    suffix = span_bytes(*spans[-1])
+    structs: list[bytes] = []
+    for s, e in spans[1:-1]:
+        data = span_bytes(s, e)
+        cuts = [int(c) - s for c in starts if s <= c <= e]
+        structs += [data[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    try:
+        md = subset_footer(prefix, structs, suffix)
+    except Exception as exc:
+        raise FooterIndexError(
+            f"{where}: the footer assembled from the row-group index does not parse: {exc}"
+        ) from exc
+    if md.num_row_groups != len(groups) or any(
+        md.row_group(i).num_rows != int(index.num_rows[g]) for i, g in enumerate(groups.tolist())
+    ):
+        raise FooterIndexError(f"{where}: the row-group index does not match the footer")
+    footer = Footer(
+        size=size,
+        metadata=md,
+        tail_start=tail_start,
+        tail=tail,
+        ts_min=index.ts_min[groups],
+        ts_max=index.ts_max[groups],
+        has_stats=True,
+        extra_bytes=sum(len(d) for d in datas),
+    )
+    return footer, wanted, False
 
 
 def row_group_time_bounds(
@@ -450,6 +591,7 @@ def read_ranges(
         object_size=footer.size,
         row_groups_read=len(rgs),
         row_groups_total=md.num_row_groups,
-        footer_bytes=len(footer.tail),
+        footer_bytes=footer.cost,
         object_rows=md.num_rows,
+        key_value_metadata=md.metadata,
     )

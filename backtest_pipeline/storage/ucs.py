@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from backtest_pipeline.layout import CloudTarget
@@ -35,12 +36,17 @@ from backtest_pipeline.storage.base import (
     RetryPolicy,
     StorageError,
 )
+from backtest_pipeline.storage.footer_index import INDEX_KEY
 from backtest_pipeline.storage.local import LocalBackend
 from backtest_pipeline.storage.parquet_ranges import (
     Footer,
     ParquetRangeError,
     RangeReadResult,
+    merge_ranges,
+    prior_state_ranges,
+    range_mask,
     read_footer,
+    read_footer_for_ranges,
     read_ranges,
 )
 
@@ -306,11 +312,15 @@ class UnifiedCloudService:
         columns: Sequence[str] | None = None,
         use_byte_range: bool = True,
         include_prior: bool = False,
+        prior_state: bool = False,
     ) -> StreamingResult:
         """Rows of `gcs_path` whose `timestamp_column` lies in any [start, end) range.
 
         `include_prior` also returns, per range, the last row before its start when that row is
-        in a fetched row group (the state in force when the range opens).
+        in a fetched row group (the state in force when the range opens). `prior_state` returns
+        that row wherever it lies (state-carrying data: quotes, book snapshots), fetching one
+        row group more where a range opens on a group boundary; with a byte range it reads only
+        the part of the footer those row groups need when the object has a row-group index.
 
         With `use_byte_range`, only the footer (cached per object generation) and the column
         chunks of overlapping row groups are fetched; `bytes_read` says what that cost. Without
@@ -337,6 +347,10 @@ class UnifiedCloudService:
                 uri=where,
                 bytes_fetched=len(data),
             )
+        if prior_state and ranges is not None:
+            return self._state_ranges(
+                target, gcs_path, info, ranges, timestamp_column, columns, where
+            )
         footer, fresh = self._footer(target, gcs_path, info, timestamp_column)
         res = read_ranges(
             footer,
@@ -348,6 +362,64 @@ class UnifiedCloudService:
             include_prior=include_prior,
             fetch_many=self._fetch_many(target, gcs_path),
         )
+        return _costed(res, footer, fresh, info, where)
+
+    def _state_ranges(
+        self,
+        target: CloudTarget,
+        gcs_path: str,
+        info: ObjectInfo,
+        ranges: list[tuple[int, int]],
+        timestamp_column: str,
+        columns: Sequence[str] | None,
+        where: str,
+    ) -> StreamingResult:
+        """``prior_state`` reads: the rows in ``ranges`` and the row in force at each start.
+
+        A whole footer already cached serves the read when the object has no row-group index
+        (its cost is the whole footer either way); otherwise the footer is read for these ranges
+        from the index, so ``bytes_read`` never depends on what an earlier read cached.
+        """
+        fetch = self._fetcher(target, gcs_path, info)
+        fetch_many = self._fetch_many(target, gcs_path)
+        key = (target.gcs_bucket, gcs_path, info.generation)
+        with self._lock:
+            cached = self._footers.get(key)
+        if cached is not None and INDEX_KEY.encode() in (cached.metadata.metadata or {}):
+            cached = None
+        if cached is not None:
+            footer, fresh = cached, False
+            wanted = list(ranges)
+            if footer.has_stats:
+                wanted = merge_ranges(
+                    wanted + prior_state_ranges(footer.ts_min, footer.ts_max, ranges)
+                )
+        else:
+            footer, wanted, whole = read_footer_for_ranges(
+                info.size, fetch, where, ranges, timestamp_column, fetch_many
+            )
+            fresh = True
+            if whole:
+                with self._lock:
+                    self._footers[key] = footer
+                    while len(self._footers) > FOOTER_CACHE_SIZE:
+                        self._footers.popitem(last=False)
+        res = read_ranges(
+            footer,
+            fetch,
+            where,
+            ranges=wanted,
+            timestamp_column=timestamp_column,
+            columns=columns,
+            include_prior=True,
+            fetch_many=fetch_many,
+        )
+        if wanted != merge_ranges(ranges) and res.table.num_rows:
+            # What the extra ranges brought beyond the row in force is not asked for.
+            ts = res.table.column(timestamp_column)
+            if pa.types.is_timestamp(ts.type):
+                ts = pc.cast(pc.cast(ts, pa.timestamp("ns", ts.type.tz)), pa.int64())
+            res.table = res.table.filter(pa.array(range_mask(ts, ranges, True)))
         return _costed(res, footer, fresh, info, where)
 
     def read_parquet_sync(
@@ -435,10 +507,10 @@ def _costed(
 ) -> StreamingResult:
     """The read's cost: footer + chunks always (deterministic); the footer fetched only if fresh."""
     return StreamingResult(
-        **{**res.__dict__, "bytes_read": res.bytes_read + len(footer.tail)},
+        **{**res.__dict__, "bytes_read": res.bytes_read + footer.cost},
         generation=info.generation,
         uri=where,
-        bytes_fetched=res.bytes_read + (len(footer.tail) if fresh else 0),
+        bytes_fetched=res.bytes_read + (footer.cost if fresh else 0),
     )
 
 
