@@ -152,3 +152,32 @@ def test_log_object_streamed_from_its_file(ucs: UnifiedCloudService, tmp_path: P
     want = f"===== execution.log =====\n{engine_log}\n===== product.log =====\ndone\n"
     assert got == want.encode()
     assert not (work / ".log.joined").exists()
+
+
+def test_fills_and_per_order_lookups_do_not_grow_with_the_days(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At each day's end the fills are frames, and per-order lookups hold open orders only.
+
+    Kept as Python tuples and dict entries, a year of fills and orders (~0.3 MB a day at the
+    reference size) grew the run's memory by every order it ever sent.
+    """
+    from backtest_pipeline.engine import driver
+
+    seen: list[tuple[int, int, int, int]] = []  # (fills, as tuples, per-order entries, open)
+    purge = driver._purge_closed
+
+    def spying(engine, *rest) -> None:  # type: ignore[no-untyped-def]
+        purge(engine, *rest)
+        s = engine.trader.strategies()[0]
+        frozen = getattr(s.fills, "frozen_rows", 0)
+        entries = max(len(s._arrives), len(s._fill_seq), len(s._cancel_reasons))
+        seen.append((len(s.fills), len(s.fills) - frozen, entries, s.oms.open_count))
+
+    monkeypatch.setattr(driver, "_purge_closed", spying)
+    out = run_engine(config([BTC]), _days())
+    assert len(seen) == N_DAYS and seen[-1][0] >= N_DAYS  # fills on every day
+    for fills, as_tuples, entries, open_orders in seen:
+        assert as_tuples == 0, (fills, as_tuples)
+        assert entries <= open_orders, (entries, open_orders)
+    assert out.fills.height >= seen[-1][0]

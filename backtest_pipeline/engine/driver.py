@@ -76,18 +76,6 @@ log = logging.getLogger("backtest_pipeline.engine")
 _MS = 1_000_000
 _DAY_NS = 86_400_000_000_000
 
-FILLS_SCHEMA: dict[str, pl.DataType] = {
-    "fill_id": pl.Utf8(),
-    "order_id": pl.Utf8(),
-    "instrument_key": pl.Utf8(),
-    "side": pl.Utf8(),
-    "quantity": pl.Float64(),
-    "price": pl.Float64(),
-    "fee": pl.Float64(),
-    "fee_currency": pl.Utf8(),
-    "ts_event": pl.Int64(),
-    "venue": pl.Utf8(),
-}
 FUNDING_SCHEMA: dict[str, pl.DataType] = {
     "ts_event": pl.Int64(),
     "instrument_key": pl.Utf8(),
@@ -511,12 +499,10 @@ class _DayFeeder:
         """
         if self._grid_ns is None or not self._unpruned:
             return
-        new = self.strategy.fills[self._fills_seen :]
+        new = self.strategy.fills.column("ts_event", self._fills_seen).astype(np.int64)
         self._fills_seen += len(new)
-        if new:
-            self._fill_ts = np.concatenate(
-                [self._fill_ts, np.fromiter((f[8] for f in new), dtype=np.int64, count=len(new))]
-            )
+        if len(new):
+            self._fill_ts = np.concatenate([self._fill_ts, new])
         keep: list[tuple[int, int, int]] = []
         for i, start, end in self._unpruned:
             if not every_day and now_ns < end:
@@ -636,7 +622,9 @@ def _end(engine: BacktestEngine, strategy: ExecutionStrategy) -> float:
     return seconds
 
 
-def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
+def _purge_closed(
+    engine: BacktestEngine, strategy: ExecutionStrategy, purged_ids: set[str]
+) -> None:
     """Drop what the engine's cache keeps of finished business, so memory is bounded by a day.
 
     Nautilus keeps every order (with all its events) and every account state for the whole
@@ -649,7 +637,10 @@ def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
     from our fills), and would otherwise grow with the run's days.
     """
     cache = engine.cache
-    purged_ids.update(o.client_order_id.value for o in cache.orders_closed())
+    closed = [o.client_order_id.value for o in cache.orders_closed()]
+    purged_ids.update(closed)
+    # A closed order gets no more events: the strategy's per-order lookups of it can go too.
+    strategy.forget_orders(closed)
     now = engine.kernel.clock.timestamp_ns()
     cache.purge_closed_orders(now)
     cache.purge_account_events(now)
@@ -753,9 +744,13 @@ def boundary_state(
     if config.fill_model.depth_liquidity_consumption:
         # A snapshot read after a key's last fill resets its consumption before our next order
         # there, whichever feed runs (every row, or the jump's primer from the book in force).
-        last_fill: dict[str, int] = {}
-        for f in strategy.fills:
-            last_fill[f[2]] = max(last_fill.get(f[2], 0), int(f[8]))
+        last_fill = {
+            str(k): max(int(ts), 0)
+            for k, ts in strategy.fills.frame()
+            .group_by("instrument_key")
+            .agg(pl.col("ts_event").max())
+            .iter_rows()
+        }
         consumed = {
             k
             for k, ts in last_book_ns.items()
@@ -815,8 +810,9 @@ def _run_engine(
             del prepared
             if strategy.errors:
                 raise strategy.errors[0]
+            strategy.fills.freeze()
             feeder.prune_marks(engine.kernel.clock.timestamp_ns())
-            _purge_closed(engine, engine_order_ids)
+            _purge_closed(engine, strategy, engine_order_ids)
             last_day = day.day
             tracker.resolve_finished(day.day)
         if warmup_days is not None and start_state is None:
@@ -1092,7 +1088,7 @@ def _collect(
     if m.orders:
         history = history.filter(pl.col("order_id").is_in(orders.get_column("order_id").implode()))
     fills = exact_prices(
-        pl.DataFrame(strategy.fills[m.fills :], schema=FILLS_SCHEMA, orient="row"),
+        strategy.fills.frame(m.fills),
         {k: i.instrument.price_precision for k, i in strategy.info.items()},
     )
     funding = pl.DataFrame(strategy.funding_rows[m.funding :], schema=FUNDING_SCHEMA, orient="row")
