@@ -181,3 +181,40 @@ def test_fills_and_per_order_lookups_do_not_grow_with_the_days(
         assert as_tuples == 0, (fills, as_tuples)
         assert entries <= open_orders, (entries, open_orders)
     assert out.fills.height >= seen[-1][0]
+
+
+def test_finished_orders_leave_python_objects_and_the_outputs_are_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each day's resolved, closed orders become frame rows; orders and history stay the same."""
+    from backtest_pipeline.engine import driver
+    from backtest_pipeline.trading.oms import OMS
+
+    held: list[tuple[int, int]] = []  # per day end: (orders so far, held as Python records)
+    freeze = getattr(driver._OperationTracker, "freeze_resolved", None)
+
+    def counting(self, *args) -> None:  # type: ignore[no-untyped-def]
+        if freeze is not None:
+            freeze(self, *args)
+        oms = self.strategy.oms
+        held.append((len(oms.orders_frame()), len(oms.records())))
+
+    monkeypatch.setattr(driver._OperationTracker, "freeze_resolved", counting, raising=False)
+    if freeze is None:  # the code before: count at the same point of the day
+        resolve = driver._OperationTracker.resolve_finished
+
+        def resolving(self, today) -> None:  # type: ignore[no-untyped-def]
+            resolve(self, today)
+            counting(self, set())
+
+        monkeypatch.setattr(driver._OperationTracker, "resolve_finished", resolving)
+    out = run_engine(config([BTC]), _days())
+    assert len(held) == N_DAYS and held[-1][0] > held[1][0] > 0
+    for k in range(2, N_DAYS):
+        # What is still held as records: at most the orders of the last two days.
+        assert held[k][1] <= held[k][0] - held[k - 2][0], (k, held)
+
+    monkeypatch.setattr(OMS, "freeze", lambda self, ids: None, raising=False)
+    whole = run_engine(config([BTC]), _days())
+    assert out.orders.equals(whole.orders)
+    assert out.order_status_history.equals(whole.order_status_history)

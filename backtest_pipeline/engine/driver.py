@@ -815,6 +815,7 @@ def _run_engine(
             _purge_closed(engine, strategy, engine_order_ids)
             last_day = day.day
             tracker.resolve_finished(day.day)
+            tracker.freeze_resolved(engine_order_ids)
         if warmup_days is not None and start_state is None:
             raise EngineInputError(f"a time shard needs more than its {warmup_days} warm-up days")
         end_state: BoundaryState | None = None
@@ -901,6 +902,22 @@ class _OperationTracker:
             + [day_of_ns(orch.operations[o].signal.ts_event).toordinal() - 1 for o in self.waiting]
         )
         self.refs.prune(date.fromordinal(first))
+
+    def freeze_resolved(self, closed: set[str]) -> None:
+        """Hand the OMS the orders no event and no waiting operation will read again.
+
+        Closed in the engine (``closed``: the ids purged from its cache) or stopped by risk,
+        final, and of an operation whose references are resolved: their records become rows of
+        a frame instead of Python objects for the rest of the run.
+        """
+        oms = self.strategy.oms
+        oms.freeze(
+            r.order_id
+            for r in oms.records()
+            if r.final
+            and r.operation_id not in self.waiting
+            and (r.order_id in closed or r.order_id.startswith("R-"))
+        )
 
     def resolve_all(self) -> None:
         """At the run's (or a shard's) end: whatever is still waiting, as it stands."""
@@ -996,7 +1013,7 @@ def _log_caveats(config: BacktestConfig, books: Mapping[str, MarketData]) -> Non
 
 def _mark(strategy: ExecutionStrategy, feeder: _DayFeeder, ticks: int, engine_time: float) -> _Mark:
     return _Mark(
-        orders=len(strategy.oms.records()),
+        orders=len(strategy.oms),
         fills=len(strategy.fills),
         funding=len(strategy.funding_rows),
         marks=len(feeder.marks),
