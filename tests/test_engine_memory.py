@@ -152,3 +152,98 @@ def test_log_object_streamed_from_its_file(ucs: UnifiedCloudService, tmp_path: P
     want = f"===== execution.log =====\n{engine_log}\n===== product.log =====\ndone\n"
     assert got == want.encode()
     assert not (work / ".log.joined").exists()
+
+
+def test_fills_and_per_order_lookups_do_not_grow_with_the_days(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At each day's end the fills are frames, and per-order lookups hold open orders only.
+
+    Kept as Python tuples and dict entries, a year of fills and orders (~0.3 MB a day at the
+    reference size) grew the run's memory by every order it ever sent.
+    """
+    from backtest_pipeline.engine import driver
+
+    seen: list[tuple[int, int, int, int]] = []  # (fills, as tuples, per-order entries, open)
+    purge = driver._purge_closed
+
+    def spying(engine, *rest) -> None:  # type: ignore[no-untyped-def]
+        purge(engine, *rest)
+        s = engine.trader.strategies()[0]
+        frozen = getattr(s.fills, "frozen_rows", 0)
+        entries = max(len(s._arrives), len(s._fill_seq), len(s._cancel_reasons))
+        seen.append((len(s.fills), len(s.fills) - frozen, entries, s.oms.open_count))
+
+    monkeypatch.setattr(driver, "_purge_closed", spying)
+    out = run_engine(config([BTC]), _days())
+    assert len(seen) == N_DAYS and seen[-1][0] >= N_DAYS  # fills on every day
+    for fills, as_tuples, entries, open_orders in seen:
+        assert as_tuples == 0, (fills, as_tuples)
+        assert entries <= open_orders, (entries, open_orders)
+    assert out.fills.height >= seen[-1][0]
+
+
+def test_finished_orders_leave_python_objects_and_the_outputs_are_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each day's resolved, closed orders become frame rows; orders and history stay the same."""
+    from backtest_pipeline.engine import driver
+    from backtest_pipeline.trading.oms import OMS
+
+    held: list[tuple[int, int]] = []  # per day end: (orders so far, held as Python records)
+    freeze = getattr(driver._OperationTracker, "freeze_resolved", None)
+
+    def counting(self, *args) -> None:  # type: ignore[no-untyped-def]
+        if freeze is not None:
+            freeze(self, *args)
+        oms = self.strategy.oms
+        held.append((len(oms.orders_frame()), len(oms.records())))
+
+    monkeypatch.setattr(driver._OperationTracker, "freeze_resolved", counting, raising=False)
+    if freeze is None:  # the code before: count at the same point of the day
+        resolve = driver._OperationTracker.resolve_finished
+
+        def resolving(self, today) -> None:  # type: ignore[no-untyped-def]
+            resolve(self, today)
+            counting(self, set())
+
+        monkeypatch.setattr(driver._OperationTracker, "resolve_finished", resolving)
+    out = run_engine(config([BTC]), _days())
+    assert len(held) == N_DAYS and held[-1][0] > held[1][0] > 0
+    for k in range(2, N_DAYS):
+        # What is still held as records: at most the orders of the last two days.
+        assert held[k][1] <= held[k][0] - held[k - 2][0], (k, held)
+
+    monkeypatch.setattr(OMS, "freeze", lambda self, ids: None, raising=False)
+    whole = run_engine(config([BTC]), _days())
+    assert out.orders.equals(whole.orders)
+    assert out.order_status_history.equals(whole.order_status_history)
+
+
+def test_cyclic_garbage_of_a_day_is_freed_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A footer's metadata (pyarrow FileMetaData ↔ ParquetSchema) is a cycle in the oldest
+    generation once dropped from the footer cache: only a full collection frees its native
+    row-group metadata. The day's end must run one, or RSS climbs between rare collections."""
+    import gc
+    import weakref
+
+    from backtest_pipeline.engine import driver
+
+    class Held:
+        me: object = None
+
+    alive: list[bool] = []
+    purge = driver._purge_closed
+
+    def spying(*args) -> None:  # type: ignore[no-untyped-def]
+        held = Held()
+        held.me = held  # a cycle, as FileMetaData ↔ ParquetSchema
+        ref = weakref.ref(held)
+        gc.collect()  # survives (still referenced): now in the oldest generation
+        del held  # garbage that only a full collection finds
+        purge(*args)
+        alive.append(ref() is not None)
+
+    monkeypatch.setattr(driver, "_purge_closed", spying)
+    run_engine(config([BTC]), _days())
+    assert alive == [False] * N_DAYS

@@ -13,6 +13,7 @@ No storage access here: the caller hands in-memory frames/tables per day (``DayI
 from __future__ import annotations
 
 import ctypes
+import gc
 import itertools
 import logging
 import math
@@ -76,18 +77,6 @@ log = logging.getLogger("backtest_pipeline.engine")
 _MS = 1_000_000
 _DAY_NS = 86_400_000_000_000
 
-FILLS_SCHEMA: dict[str, pl.DataType] = {
-    "fill_id": pl.Utf8(),
-    "order_id": pl.Utf8(),
-    "instrument_key": pl.Utf8(),
-    "side": pl.Utf8(),
-    "quantity": pl.Float64(),
-    "price": pl.Float64(),
-    "fee": pl.Float64(),
-    "fee_currency": pl.Utf8(),
-    "ts_event": pl.Int64(),
-    "venue": pl.Utf8(),
-}
 FUNDING_SCHEMA: dict[str, pl.DataType] = {
     "ts_event": pl.Int64(),
     "instrument_key": pl.Utf8(),
@@ -511,12 +500,10 @@ class _DayFeeder:
         """
         if self._grid_ns is None or not self._unpruned:
             return
-        new = self.strategy.fills[self._fills_seen :]
+        new = self.strategy.fills.column("ts_event", self._fills_seen).astype(np.int64)
         self._fills_seen += len(new)
-        if new:
-            self._fill_ts = np.concatenate(
-                [self._fill_ts, np.fromiter((f[8] for f in new), dtype=np.int64, count=len(new))]
-            )
+        if len(new):
+            self._fill_ts = np.concatenate([self._fill_ts, new])
         keep: list[tuple[int, int, int]] = []
         for i, start, end in self._unpruned:
             if not every_day and now_ns < end:
@@ -636,7 +623,9 @@ def _end(engine: BacktestEngine, strategy: ExecutionStrategy) -> float:
     return seconds
 
 
-def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
+def _purge_closed(
+    engine: BacktestEngine, strategy: ExecutionStrategy, purged_ids: set[str]
+) -> None:
     """Drop what the engine's cache keeps of finished business, so memory is bounded by a day.
 
     Nautilus keeps every order (with all its events) and every account state for the whole
@@ -649,7 +638,10 @@ def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
     from our fills), and would otherwise grow with the run's days.
     """
     cache = engine.cache
-    purged_ids.update(o.client_order_id.value for o in cache.orders_closed())
+    closed = [o.client_order_id.value for o in cache.orders_closed()]
+    purged_ids.update(closed)
+    # A closed order gets no more events: the strategy's per-order lookups of it can go too.
+    strategy.forget_orders(closed)
     now = engine.kernel.clock.timestamp_ns()
     cache.purge_closed_orders(now)
     cache.purge_account_events(now)
@@ -661,6 +653,13 @@ def _purge_closed(engine: BacktestEngine, purged_ids: set[str]) -> None:
     # never asked for (``run_analysis`` off; our metrics come from our fills), so its records
     # start afresh each day.
     engine.portfolio.analyzer.reset()
+    # pyarrow's FileMetaData and its ParquetSchema refer to each other: a footer dropped from
+    # the footer cache is freed only by a full collection, which the few Python objects of a
+    # cycle never trigger, while its native row-group metadata (MBs for a 2,000-group day
+    # file) waits: RSS climbed ~100 MB over a week between full collections. One full
+    # collection a day frees them before the heap is trimmed; the objects alive at the run's
+    # start are frozen out of it (`_run_engine`), so it scans only what the run made.
+    gc.collect()
     _malloc_trim()
 
 
@@ -753,9 +752,13 @@ def boundary_state(
     if config.fill_model.depth_liquidity_consumption:
         # A snapshot read after a key's last fill resets its consumption before our next order
         # there, whichever feed runs (every row, or the jump's primer from the book in force).
-        last_fill: dict[str, int] = {}
-        for f in strategy.fills:
-            last_fill[f[2]] = max(last_fill.get(f[2], 0), int(f[8]))
+        last_fill = {
+            str(k): max(int(ts), 0)
+            for k, ts in strategy.fills.frame()
+            .group_by("instrument_key")
+            .agg(pl.col("ts_event").max())
+            .iter_rows()
+        }
         consumed = {
             k
             for k, ts in last_book_ns.items()
@@ -797,6 +800,8 @@ def _run_engine(
     tracker = _OperationTracker(strategy, refs)
     feed = _feed_for(config, engine, strategy, feeder.market_data)
     ticks_read = 0
+    gc.collect()
+    gc.freeze()  # what exists now lives all run: the daily collection need not scan it
     try:
         for i, day in enumerate(days):
             if i == warmup_days:
@@ -815,10 +820,12 @@ def _run_engine(
             del prepared
             if strategy.errors:
                 raise strategy.errors[0]
+            strategy.fills.freeze()
             feeder.prune_marks(engine.kernel.clock.timestamp_ns())
-            _purge_closed(engine, engine_order_ids)
+            _purge_closed(engine, strategy, engine_order_ids)
             last_day = day.day
             tracker.resolve_finished(day.day)
+            tracker.freeze_resolved(engine_order_ids)
         if warmup_days is not None and start_state is None:
             raise EngineInputError(f"a time shard needs more than its {warmup_days} warm-up days")
         end_state: BoundaryState | None = None
@@ -863,6 +870,7 @@ def _run_engine(
         out.risk_log = strategy.risk_log or []
         return out
     finally:
+        gc.unfreeze()
         engine.dispose()
 
 
@@ -905,6 +913,22 @@ class _OperationTracker:
             + [day_of_ns(orch.operations[o].signal.ts_event).toordinal() - 1 for o in self.waiting]
         )
         self.refs.prune(date.fromordinal(first))
+
+    def freeze_resolved(self, closed: set[str]) -> None:
+        """Hand the OMS the orders no event and no waiting operation will read again.
+
+        Closed in the engine (``closed``: the ids purged from its cache) or stopped by risk,
+        final, and of an operation whose references are resolved: their records become rows of
+        a frame instead of Python objects for the rest of the run.
+        """
+        oms = self.strategy.oms
+        oms.freeze(
+            r.order_id
+            for r in oms.records()
+            if r.final
+            and r.operation_id not in self.waiting
+            and (r.order_id in closed or r.order_id.startswith("R-"))
+        )
 
     def resolve_all(self) -> None:
         """At the run's (or a shard's) end: whatever is still waiting, as it stands."""
@@ -1000,7 +1024,7 @@ def _log_caveats(config: BacktestConfig, books: Mapping[str, MarketData]) -> Non
 
 def _mark(strategy: ExecutionStrategy, feeder: _DayFeeder, ticks: int, engine_time: float) -> _Mark:
     return _Mark(
-        orders=len(strategy.oms.records()),
+        orders=len(strategy.oms),
         fills=len(strategy.fills),
         funding=len(strategy.funding_rows),
         marks=len(feeder.marks),
@@ -1092,7 +1116,7 @@ def _collect(
     if m.orders:
         history = history.filter(pl.col("order_id").is_in(orders.get_column("order_id").implode()))
     fills = exact_prices(
-        pl.DataFrame(strategy.fills[m.fills :], schema=FILLS_SCHEMA, orient="row"),
+        strategy.fills.frame(m.fills),
         {k: i.instrument.price_precision for k, i in strategy.info.items()},
     )
     funding = pl.DataFrame(strategy.funding_rows[m.funding :], schema=FUNDING_SCHEMA, orient="row")

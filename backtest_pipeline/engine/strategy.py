@@ -55,6 +55,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.books import InvalidPeriod
 from backtest_pipeline.engine import instruments as names
+from backtest_pipeline.engine.records import FILLS_SCHEMA, DailyRows
 from backtest_pipeline.trading.oms import OMS
 from backtest_pipeline.trading.orchestrator import Operation, Orchestrator, Signal
 from backtest_pipeline.trading.risk import OrderIntent, PreTradeRisk, RiskSnapshot
@@ -145,7 +146,7 @@ class ExecutionStrategy(Strategy):
             limit_price_source=config.algo.limit_price_source,
             limit_offset_bps=config.algo.limit_offset_bps,
         )
-        self.fills: list[tuple[Any, ...]] = []
+        self.fills = DailyRows(FILLS_SCHEMA)  # frozen to a frame at each day's end
         self.funding_rows: list[tuple[Any, ...]] = []
         self.signals_seen = 0
         # Per fill with a reference price: (quantity × signed slippage in bps, quantity).
@@ -642,6 +643,18 @@ class ExecutionStrategy(Strategy):
             )
             handle = self.venue_handles[names.venue_of_key(ev.instrument_key)]
             handle.exchange.adjust_account(Money(-payment, self.currency))
+
+    def forget_orders(self, order_ids: list[str]) -> None:
+        """Drop the per-order lookups of orders the engine has closed (called once a day).
+
+        They serve events still to come (a fill's sequence number, a cancel's reason, a cancel
+        rejected before the submit arrived); a closed order gets none, and kept they grow
+        with every order of the run.
+        """
+        for oid in order_ids:
+            self._arrives.pop(oid, None)
+            self._fill_seq.pop(oid, None)
+            self._cancel_reasons.pop(oid, None)
 
     # -- order events ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ closes every order by the end of the run (window-end and end-of-run cancels), an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -63,6 +64,7 @@ class OrderRecord:
     filled_quantity: float = 0.0
     final: bool = False
     history: list[tuple[str, int, float, str | None]] = field(default_factory=list)
+    seq: int = -1  # position in the order of recording: the output's row order
 
     @property
     def is_open(self) -> bool:
@@ -75,6 +77,14 @@ class OMS:
         self._by_operation: dict[str, list[str]] = {}
         self._rejects: dict[str, int] = {}
         self._open: set[str] = set()  # ids of the orders not final yet
+        self._seq = 0  # orders recorded so far, frozen ones included
+        # Records no event can change any more, as frames (see `freeze`), with their `seq`.
+        self._frozen_orders: list[pl.DataFrame] = []
+        self._frozen_history: list[pl.DataFrame] = []
+
+    def __len__(self) -> int:
+        """Orders recorded so far, frozen ones included."""
+        return self._seq
 
     def __contains__(self, order_id: str) -> bool:
         return order_id in self._orders
@@ -86,6 +96,8 @@ class OMS:
         if rec.order_id in self._orders:
             raise ValueError(f"order id {rec.order_id} recorded twice")
         self._orders[rec.order_id] = rec
+        rec.seq = self._seq
+        self._seq += 1
         self._by_operation.setdefault(rec.operation_id, []).append(rec.order_id)
         if not rec.final:
             self._open.add(rec.order_id)
@@ -194,20 +206,55 @@ class OMS:
     def records(self) -> list[OrderRecord]:
         return list(self._orders.values())
 
+    def freeze(self, order_ids: Iterable[str]) -> None:
+        """Move final records that nothing will read or change again into frames.
+
+        A record with its status history is ~1 KB of Python objects, kept for the whole run;
+        as a row of a day's frame it takes a fraction of that. The caller names orders that get
+        no more events (the engine closed them, or risk stopped them) and whose operation needs
+        them no more. Frozen orders are no longer known to `get` or `orders_of`; the frames
+        keep their place in the order of recording.
+        """
+        recs = [r for o in order_ids if (r := self._orders.get(o)) is not None and r.final]
+        if not recs:
+            return
+        for r in recs:
+            del self._orders[r.order_id]
+            same_op = self._by_operation[r.operation_id]
+            same_op.remove(r.order_id)
+            if not same_op:
+                del self._by_operation[r.operation_id]
+        self._frozen_orders.append(_orders_rows(recs))
+        self._frozen_history.append(_history_rows(recs))
+
     def orders_frame(self) -> pl.DataFrame:
-        rows = [
-            (
-                r.order_id, r.operation_id, r.instrument_key, r.side, r.order_type, r.quantity,
-                r.price, r.status, r.created_at, r.updated_at, r.rejection_reason,
-            )
-            for r in self._orders.values()
-        ]  # fmt: skip
-        return pl.DataFrame(rows, schema=ORDERS_SCHEMA, orient="row")
+        return _in_order([*self._frozen_orders, _orders_rows(self._orders.values())])
 
     def history_frame(self) -> pl.DataFrame:
-        rows = [
-            (r.order_id, status, ts, filled, reason)
-            for r in self._orders.values()
-            for status, ts, filled, reason in r.history
-        ]
-        return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")
+        return _in_order([*self._frozen_history, _history_rows(self._orders.values())])
+
+
+def _orders_rows(recs: Iterable[OrderRecord]) -> pl.DataFrame:
+    rows = [
+        (
+            r.order_id, r.operation_id, r.instrument_key, r.side, r.order_type, r.quantity,
+            r.price, r.status, r.created_at, r.updated_at, r.rejection_reason, r.seq,
+        )
+        for r in recs
+    ]  # fmt: skip
+    return pl.DataFrame(rows, schema={**ORDERS_SCHEMA, "seq": pl.Int64()}, orient="row")
+
+
+def _history_rows(recs: Iterable[OrderRecord]) -> pl.DataFrame:
+    rows = [
+        (r.order_id, status, ts, filled, reason, r.seq)
+        for r in recs
+        for status, ts, filled, reason in r.history
+    ]
+    return pl.DataFrame(rows, schema={**HISTORY_SCHEMA, "seq": pl.Int64()}, orient="row")
+
+
+def _in_order(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """The rows of frozen and live records in the order they were recorded (stable in one)."""
+    whole = parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
+    return whole.sort("seq", maintain_order=True).drop("seq")
