@@ -102,8 +102,8 @@ def trades_to_parquet_bytes(
 
 # Quotes and book snapshots are read in the same signal windows as trades, so they follow the same
 # rule: short row groups, statistics on ts_event only. A quote row is ~5 numbers (like a trade); a
-# book row is 42, so its groups hold fewer rows to cover a comparable span (500 rows = 50 s of
-# 100 ms snapshots). Measured in docs/market-data.md.
+# book row is 42, so its groups hold fewer rows (250 rows = 25 s of 100 ms snapshots); the
+# row-group index keeps their large footer from being read whole. Measured in docs/market-data.md.
 QUOTES_ROW_GROUP_SIZE: Final = 1_000
 BOOK_ROW_GROUP_SIZE: Final = 250
 _TS_ENCODINGS: Final[dict[str, str]] = {
