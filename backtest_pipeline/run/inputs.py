@@ -29,6 +29,7 @@ from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.signals.windows import apply_execution_window
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.storage.parquet_ranges import (
+    mask_array,
     merge_ranges,
     prior_state_ranges,
     range_mask,
@@ -366,7 +367,7 @@ def fetch_book(
         )
     table = res.table
     if wanted != merge_ranges(ranges):  # drop what the extra ranges brought beyond the prior row
-        table = table.filter(pa.array(range_mask(table.column("ts_event"), ranges, True)))
+        table = table.filter(mask_array(range_mask(table.column("ts_event"), ranges, True)))
     table = schemas.validate_tick(table, data_type, uri, day=day)
     rec = InputRecord(t_ticks.gcs_bucket, tpath, res.generation, res.object_size, res.bytes_read)
     return table, rec, periods
