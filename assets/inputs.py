@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue, Output, asset
 
-from assets import runtime
+from assets import catalog, runtime
 from assets.checks import check_result, check_spec
 from assets.partitions import daily_partitions, days_of, single_run
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.results import checks
-from backtest_pipeline.run import stages
+from backtest_pipeline.run import runner, stages
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 from resources.io_manager import DayTables, LazyDays
 from resources.settings import BacktestSettings, tag_run
@@ -145,26 +145,44 @@ def tick_slices(
 
     days = days_of(context.partition_keys)
     slice_checks = checks.TickSliceChecks()
+    # The catalog of each day starts in the run's backtest process as soon as the day is stored
+    # (assets/catalog.py), if nautilus_catalog follows in this process and that process exists:
+    # it reads the stored object itself, while this step fetches the next day.
+    prebuild = runtime.step_runs_in_this_process(
+        context, runtime.CATALOG_STEP
+    ) and runtime.has_worker(context)
+    market_data: dict[str, Any] | None = None
+    fetched: dict[str, tuple[pa.Table, pa.Table]] = {}  # a day's instruments and intervals
 
     def produce(key: str) -> pa.Table:
         day = layout.parse_day(key)
+        inst, intervals = instruments[key], signal_intervals[key]
         with stages.failing_run(client, config, days):
             table = stages.fetch_tick_slices(
-                client,
-                config,
-                day,
-                instruments[key],
-                signals[key],
-                stages.to_polars(signal_intervals[key]),
+                client, config, day, inst, signals[key], stages.to_polars(intervals)
             )
         slice_checks.add(key, table)  # the day as it is stored: checked without a read back
+        if prebuild:
+            fetched[key] = (inst, intervals)
         return table
+
+    def on_stored(key: str, path: str) -> None:
+        nonlocal market_data
+        if key not in fetched:
+            return
+        inst, intervals = fetched.pop(key)
+        if market_data is None:
+            market_data = dict(runner.market_data_for(client, config, days))
+        day = layout.parse_day(key)
+        catalog.prebuild_day(
+            context, client, backtest, config, market_data, day, path, inst, intervals
+        )
 
     # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more
     # than one day of ticks; rows and bytes read vs available are recorded by the IO manager.
     # Dagster stores a yielded output before resuming this generator: every day has been
     # fetched, checked and written when the check results below are computed.
-    yield Output(LazyDays([d.isoformat() for d in days], produce))
+    yield Output(LazyDays([d.isoformat() for d in days], produce, on_stored=on_stored))
     sorted_ok, schema_ok = slice_checks.outcomes()
     yield check_result("tick_slices_sorted", sorted_ok)
     yield check_result("tick_slices_schema", schema_ok)

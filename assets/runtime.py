@@ -7,6 +7,12 @@ it gets ready on the second core while the input steps execute; ``backtest_run``
 catalog, which needs NautilusTrader too) then hand it their work. Modules a later step needs are
 imported while ``backtest_run`` only waits for its engine.
 
+The catalog's days are handed to that process as soon as ``tick_slices`` has each of them
+(:func:`prebuild`): the process writes day *d*'s catalog on the second core while this one
+fetches day *d + 1*, and ``nautilus_catalog`` then takes what was built (:func:`take_prebuilt`)
+instead of starting the same work after the last day. It is the same call with the same
+arguments, so the catalog (and everything downstream) is the same bytes.
+
 On executors that run each step in a process or pod of its own (multiprocess, Celery,
 Kubernetes) nothing is started ahead of time: ``backtest_run`` spawns its process itself.
 """
@@ -15,9 +21,12 @@ import contextlib
 import gc
 import importlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -32,6 +41,10 @@ from backtest_pipeline.run import worker as workers
 #: ``in_process_executor`` (and ours, which keeps its name) and the one of ``materialize()``.
 IN_PROCESS_EXECUTORS = frozenset({"in_process", "execute_in_process_executor"})
 BACKTEST_STEP = "backtest_run"
+CATALOG_STEP = "nautilus_catalog"
+#: Days handed to the worker ahead of their step and not yet done, at most: each holds its
+#: input (a day of tick slices) until the worker has it, and a long range must not pile them up.
+MAX_PENDING_PREBUILDS = 4
 
 
 class _WarmBacktestExecutor(Executor):
@@ -63,6 +76,7 @@ class _WarmBacktestExecutor(Executor):
         try:
             yield from self._inner.execute(plan_context, execution_plan)
         finally:
+            drop_prebuilt(run_id)
             workers.discard_worker(run_id)
 
 
@@ -84,14 +98,107 @@ in_process_with_warm_backtest = ExecutorDefinition(
 )
 
 
-def backtest_runs_in_this_process(context: AssetExecutionContext) -> bool:
-    """True when ``backtest_run`` is one of this run's steps and runs in this very process."""
+def step_runs_in_this_process(context: AssetExecutionContext, step: str) -> bool:
+    """True when the asset step ``step`` is one of this run's steps and runs in this process."""
     if context.job_def.executor_def.name not in IN_PROCESS_EXECUTORS:
         return False
     keys = context.run.step_keys_to_execute
     if keys is not None:
-        return BACKTEST_STEP in keys
-    return AssetKey(BACKTEST_STEP) in context.job_def.asset_layer.executable_asset_keys
+        return step in keys
+    return AssetKey(step) in context.job_def.asset_layer.executable_asset_keys
+
+
+def backtest_runs_in_this_process(context: AssetExecutionContext) -> bool:
+    """True when ``backtest_run`` is one of this run's steps and runs in this very process."""
+    return step_runs_in_this_process(context, BACKTEST_STEP)
+
+
+def has_worker(context: AssetExecutionContext) -> bool:
+    """True when the run's backtest process is pooled in this process (started, not taken)."""
+    worker = workers.pooled_worker(context.run.run_id)
+    return worker is not None and worker.alive()
+
+
+@dataclass(frozen=True)
+class _Prebuilt:
+    """A day of a later step's work, running in the run's worker since an earlier step."""
+
+    match: tuple[Any, ...]
+    future: "Future[Any]"
+
+
+_PREBUILT: dict[tuple[str, str, str], _Prebuilt] = {}
+_PREBUILT_LOCK = threading.Lock()
+
+
+def prebuild(
+    context: AssetExecutionContext,
+    step: str,
+    day: str,
+    match: tuple[Any, ...],
+    fn: Callable[..., Any],
+    *args: Any,
+) -> bool:
+    """Start ``fn(*args)`` (day ``day`` of the later step ``step``) in the run's worker now.
+
+    Only when ``step`` runs later in this process and the run's worker is pooled here, and
+    while fewer than ``MAX_PENDING_PREBUILDS`` such days are pending; True if started. ``match``
+    is what the step compares with its own inputs before it takes the outcome
+    (:func:`take_prebuilt`): anything different and it does the work itself.
+    """
+    run_id = context.run.run_id
+    if not step_runs_in_this_process(context, step):
+        return False
+    worker = workers.pooled_worker(run_id)
+    if worker is None or not worker.alive():
+        return False
+    with _PREBUILT_LOCK:
+        for other in [k for k in _PREBUILT if k[0] != run_id]:  # another run's leftovers
+            _PREBUILT.pop(other).future.cancel()
+        if sum(not p.future.done() for p in _PREBUILT.values()) >= MAX_PENDING_PREBUILDS:
+            return False
+        try:
+            future = worker.submit(fn, *args)
+        except RuntimeError:  # the worker has run its backtest already
+            return False
+        _PREBUILT[(run_id, step, day)] = _Prebuilt(match, future)
+    return True
+
+
+def take_prebuilt(run_id: str, step: str, day: str, match: tuple[Any, ...]) -> Any | None:
+    """The outcome of day ``day`` of ``step`` started by :func:`prebuild` (waits for it).
+
+    None when none was started, its ``match`` differs from the step's, or it failed: the step
+    then does the work itself (and reports its own error, if any).
+    """
+    with _PREBUILT_LOCK:
+        pre = _PREBUILT.pop((run_id, step, day), None)
+    if pre is None or not _same(pre.match, match):
+        return None
+    try:
+        return pre.future.result()
+    except Exception:  # the step's own attempt says what is wrong
+        return None
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Element-wise equality; Arrow tables compared by content, schema and its metadata."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, pa.Table) or isinstance(y, pa.Table):
+            if not (isinstance(x, pa.Table) and isinstance(y, pa.Table) and x.equals(y, True)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def drop_prebuilt(run_id: str) -> None:
+    """Forget the days started ahead for ``run_id`` that no step took (the run ends)."""
+    with _PREBUILT_LOCK:
+        for key in [k for k in _PREBUILT if k[0] == run_id]:
+            _PREBUILT.pop(key).future.cancel()
 
 
 def prewarm_backtest(context: AssetExecutionContext) -> None:

@@ -101,7 +101,9 @@ class LazyDays(Mapping[str, Any]):
     Used both ways: the IO manager loads per-day inputs lazily, and an asset may return one so
     that each day is computed only when the IO manager writes it. Nothing is cached.
     ``locate``: where a stored day lives (its path in the results bucket), for a step that hands
-    the object to another process by reference instead of loading it here.
+    the object to another process by reference instead of loading it here. ``on_stored``: told
+    ``(key, path)`` by the IO manager as soon as a day of an output is stored, so that the step
+    can hand that day on by reference before the next one is even produced.
     """
 
     def __init__(
@@ -109,10 +111,17 @@ class LazyDays(Mapping[str, Any]):
         keys: list[str],
         produce: Callable[[str], Any],
         locate: Callable[[str], str] | None = None,
+        on_stored: Callable[[str, str], None] | None = None,
     ) -> None:
         self._keys = list(keys)
         self._produce = produce
         self._locate = locate
+        self._on_stored = on_stored
+
+    def stored(self, key: str, path: str) -> None:
+        """The IO manager has stored day ``key`` of this output at ``path`` (results bucket)."""
+        if self._on_stored is not None:
+            self._on_stored(key, path)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._keys:
@@ -194,10 +203,11 @@ class UCSIOManager(ConfigurableIOManager):
             for rec in read_json_metadata(table, INPUTS_KEY) or []:
                 read += int(rec.get("bytes_read", 0))
                 available += int(rec.get("bytes_total", 0))
-            ucs.upload_to_gcs_sync(
-                target, self.day_path(asset, key), _parquet_bytes(table), format="bytes"
-            )
+            path = self.day_path(asset, key)
+            ucs.upload_to_gcs_sync(target, path, _parquet_bytes(table), format="bytes")
             del table
+            if isinstance(obj, LazyDays):
+                obj.stored(key, path)
         context.add_output_metadata(
             {
                 "dagster/row_count": rows,

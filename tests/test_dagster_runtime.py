@@ -9,12 +9,17 @@ run) and checks the range gives exactly what ``run_backtest`` gives.
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pytest
 from _dagster_helpers import write_sample
 
+from assets import runtime
 from backtest_pipeline import layout
 from backtest_pipeline.config import load_config
 from backtest_pipeline.run import worker as workers
@@ -51,6 +56,63 @@ def test_worker_errors_and_death_are_reported() -> None:
     with pytest.raises(workers.IsolatedBacktestError, match="died"):
         w.run(_die)
     assert not w.alive()
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.2)
+    return x * x
+
+
+def test_submitted_tasks_run_in_order_and_before_the_backtest() -> None:
+    w = workers.BacktestWorker()
+    futures = [w.submit(_slow_square, i) for i in range(3)]
+    failed = w.submit(_boom)
+    assert not futures[-1].done()  # submit does not wait
+    assert w.run(os.getpid) == w.pid  # the last task waits for the queued ones
+    assert [f.result() for f in futures] == [0, 1, 4]
+    with pytest.raises(workers.IsolatedBacktestError, match="ValueError: no such thing"):
+        failed.result()
+    with pytest.raises(RuntimeError, match="has run its backtest"):
+        w.submit(os.getpid)
+
+
+def test_a_closed_worker_fails_the_futures_of_its_queued_tasks() -> None:
+    w = workers.BacktestWorker()
+    futures = [w.submit(_slow_square, i) for i in range(3)]
+    w.close()
+    for f in futures:
+        with pytest.raises(BaseException):  # noqa: B017 - died, closed or cancelled
+            f.result(timeout=30)
+
+
+def _context(run_id: str, steps: list[str] | None) -> Any:
+    """What runtime.prebuild reads of an asset step's context."""
+    return SimpleNamespace(
+        run=SimpleNamespace(run_id=run_id, step_keys_to_execute=steps),
+        job_def=SimpleNamespace(executor_def=SimpleNamespace(name="in_process")),
+    )
+
+
+def test_prebuilt_work_is_taken_only_with_the_same_arguments() -> None:
+    table = pa.table({"x": [1, 2]})
+    ctx = _context("run-p", [runtime.CATALOG_STEP, runtime.BACKTEST_STEP])
+    assert not runtime.prebuild(ctx, runtime.CATALOG_STEP, "d1", (1,), sorted, [2, 1])  # no worker
+    workers.prewarm_worker("run-p")
+    try:
+        assert not runtime.prebuild(  # the step is not one of this run's
+            _context("run-p", [runtime.BACKTEST_STEP]), runtime.CATALOG_STEP, "d1", (1,), sorted, []
+        )
+        for day in ("d1", "d2", "d3"):
+            assert runtime.prebuild(ctx, runtime.CATALOG_STEP, day, ("a", table), sorted, [2, 1])
+        assert runtime.take_prebuilt("run-p", runtime.CATALOG_STEP, "d1", ("a", table)) == [1, 2]
+        other = pa.table({"x": [1, 3]})
+        assert runtime.take_prebuilt("run-p", runtime.CATALOG_STEP, "d2", ("a", other)) is None
+        assert runtime.take_prebuilt("run-p", runtime.CATALOG_STEP, "d2", ("a", table)) is None
+        assert runtime.take_prebuilt("run-p", runtime.CATALOG_STEP, "d9", ("a", table)) is None
+        runtime.drop_prebuilt("run-p")
+        assert runtime.take_prebuilt("run-p", runtime.CATALOG_STEP, "d3", ("a", table)) is None
+    finally:
+        workers.discard_worker("run-p")
 
 
 def test_spawning_keeps_the_main_module() -> None:
@@ -99,6 +161,8 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     assert "RUN_SUCCESS" in out.stderr
     assert "backtest process started with the run" in out.stderr  # the executor's warm start
+    # each day's catalog was started by the worker as soon as tick_slices had stored the day
+    assert "3 of 3 days built while tick_slices fetched" in out.stderr
 
     config = load_config("demo")
     rid = config.run_id("2024-01-01", "2024-01-03")

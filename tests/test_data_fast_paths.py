@@ -85,3 +85,64 @@ def test_duplicate_trade_id_still_named_with_row() -> None:
     bad = table.set_column(2, "trade_id", pa.array(ids, pa.string()))
     with pytest.raises(DataValidationError, match=r"obj: column 'trade_id'.*rows 29 and later"):
         schemas.validate_trades(bad, "obj", day=DAY)
+
+
+def test_arrays_built_from_buffers_equal_pa_array() -> None:
+    """The pandas-free constructors give the arrays ``pa.array`` gives."""
+    from backtest_pipeline.storage.parquet_ranges import mask_array
+
+    values = ["buy", "sell", "", "BINANCE-FUTURES:PERPETUAL:BTC-USDT", "é"]
+    assert schemas.string_array(values).equals(pa.array(values, pa.string()))
+    assert schemas.string_array([]).equals(pa.array([], pa.string()))
+    for n in (0, 1, 7):
+        expected = pa.array(["BINANCE:SPOT:BTC-USDT"] * n, pa.string())
+        assert schemas.repeated_string("BINANCE:SPOT:BTC-USDT", n).equals(expected)
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 8, 13, 1000):
+        mask = rng.random(n) > 0.4
+        assert mask_array(mask).equals(pa.array(mask))
+
+
+def test_range_mask_reads_chunked_and_sliced_columns() -> None:
+    """``range_mask`` over several chunks with offsets, as over one NumPy array."""
+    from backtest_pipeline.storage.parquet_ranges import range_mask
+
+    ts = np.sort(np.random.default_rng(5).integers(0, 10_000, 500)).astype(np.int64)
+    whole = pa.array(ts, pa.int64())
+    chunked = pa.chunked_array([whole.slice(0, 0), whole.slice(0, 123), whole.slice(123)])
+    ranges = [(100, 900), (2_000, 2_500), (9_000, 20_000)]
+    for prior in (False, True):
+        expected = range_mask(pa.array(ts.copy(), pa.int64()), ranges, prior)
+        assert np.array_equal(range_mask(chunked, ranges, prior), expected)
+        assert np.array_equal(range_mask(whole.slice(123), ranges, prior), expected[123:])
+    with_nulls = pa.chunked_array([pa.array([5, None, 7], pa.int64())])
+    assert range_mask(with_nulls.fill_null(0), [(4, 8)], False).tolist() == [True, False, True]
+
+
+def test_reading_and_validating_trades_needs_no_pandas(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A process that reads a trades object by ranges and validates it never imports pandas.
+
+    pyarrow imports pandas (~0.4 s) on its first conversion of Python values or to NumPy;
+    the Dagster step that fetches the tick slices has no other use for it.
+    """
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "trades.parquet"
+    pq.write_table(_trades(5_000), path, row_group_size=500)
+    code = f"""
+import sys
+import pyarrow.parquet as pq
+from backtest_pipeline.data import schemas
+from backtest_pipeline.storage.parquet_ranges import mask_array, range_mask
+t = pq.ParquetFile({str(path)!r}).read()
+mask = range_mask(t.column("ts_event"), [({T0}, {T0 + 40_000 * 10**9})], True)
+t = t.filter(mask_array(mask))
+t = t.add_column(0, "instrument_key", schemas.repeated_string("BINANCE:SPOT:BTC-USDT", t.num_rows))
+schemas.validate_trades(t.drop_columns(["instrument_key"]), "trades.parquet", day={DAY!r})
+assert "pandas" not in sys.modules, "pandas was imported"
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]

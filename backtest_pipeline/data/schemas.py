@@ -15,11 +15,12 @@ downstream code sees exactly one shape per table.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal, Protocol, TypeVar, cast, overload
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -514,7 +515,7 @@ def _canonical_trades_arrow(table: pa.Table | pa.RecordBatch) -> pa.Table | None
             return None
         cols[field.name] = col
     side = cols["side"]
-    if not pc.all(pc.is_in(side, value_set=pa.array(SIDES))).as_py():
+    if not pc.all(pc.is_in(side, value_set=_SIDES_ARROW)).as_py():
         return None  # upper/mixed case: the frame's lower-cased sides are the result
     ts_init = cols.get("ts_init")
     if ts_init is None:
@@ -523,6 +524,32 @@ def _canonical_trades_arrow(table: pa.Table | pa.RecordBatch) -> pa.Table | None
         ts_init = pc.coalesce(ts_init, cols["ts_event"])
     arrays = [cols["ts_event"], ts_init, cols["trade_id"], cols["price"], cols["size"], side]
     return pa.Table.from_arrays(arrays, schema=TRADES_SCHEMA)
+
+
+def string_array(values: Sequence[str]) -> pa.StringArray:
+    """``pa.array(values, pa.string())`` built from its buffers.
+
+    Why: ``pa.array`` (and ``pa.scalar``) of Python values import pandas on first use
+    (~0.4 s), which a process that only reads and validates trades (the Dagster step fetching
+    tick slices) never needs otherwise.
+    """
+    data = [v.encode() for v in values]
+    offsets = np.cumsum([0, *(len(d) for d in data)], dtype=np.int32)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
+    return pa.Array.from_buffers(pa.string(), len(data), buffers)
+
+
+def repeated_string(value: str, n: int) -> pa.StringArray:
+    """``pa.array([value] * n, pa.string())``, built from its buffers (see :func:`string_array`)."""
+    data = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int64) * len(data)
+    if n and offsets[-1] > np.iinfo(np.int32).max:  # beyond a string array's 2 GiB
+        raise ValueError(f"{n} copies of {value!r} do not fit one string array")
+    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * n)]
+    return pa.Array.from_buffers(pa.string(), n, buffers)
+
+
+_SIDES_ARROW = string_array(SIDES)
 
 
 def validate_trades_frame(

@@ -28,9 +28,7 @@ from backtest_pipeline.data.schemas import DataValidationError
 from backtest_pipeline.signals.intervals import signal_intervals
 from backtest_pipeline.signals.windows import apply_execution_window
 from backtest_pipeline.storage.base import ObjectNotFoundError
-from backtest_pipeline.storage.parquet_ranges import (
-    merge_ranges,
-)
+from backtest_pipeline.storage.parquet_ranges import merge_ranges
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:

@@ -172,7 +172,9 @@ def fetch_tick_slices(
         if not ranges:
             continue
         table, record = fetch_trades(ucs, day, key, ranges, needed_by=signals_df.height)
-        table = table.add_column(0, "instrument_key", pa.array([key] * table.num_rows, pa.string()))
+        # not pa.array of a list: the same column, without pyarrow's import of pandas
+        column = schemas.repeated_string(key, table.num_rows)
+        table = table.add_column(0, "instrument_key", column)
         parts.append(table)
         records.append(record)
     if parts:

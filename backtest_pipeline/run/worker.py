@@ -16,6 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
@@ -153,6 +154,8 @@ class BacktestWorker:
         self._done = False
         self._ready = False
         self._lock = threading.Lock()
+        self._sender: ThreadPoolExecutor | None = None
+        self._sender_lock = threading.Lock()
         atexit.register(self.close)
 
     @property
@@ -199,14 +202,36 @@ class BacktestWorker:
         """``fn(*args)`` in the worker (module-level ``fn``, picklable args); it stays alive."""
         return self._submit(fn, args, last=False)
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> "Future[Any]":
+        """``fn(*args)`` in the worker without waiting for it: its outcome as a future.
+
+        Why: a step can hand the worker a day's work as soon as that day is ready and go on
+        with the next day while the worker (on the other core) does it. Tasks run one at a time
+        in the order given (one sending thread), and all of them before :meth:`run` (which waits
+        for them); a task that fails, or a worker that dies or is closed, fails only its future.
+        """
+        with self._sender_lock:  # not the worker's lock: a task may be running under that one
+            if self._done:
+                raise RuntimeError("this BacktestWorker has run its backtest and exited")
+            if self._sender is None:
+                self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-send")
+            return self._sender.submit(self._submit, fn, args, False)
+
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """The worker's last task (the backtest): ``fn(*args)``, then the process exits."""
+        """The worker's last task (the backtest): ``fn(*args)``, then the process exits.
+
+        Tasks given to :meth:`submit` run first (their futures hold their outcomes).
+        """
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
         return self._submit(fn, args, last=True)
 
     def close(self) -> None:
         """Stop the worker and reap it: an idle one is killed (it holds only imports and
         stateless helper results); after its last task it has exited or is about to."""
         atexit.unregister(self.close)
+        if self._sender is not None:  # a queued task fails its future; none waits for it
+            self._sender.shutdown(wait=False, cancel_futures=True)
         self._conn.close()
         if not self._done and self._proc.is_alive():
             self._proc.kill()

@@ -426,6 +426,36 @@ def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _int64_values(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The values of an int64 column as one NumPy array, read from its buffers.
+
+    Why not ``to_numpy()``: Arrow's conversion imports pandas (~0.4 s) the first time it runs
+    in a process, and a process that never needs pandas otherwise (the Dagster steps that
+    fetch tick slices) would pay it for this alone. Other types, or nulls: ``to_numpy``.
+    """
+    chunks = ts.chunks if isinstance(ts, pa.ChunkedArray) else [ts]
+    if not pa.types.is_int64(ts.type) or any(c.null_count for c in chunks):
+        return np.asarray(ts.to_numpy(), dtype=np.int64)
+    parts = [
+        np.frombuffer(c.buffers()[1], dtype=np.int64, count=len(c), offset=c.offset * 8)
+        for c in chunks
+        if len(c)
+    ]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def mask_array(mask: np.ndarray) -> pa.BooleanArray:
+    """A NumPy boolean mask as an Arrow array for ``Table.filter``, built from its bits.
+
+    ``pa.array(mask)`` gives the same array but imports pandas on first use (see
+    :func:`_int64_values`).
+    """
+    bits = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
 def range_mask(
     ts: pa.ChunkedArray | pa.Array, ranges: Sequence[tuple[int, int]], include_prior: bool
 ) -> np.ndarray:
@@ -435,9 +465,7 @@ def range_mask(
     window): an engine fed only the window would otherwise price its first order off a book
     left over from an earlier window. It costs no I/O when it lies in a fetched row group.
     """
-    values = np.asarray(
-        ts.to_numpy() if isinstance(ts, pa.Array) else ts.to_numpy(), dtype=np.int64
-    )
+    values = _int64_values(ts)
     merged = merge_ranges(ranges)
     if (
         len(merged) == 1
@@ -582,7 +610,7 @@ def read_ranges(
             ts = pc.cast(pc.cast(ts, pa.timestamp("ns", ts.type.tz)), pa.int64())
         mask = range_mask(ts, ranges, include_prior)
         if not mask.all():  # a whole-day range keeps every row: no copy
-            table = table.filter(pa.array(mask))
+            table = table.filter(mask_array(mask))
     if read_cols != wanted:
         table = table.select(wanted)
     return RangeReadResult(

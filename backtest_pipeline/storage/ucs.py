@@ -42,6 +42,7 @@ from backtest_pipeline.storage.parquet_ranges import (
     Footer,
     ParquetRangeError,
     RangeReadResult,
+    mask_array,
     merge_ranges,
     prior_state_ranges,
     range_mask,
@@ -419,7 +420,7 @@ class UnifiedCloudService:
             ts = res.table.column(timestamp_column)
             if pa.types.is_timestamp(ts.type):
                 ts = pc.cast(pc.cast(ts, pa.timestamp("ns", ts.type.tz)), pa.int64())
-            res.table = res.table.filter(pa.array(range_mask(ts, ranges, True)))
+            res.table = res.table.filter(mask_array(range_mask(ts, ranges, True)))
         return _costed(res, footer, fresh, info, where)
 
     def read_parquet_sync(
