@@ -153,6 +153,10 @@ def _to_parquet_bytes(data: Any, **write_options: Any) -> bytes:
             table = pa.Table.from_pandas(data, preserve_index=False)
         else:
             raise TypeError(f"cannot write {type(data).__name__} as parquet")
+    # The bytes must depend on the rows alone, not on how memory happens to hold them: Parquet
+    # pages (and where a dictionary falls back to plain) follow the Arrow chunks, which differ
+    # between a one-engine run and the same run stitched from time shards.
+    table = table.combine_chunks()
     buf = io.BytesIO()
     opts = {"compression": "zstd", "write_page_checksum": True, **write_options}
     pq.write_table(table, buf, **opts)
