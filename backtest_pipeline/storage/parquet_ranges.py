@@ -216,6 +216,27 @@ def _whole_footer(
     return footer
 
 
+def fetch_spans(
+    spans: Sequence[tuple[int, int]],
+    tail_start: int,
+    fetch: RangeFetcher,
+    fetch_many: MultiRangeFetcher | None,
+) -> list[tuple[tuple[int, int], bytes]]:
+    """The spans before ``tail_start`` (clipped there: the tail is held already), fetched.
+
+    In one backend call where the backend offers it (the local root); otherwise one request a
+    span, concurrently, because a remote store has tens of ms of latency per request.
+    """
+    to_fetch = [(s, min(e, tail_start)) for s, e in spans if s < tail_start]
+    if fetch_many is not None and to_fetch:
+        datas = fetch_many(to_fetch)
+    elif len(to_fetch) > 1:
+        datas = list(_executor().map(lambda se: fetch(se[0], se[1]), to_fetch))
+    else:
+        datas = [fetch(s, e) for s, e in to_fetch]
+    return list(zip(to_fetch, datas, strict=True))
+
+
 def read_footer_for_ranges(
     size: int,
     fetch: RangeFetcher,
@@ -270,14 +291,9 @@ def read_footer_for_ranges(
         else:
             spans.append((s, e))
     spans.append((int(starts[-1]), size - 8))
-    to_fetch = [(s, min(e, tail_start)) for s, e in spans if s < tail_start]
-    if fetch_many is not None and to_fetch:
-        datas = fetch_many(to_fetch)
-    elif len(to_fetch) > 1:
-        datas = list(_executor().map(lambda se: fetch(se[0], se[1]), to_fetch))
-    else:
-        datas = [fetch(s, e) for s, e in to_fetch]
-    got = dict(zip(to_fetch, datas, strict=True))
+    fetched_spans = fetch_spans(spans, tail_start, fetch, fetch_many)
+    got = dict(fetched_spans)
+    datas = [d for _span, d in fetched_spans]
 
     def span_bytes(s: int, e: int) -> bytes:
         head = got.get((s, min(e, tail_start)), b"") if s < tail_start else b""
@@ -567,14 +583,7 @@ def read_ranges(
     spans = _chunk_ranges(md, rgs, col_idx)
     # Bytes already held in the cached footer tail are not fetched (or counted) again.
     tail_start = footer.tail_start
-    to_fetch = [(s, min(e, tail_start)) for s, e in spans if s < tail_start]
-    if fetch_many is not None and to_fetch:
-        datas = fetch_many(to_fetch)
-    elif len(to_fetch) > 1:
-        datas = list(_executor().map(lambda se: fetch(se[0], se[1]), to_fetch))
-    else:
-        datas = [fetch(s, e) for s, e in to_fetch]
-    fetched = list(zip(to_fetch, datas, strict=True))
+    fetched = fetch_spans(spans, tail_start, fetch, fetch_many)
     for _span, d in fetched:
         counter[0] += len(d)
     source: pa.NativeFile | _SparseFile
