@@ -352,8 +352,9 @@ def run_cmd(
     shards: Annotated[
         int,
         typer.Option(
-            help="Time shards run in parallel processes for long runs (0: one per CPU core; "
-            "results are identical to one engine's)",
+            help="Time-shard processes run at a time for long runs (0: one per CPU core; "
+            "1: one engine; no shard streams more than 61 days, so a long range has more "
+            "shards than this; results are identical to one engine's)",
             min=0,
         ),
     ] = 0,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from backtest_pipeline.config import BacktestConfig
-from backtest_pipeline.engine.driver import EngineOutput
+from backtest_pipeline.engine.output import EngineOutput
 
 FRAMES = (
     "orders",

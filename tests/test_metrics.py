@@ -632,3 +632,79 @@ def test_results_are_deterministic() -> None:
     b = build_equity_curve(fills, funding, marks, 1e5, start, end)
     assert a.equals(b)
     assert conform(a, "equity_curve").equals(conform(b, "equity_curve"))
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 2, 97, 4_000])
+def test_valuing_in_passes_gives_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, rows_per_pass: int
+) -> None:
+    """A year's timeline is valued a pass of rows at a time to bound memory: the positions and
+    the equity curve (with margin) must be the bytes of one pass over all rows."""
+    import io
+
+    from backtest_pipeline.results import tables
+
+    fills, marks, funding, start, end = random_scenario(seed=11)
+    margin = {k: 0.1 for k in fills["instrument_key"].unique().to_list()}
+
+    def outputs() -> dict[str, bytes]:
+        frames = {
+            "positions": build_positions(fills, marks, start, end),
+            "equity_curve": build_equity_curve(
+                fills, funding, marks, 1e5, start, end, margin_init=margin
+            ),
+        }
+        out = {}
+        for name, df in frames.items():
+            buf = io.BytesIO()
+            pa.parquet.write_table(conform(df, name), buf)  # type: ignore[attr-defined]
+            out[name] = buf.getvalue()
+        return out
+
+    whole = outputs()  # ~4,300 grid rows and the fills: one pass at the default size
+    assert tables.ROWS_PER_PASS > 5_000
+    monkeypatch.setattr(tables, "ROWS_PER_PASS", rows_per_pass)
+    assert outputs() == whole
+    # The positions hold both instruments and open stretches, so the passes had work to split.
+    positions = build_positions(fills, marks, start, end)
+    assert positions["instrument_key"].n_unique() == 2 and positions.height > 1_000
+    # A short valued at its entry price is +0.0 in either case, never -0.0.
+    u = positions["unrealized_pnl"].to_numpy()
+    assert ((u == 0) & (positions["quantity"].to_numpy() < 0)).any()
+    assert not np.signbit(u[u == 0]).any()
+
+
+def test_timeline_rows_are_the_sorted_merge_of_fills_and_grid() -> None:
+    """The rows are placed by a merge (no sort): they must be the order of sorting fills and
+    grid samples on (time, fill before sample, seq), ties on grid instants and between fills
+    included."""
+    from backtest_pipeline.results import tables
+
+    rng = np.random.default_rng(3)
+    grid = tables._grid(START, START + HOUR, MINUTE)
+    on_grid = rng.choice(grid, 40)
+    off_grid = rng.integers(START, START + HOUR, 60)
+    ts = np.sort(np.concatenate([on_grid, off_grid, on_grid[:10]]))  # equal times too
+    fills = make_fills(
+        [("BINANCE-FUTURES:PERPETUAL:BTC-USDT", "BUY" if i % 2 else "SELL", 0.001, 100.0, 0.0,
+          int(t)) for i, t in enumerate(ts)]  # fmt: skip
+    )
+    events = position_events(fills)
+    got = tables._rows(events, grid)
+    fill_rows = events.select(
+        "ts_event", pl.lit(0, dtype=pl.Int8).alias("kind"), "seq",
+        pl.col("instrument_key").alias("fill_instrument"),
+    )  # fmt: skip
+    grid_rows = pl.DataFrame(
+        {"ts_event": grid, "kind": np.ones(grid.size, dtype=np.int8),
+         "seq": np.arange(grid.size, dtype=np.int64),
+         "fill_instrument": pl.Series([None] * grid.size, dtype=pl.String)}
+    )  # fmt: skip
+    expected = (
+        pl.concat([fill_rows, grid_rows])
+        .sort(["ts_event", "kind", "seq"], maintain_order=True)
+        .with_row_index("pos")
+        .with_columns(pl.col("pos").cast(pl.Int64))
+    )
+    assert int(np.isin(ts, grid).sum()) >= 40
+    assert got.equals(expected)

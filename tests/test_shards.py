@@ -86,6 +86,27 @@ def test_plan_covers_every_day_once_with_a_warm_up_day() -> None:
     assert len(shards.plan_shards(days[:5], 4)) == 1  # too short to be worth a process
 
 
+@pytest.mark.parametrize("n_days", [60, 61, 62, 122, 365, 1826])
+def test_a_long_range_gets_more_shards_than_processes(n_days: int) -> None:
+    """No process streams more than MAX_DAYS_PER_SHARD days (warm-up included), so a shard's
+    memory does not grow with the run's length; one engine (shards=1) is never split."""
+    days = [START + timedelta(days=i) for i in range(n_days)]
+    cap = shards.MAX_DAYS_PER_SHARD
+    for parallel in (2, 4):
+        plans = shards.plan_shards(days, parallel)
+        assert [d for p in plans for d in p.own_days] == days
+        assert max(len(p.days) for p in plans) <= cap, [len(p.days) for p in plans]
+        assert len(plans) >= parallel
+        # the fewest that keep the cap: one shard fewer would break it
+        if len(plans) > parallel:
+            assert (n_days + (len(plans) - 2) * shards.WARMUP_DAYS) / (len(plans) - 1) > cap
+        assert [p.final for p in plans] == [False] * (len(plans) - 1) + [True]
+    assert len(shards.plan_shards(days, 1)) == 1
+    assert max(len(p.days) for p in shards.plan_shards(days, 2, max_days=5)) <= 5
+    with pytest.raises(ValueError, match="max_days must be at least 3"):
+        shards.plan_shards(days, 2, max_days=2)
+
+
 def test_refuses_runs_whose_course_depends_on_hidden_state(config: BacktestConfig) -> None:
     assert shards.refusal(config) is None
     key = config.instruments[0]
@@ -337,3 +358,64 @@ def test_a_warm_up_day_without_book_rows_is_re_run(
     assert len(merged) == 1 and "book rows in force" in merged[0], merged
     assert "working orders 0/0" in merged[0] and "positions () vs ()" in merged[0], merged
     _assert_same(seq, two)
+
+
+_MANY_SHARDS = """
+import json, sys
+from pathlib import Path
+from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.run import shards
+from backtest_pipeline.run.runner import run_backtest
+from backtest_pipeline.storage.ucs import UnifiedCloudService
+
+shards.MAX_DAYS_PER_SHARD = 3  # the 10 days as 5 processes, 2 at a time
+root, config, start, end = sys.argv[1:5]
+res = run_backtest(
+    BacktestConfig.from_yaml(config), start, end, ucs=UnifiedCloudService(root),
+    run_id="many", shards=2,
+)
+print(json.dumps({
+    "stats": res.summary["execution_stats"]["shards"],
+    "nautilus_imported": sorted(m for m in sys.modules if m.startswith("nautilus_trader"))[:3],
+}))
+"""
+
+
+@pytest.mark.slow  # tens of seconds: the full suite runs it
+def test_more_shards_than_processes_equal_the_one_engine_run(
+    root: Path, config: BacktestConfig, tmp_path: Path
+) -> None:
+    """A run longer than the processes' day cap: more shards, run two at a time, stitched by a
+    process that never imports NautilusTrader, give the one-engine run's bytes."""
+    import json
+    import subprocess
+    import sys
+
+    ucs = _copy(root, tmp_path)
+    seq = run_backtest(config, START, END, ucs=ucs, run_id="seq")
+    proc = subprocess.run(
+        [sys.executable, "-c", _MANY_SHARDS, ucs.root, str(CONFIGS / "demo.yaml"),
+         str(START), str(END)],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = got["stats"]
+    assert info["count"] + len(info["merged_boundaries"]) == 5, info
+    assert info["count"] >= 3, info  # most boundaries handed over at once
+    # the stitching process ran no engine and so never loaded NautilusTrader
+    assert got["nautilus_imported"] == [], got
+    # at no instant were more than two shard processes running
+    spans = info["process_spans_s"]
+    assert len(spans) == info["count"] and all(a <= b for a, b in spans)
+    for a, _ in spans:
+        assert sum(1 for s, e in spans if s <= a < e) <= 2, spans
+    results = layout.target("results")
+    for name in layout.RESULT_PARQUETS:
+        many = ucs.download_bytes_sync(results, layout.result_path("many", name))
+        one = ucs.download_bytes_sync(results, layout.result_path("seq", name))
+        assert many == one, name
+    stored = json.loads(
+        ucs.download_from_gcs_sync(results, layout.result_path("many", "summary.json"), "text")
+    )
+    assert _comparable(stored) == _comparable(seq.summary)

@@ -55,6 +55,7 @@ from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.data.books import InvalidPeriod
 from backtest_pipeline.engine import instruments as names
+from backtest_pipeline.engine.output import avg_slippage_bps
 from backtest_pipeline.engine.records import FILLS_SCHEMA, DailyRows
 from backtest_pipeline.trading.oms import OMS
 from backtest_pipeline.trading.orchestrator import Operation, Orchestrator, Signal
@@ -741,12 +742,6 @@ class ExecutionStrategy(Strategy):
     @property
     def avg_slippage_bps(self) -> float | None:
         return avg_slippage_bps(self.slippage_terms)
-
-
-def avg_slippage_bps(terms: list[tuple[float, float]]) -> float | None:
-    """Quantity-weighted mean slippage; exactly rounded sums, so any split of the fills agrees."""
-    den = math.fsum(q for _, q in terms)
-    return math.fsum(n for n, _ in terms) / den if den else None
 
 
 def _day_label(ts_ns: int) -> str:

@@ -377,6 +377,9 @@ def build_operations(
         .then(pl.lit("REJECTED"))
         .otherwise(pl.lit("UNFILLED"))
     )
+    opportunity = (
+        pl.col("_sigma") * (pl.col("end_price") - arr) / arr * BPS * (1.0 - pl.col("fill_ratio"))
+    )
     out = (
         df.with_columns(
             sigma.alias("_sigma"),
@@ -391,14 +394,12 @@ def build_operations(
                 "execution_cost_bps"
             ),
             pl.when(has_fill).then(pl.col("fees") / pl.col("notional") * BPS).alias("fees_bps"),
-            (
-                pl.col("_sigma")
-                * (pl.col("end_price") - arr)
-                / arr
-                * BPS
-                * (1.0 - pl.col("fill_ratio"))
-                + 0.0  # all filled: 0, not the −0.0 of a sell
-            ).alias("opportunity_cost_bps"),
+            # All filled: 0, not the −0.0 of a sell. Not by ``+ 0.0``, which Polars 2.1 skips
+            # on a column of two or more rows (results/tables.py, the unrealized PnL).
+            pl.when(opportunity == 0.0)
+            .then(0.0)
+            .otherwise(opportunity)
+            .alias("opportunity_cost_bps"),
             (
                 pl.col("_sigma")
                 * (pl.col("avg_fill_price") - pl.col("market_vwap"))

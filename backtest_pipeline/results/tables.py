@@ -35,6 +35,7 @@ Conventions (they are part of the contract, keep them in sync with the docs):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -50,6 +51,11 @@ PNL_CHECK_REL_TOL: Final[float] = 1e-6
 UTC_NS: Final[pl.Datetime] = pl.Datetime("ns", "UTC")
 _KIND_FILL: Final[int] = 0
 _KIND_GRID: Final[int] = 1
+# Output rows valued per pass: a year's timeline (~700 k rows at a 60 s grid) valued at once held
+# every instrument's ~15 columns for all of it (+375 MB at a year's run's peak); a pass of this
+# many rows holds a month of it. The as-of joins look back over the whole of fills and marks, so
+# a row's value does not depend on the pass it is in.
+ROWS_PER_PASS: Final[int] = 1 << 16
 
 FrameLike = pl.DataFrame | pa.Table
 
@@ -229,12 +235,13 @@ def _fills(fills: FrameLike) -> pl.DataFrame:
         raise ValueError("fills: every quantity must be finite and > 0")
     if df.filter(~pl.col("price").is_finite() | ~pl.col("fee").is_finite()).height:
         raise ValueError("fills: price and fee must be finite")
-    # Stable: simultaneous fills keep the engine's order.
-    return (
-        df.sort("ts_event", maintain_order=True)
-        .with_row_index("seq")
-        .with_columns(pl.col("seq").cast(pl.Int64))
-    )
+    # Stable: simultaneous fills keep the engine's order. The engine's fills come in time order
+    # already; a stable sort of them would be the identity. One chunk per column either way:
+    # Polars sums chunk by chunk, so a stitched run's fills (a chunk per shard and day) would
+    # give fee and PnL totals that differ from one engine's in the last bit.
+    ts = df.get_column("ts_event")
+    df = df.rechunk() if ts.is_sorted() else df.sort("ts_event", maintain_order=True).rechunk()
+    return df.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
 
 
 def _funding(funding: FrameLike | None) -> pl.DataFrame:
@@ -244,12 +251,25 @@ def _funding(funding: FrameLike | None) -> pl.DataFrame:
     return df.sort("ts_event", maintain_order=True)
 
 
-def _marks(marks: FrameLike | None) -> pl.DataFrame:
-    """Marks sorted by time, one per instrument and nanosecond (the last one given wins)."""
+def _marks(marks: FrameLike | None) -> dict[str, pl.DataFrame]:
+    """Per instrument, its marks (``mark_ts``, ``mark_price``) sorted by time, one per
+    nanosecond: the last one given wins.
+
+    Split by instrument before sorting, and deduplicated by comparing each time with the next:
+    the same rows as a sort and a ``unique`` over (instrument, time) of the whole frame, without
+    hashing a string per mark (a year holds ~550 k marks; the hash table was the largest
+    allocation of a year's results).
+    """
     df = _frame(marks, "marks", MARK_COLUMNS).filter(pl.col("price").is_finite())
-    return df.sort("ts_event", maintain_order=True).unique(
-        subset=["instrument_key", "ts_event"], keep="last", maintain_order=True
-    )
+    out: dict[str, pl.DataFrame] = {}
+    for key, part in df.partition_by("instrument_key", as_dict=True, include_key=False).items():
+        part = part.sort("ts_event", maintain_order=True)
+        ts = part.get_column("ts_event")
+        last = (ts != ts.shift(-1)).fill_null(True)
+        out[str(key[0])] = part.filter(last).select(
+            pl.col("ts_event").alias("mark_ts"), pl.col("price").alias("mark_price")
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,7 +466,11 @@ def _rows(events: pl.DataFrame, grid: np.ndarray) -> pl.DataFrame:
     """All output rows in their final order with a dense position ``pos`` (the as-of key).
 
     Ordering on (ts, kind, seq) rather than ts alone is what makes simultaneous fills and a
-    grid sample at the same nanosecond see each other in a fixed, documented way.
+    grid sample at the same nanosecond see each other in a fixed, documented way. Both sides
+    are in that order already (``events`` by ``seq``, which follows time; the grid ascending),
+    so the rows are their merge: each row's place is its index plus the rows of the other side
+    before it (a fill precedes a grid sample of its nanosecond). The same order as sorting the
+    concatenation on the three keys, without the sort's row encoding of a year's ~700 k rows.
     """
     fill_rows = events.select(
         "ts_event",
@@ -462,24 +486,28 @@ def _rows(events: pl.DataFrame, grid: np.ndarray) -> pl.DataFrame:
             "fill_instrument": pl.Series([None] * grid.size, dtype=pl.String),
         }
     )
+    fill_ts = fill_rows.get_column("ts_event").to_numpy()
+    place = np.empty(fill_rows.height + grid.size, dtype=np.int64)  # row → its place
+    place[: fill_rows.height] = np.arange(fill_rows.height) + np.searchsorted(grid, fill_ts, "left")
+    place[fill_rows.height :] = np.arange(grid.size) + np.searchsorted(fill_ts, grid, "right")
+    order = np.empty_like(place)  # place → its row
+    order[place] = np.arange(place.size)
     return (
         pl.concat([fill_rows, grid_rows], how="vertical")
-        .sort(["ts_event", "kind", "seq"], maintain_order=True)
+        .select(pl.all().gather(order))
         .with_row_index("pos")
         .with_columns(pl.col("pos").cast(pl.Int64))
     )
 
 
 def _instrument_states(
-    rows: pl.DataFrame, events: pl.DataFrame, marks: pl.DataFrame
-) -> dict[str, pl.DataFrame]:
-    """Per instrument, its position and valuation at every row (row order, keyed by ``pos``)."""
+    rows: pl.DataFrame, events: pl.DataFrame, marks_by: dict[str, pl.DataFrame]
+) -> Iterator[dict[str, pl.DataFrame]]:
+    """Per pass of at most ``ROWS_PER_PASS`` consecutive rows, each instrument's position and
+    valuation at every row of the pass (row order, keyed by ``pos``), instruments sorted."""
     fill_pos = rows.filter(pl.col("kind") == _KIND_FILL).select("pos", "seq")
     events = events.join(fill_pos, on="seq", how="left", maintain_order="left")
-    marks_by = {
-        key[0]: df for key, df in marks.partition_by("instrument_key", as_dict=True).items()
-    }
-    states: dict[str, pl.DataFrame] = {}
+    right: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
     for inst in sorted(events["instrument_key"].unique().to_list()):
         ev = events.filter(pl.col("instrument_key") == inst).select(
             "pos",
@@ -489,17 +517,26 @@ def _instrument_states(
             "fill_price",
             pl.col("ts_event").alias("fill_ts"),
         )
-        mk = marks_by.get(inst, pl.DataFrame(schema=MARK_COLUMNS)).select(
-            pl.col("ts_event").alias("mark_ts"), pl.col("price").alias("mark_price")
+        mk = marks_by.get(
+            inst, pl.DataFrame(schema={"mark_ts": pl.Int64, "mark_price": pl.Float64})
         )
-        st = rows.join_asof(ev, on="pos", strategy="backward").join_asof(
-            mk, left_on="ts_event", right_on="mark_ts", strategy="backward"
-        )
-        use_fill = pl.col("mark_ts").is_null() | (
-            pl.col("fill_ts").is_not_null() & (pl.col("fill_ts") >= pl.col("mark_ts"))
-        )
-        qty = pl.col("quantity").fill_null(0.0)
-        st = st.with_columns(
+        right[inst] = ev, mk
+    for offset in range(0, max(rows.height, 1), ROWS_PER_PASS):
+        part = rows.slice(offset, ROWS_PER_PASS)
+        yield {inst: _state(part, inst, ev, mk) for inst, (ev, mk) in right.items()}
+
+
+def _state(rows: pl.DataFrame, inst: str, ev: pl.DataFrame, mk: pl.DataFrame) -> pl.DataFrame:
+    """One instrument's position and valuation at ``rows``: the fill and the mark in force."""
+    st = rows.join_asof(ev, on="pos", strategy="backward").join_asof(
+        mk, left_on="ts_event", right_on="mark_ts", strategy="backward"
+    )
+    use_fill = pl.col("mark_ts").is_null() | (
+        pl.col("fill_ts").is_not_null() & (pl.col("fill_ts") >= pl.col("mark_ts"))
+    )
+    qty = pl.col("quantity").fill_null(0.0)
+    st = (
+        st.with_columns(
             pl.lit(inst).alias("instrument_key"),
             qty.alias("quantity"),
             pl.col("realized_pnl").fill_null(0.0),
@@ -507,15 +544,27 @@ def _instrument_states(
             .then(pl.col("fill_price"))
             .otherwise(pl.col("mark_price"))
             .alias("current_price"),
-        ).with_columns(
-            pl.when(pl.col("quantity") != 0.0)
-            # + 0.0 turns the -0.0 of a short at its entry price into 0.0.
-            .then(pl.col("quantity") * (pl.col("current_price") - pl.col("avg_entry_price")) + 0.0)
-            .otherwise(0.0)
+        )
+        .with_columns(
+            (pl.col("quantity") * (pl.col("current_price") - pl.col("avg_entry_price"))).alias(
+                "_u"
+            ),
+        )
+        .with_columns(
+            # A short at its entry price is 0.0, not -0.0 (as Parquet would keep it). Not by
+            # ``+ 0.0``: Polars 2.1 hands back a column of two or more rows unchanged when a
+            # literal 0 is added (a one-row column gets the sum), so the sign bit would depend
+            # on the size of the frame that valued the row.
+            pl.when(pl.col("quantity") == 0.0)
+            .then(0.0)
+            .when(pl.col("_u") == 0.0)
+            .then(0.0)
+            .otherwise(pl.col("_u"))
             .alias("unrealized_pnl"),
         )
-        states[inst] = st
-    return states
+        .drop("_u")
+    )
+    return st
 
 
 def _prepare(
@@ -538,7 +587,6 @@ def build_positions(
     one per open instrument at every equity grid sample, in equity-curve row order, instruments
     sorted by key within a sample."""
     events, rows = _prepare(fills, start_ns, end_ns, equity_interval_ns)
-    states = _instrument_states(rows, events, _marks(marks))
     columns = [
         "ts_event",
         "instrument_key",
@@ -552,8 +600,9 @@ def build_positions(
         st.filter(
             ((pl.col("kind") == _KIND_FILL) & (pl.col("fill_instrument") == inst))
             | ((pl.col("kind") == _KIND_GRID) & (pl.col("quantity") != 0.0))
-        ).select("pos", *columns)
-        for inst, st in states.items()
+        ).select("pos", pl.lit(rank, dtype=pl.Int32).alias("_rank"), *columns)
+        for states in _instrument_states(rows, events, _marks(marks))
+        for rank, (inst, st) in enumerate(states.items())
     ]
     if not parts:
         return pl.DataFrame(schema={c: pl.Float64 for c in columns}).with_columns(
@@ -563,9 +612,12 @@ def build_positions(
     # A flat position has no entry price: null in the output (NaN only inside the accounting).
     return (
         pl.concat(parts, how="vertical")
-        .sort(["pos", "instrument_key"], maintain_order=True)
-        .drop("pos")
+        # The states come in sorted-key order: their rank sorts as the key does, without
+        # comparing a string per row (a year's sort by the key string cost ~70 MB).
+        .sort(["pos", "_rank"], maintain_order=True)
+        .drop("pos", "_rank")
         .with_columns(pl.col("ts_event").cast(UTC_NS), pl.col("avg_entry_price").fill_nan(None))
+        .rechunk()  # one chunk per column however many passes valued it (Parquet pages follow)
     )
 
 
@@ -589,27 +641,38 @@ def build_equity_curve(
     events, rows = _prepare(fills, start_ns, end_ns, equity_interval_ns)
     funding_df = _funding(funding)
     _check_bounds(funding_df, "funding", start_ns, end_ns)
-    states = _instrument_states(rows, events, _marks(marks))
     if margin_init is not None:
-        missing = sorted(set(states) - set(margin_init))
+        traded = set(events.get_column("instrument_key").unique().to_list())
+        missing = sorted(traded - set(margin_init))
         if missing:
             raise ValueError(f"margin_init has no entry for traded instrument(s) {missing}")
 
     # Accumulate instrument by instrument in sorted-key order: a fixed summation order keeps
-    # the curve bit-for-bit reproducible.
-    unrealized = pl.Series("unrealized_pnl", np.zeros(rows.height), dtype=pl.Float64)
-    margin = pl.Series("margin_used", np.zeros(rows.height), dtype=pl.Float64)
-    for inst, st in states.items():
-        rate = 0.0 if margin_init is None else float(margin_init[inst])
-        unrealized = unrealized + st["unrealized_pnl"]
-        margin = (
-            margin
-            + st.select(
-                pl.when(pl.col("quantity") != 0.0)
-                .then(pl.col("quantity").abs() * pl.col("current_price") * rate)
-                .otherwise(0.0)
-            ).to_series()
-        )
+    # the curve bit-for-bit reproducible (and the same whatever pass a row is valued in).
+    unrealized_parts, margin_parts = [], []
+    for offset, states in zip(
+        range(0, rows.height, ROWS_PER_PASS),
+        _instrument_states(rows, events, _marks(marks)),
+        strict=False,
+    ):
+        height = min(ROWS_PER_PASS, rows.height - offset)
+        unrealized = pl.Series("unrealized_pnl", np.zeros(height), dtype=pl.Float64)
+        margin = pl.Series("margin_used", np.zeros(height), dtype=pl.Float64)
+        for inst, st in states.items():
+            rate = 0.0 if margin_init is None else float(margin_init[inst])
+            unrealized = unrealized + st["unrealized_pnl"]
+            margin = (
+                margin
+                + st.select(
+                    pl.when(pl.col("quantity") != 0.0)
+                    .then(pl.col("quantity").abs() * pl.col("current_price") * rate)
+                    .otherwise(0.0)
+                ).to_series()
+            )
+        unrealized_parts.append(unrealized)
+        margin_parts.append(margin)
+    unrealized = pl.concat(unrealized_parts, rechunk=True)
+    margin = pl.concat(margin_parts, rechunk=True)
 
     totals = events.select(
         "seq",

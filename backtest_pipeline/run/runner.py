@@ -44,8 +44,12 @@ from backtest_pipeline.run.inputs import (
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pyarrow as pa
+
     # NautilusTrader costs seconds to import; Dagster steps that only read inputs never need it.
-    from backtest_pipeline.engine.driver import EngineOutput
+    from backtest_pipeline.engine.output import EngineOutput
 
 log = logging.getLogger("backtest_pipeline.run")
 
@@ -105,19 +109,22 @@ def run_backtest(
     def produce(
         workdir: Path, prefetch: Prefetcher, market_data: Mapping[str, MarketData]
     ) -> tuple[EngineOutput, ReadSummary]:
-        from backtest_pipeline.engine.driver import run_engine
-
-        plan = shards_mod.plan_shards(days, shards) if day_loader is None else []
-        plan = shards_mod.with_market_data(plan, market_data)
+        plan = shards_mod.with_market_data(planned, market_data)
         refusal = shards_mod.refusal(config, market_data) if len(plan) > 1 else None
         if refusal:
             log.warning("run %s: one engine instead of %d shards: %s", run_id, shards, refusal)
         if len(plan) > 1 and refusal is None:
-            return shards_mod.run_sharded(config, plan, ucs, workdir, progress)
+            return shards_mod.run_sharded(config, plan, ucs, workdir, progress, parallel=shards)
+        from backtest_pipeline.engine.driver import run_engine
+
         engine_out = run_engine(config, iter(prefetch), log_dir=workdir, market_data=market_data)
         return engine_out, prefetch.summary()
 
-    return _execute(config, days, ucs, run_id, produce, progress, write_results, day_loader)
+    planned = shards_mod.plan_shards(days, shards) if day_loader is None else []
+    return _execute(
+        config, days, ucs, run_id, produce, progress, write_results, day_loader,
+        engine_here=len(planned) <= 1,
+    )  # fmt: skip
 
 
 def stitch_backtest(
@@ -143,7 +150,7 @@ def stitch_backtest(
     ) -> tuple[EngineOutput, ReadSummary]:
         return shards_mod.stitch(config, ucs, stored, run_id, workdir)
 
-    result = _execute(config, days, ucs, run_id, produce, None, True, None)
+    result = _execute(config, days, ucs, run_id, produce, None, True, None, engine_here=False)
     shards_mod.discard(ucs, run_id, [a for _, a in stored])
     return result
 
@@ -164,8 +171,15 @@ def _execute(
     progress: ProgressFn | None,
     write_results: bool,
     day_loader: DayLoader | None,
+    *,
+    engine_here: bool = True,
 ) -> BacktestResult:
-    """Produce the engine output, build the results and write them (or the FAILED summary)."""
+    """Produce the engine output, build the results and write them (or the FAILED summary).
+
+    ``engine_here`` is False when the engine runs in other processes (time shards, a stitch):
+    this process then never imports NautilusTrader, whose ~250 MB would otherwise sit under the
+    shards' outputs while it stitches them (the peak of a year's run).
+    """
     writer = ResultWriter(ucs, run_id)
     locations = writer.locations()
     created_at = utc_now()
@@ -175,9 +189,11 @@ def _execute(
     root_logger = logging.getLogger("backtest_pipeline")
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.INFO)
-    # Loading NautilusTrader (~1 s) is process start-up, not backtest work: the clock starts once
-    # it is imported, as the bare-engine floor's does (`cli_s` of the benchmark times it all).
-    import backtest_pipeline.engine.driver  # noqa: F401
+    if engine_here:
+        # Loading NautilusTrader (~1 s) is process start-up, not backtest work: the clock starts
+        # once it is imported, as the bare-engine floor's does (`cli_s` of the benchmark times
+        # it all).
+        import backtest_pipeline.engine.driver  # noqa: F401
 
     wall0 = time.perf_counter()
     prefetch = Prefetcher(ucs, config, days, progress, day_loader or load_day)
@@ -192,6 +208,9 @@ def _execute(
         result = _build_result(
             config, days, run_id, engine_out, reads, wall0, created_at, locations
         )
+        # The marks, status history and references served the build; they need not wait for
+        # the writing, the last step of a long run's peak.
+        del engine_out, reads
         if write_results:
             writer.write_completed(
                 result_tables(result), result.summary, workdir, report_html(result)
@@ -352,15 +371,36 @@ def _peak_rss_mb() -> float:
         return psutil.Process().memory_info().rss / 2**20
 
 
-def result_tables(result: BacktestResult) -> dict[str, Any]:
-    """The Parquet outputs conformed to the exact schemas of docs/outputs.md."""
-    return {
-        "orders.parquet": results_mod.conform(result.orders, "orders"),
-        "fills.parquet": results_mod.conform(result.fills, "fills"),
-        "positions.parquet": results_mod.conform(result.positions, "positions"),
-        "equity_curve.parquet": results_mod.conform(result.equity_curve, "equity_curve"),
-        "operations.parquet": results_mod.conform(result.operations, "operations"),
+def result_tables(result: BacktestResult) -> Mapping[str, pa.Table]:
+    """The Parquet outputs conformed to the exact schemas of docs/outputs.md.
+
+    Each table is conformed when it is asked for: the writer takes them one by one, so a long
+    run never holds all five Arrow copies of its outputs at once (a year's are ~130 MB).
+    """
+    return _ResultTables(result)
+
+
+class _ResultTables(Mapping[str, "pa.Table"]):
+    _FRAMES = {
+        "orders.parquet": ("orders", "orders"),
+        "fills.parquet": ("fills", "fills"),
+        "positions.parquet": ("positions", "positions"),
+        "equity_curve.parquet": ("equity_curve", "equity_curve"),
+        "operations.parquet": ("operations", "operations"),
     }
+
+    def __init__(self, result: BacktestResult) -> None:
+        self._result = result
+
+    def __getitem__(self, name: str) -> pa.Table:
+        attr, schema = self._FRAMES[name]
+        return results_mod.conform(getattr(self._result, attr), schema)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._FRAMES)
+
+    def __len__(self) -> int:
+        return len(self._FRAMES)
 
 
 def report_html(result: BacktestResult) -> str:

@@ -43,6 +43,7 @@ import ctypes
 import dataclasses
 import functools
 import logging
+import os
 import pickle
 import resource
 import shutil
@@ -67,13 +68,19 @@ from backtest_pipeline.storage.ucs import RetryPolicy, UnifiedCloudService
 from backtest_pipeline.trading.risk import PreTradeRisk
 
 if TYPE_CHECKING:
-    from backtest_pipeline.engine.driver import EngineOutput
+    from backtest_pipeline.engine.output import EngineOutput
     from backtest_pipeline.run.inputs import ProgressFn, ReadSummary
 
 log = logging.getLogger("backtest_pipeline.shards")
 
 WARMUP_DAYS = 1
 MIN_DAYS_PER_SHARD = 3  # below this, a warm-up day and a process start cost more than they save
+# A sharded run's processes each stream at most this many days, warm-up included (more shards
+# than processes at a time when the range is long), so a shard's memory is bounded by about two months whatever the
+# run's length: a process that replays half a year grows by ~1 MB a day (its outputs and the
+# heap's fragments), which set a year's peak at 1.6 times a 3-day run's. Each extra shard costs
+# one process start and its warm-up days (~2 s in all here, ~2 % of a year's run).
+MAX_DAYS_PER_SHARD = 61
 
 
 @dataclass(frozen=True)
@@ -97,10 +104,28 @@ class ShardPlan:
         return f"shard {self.index} ({own[0]}..{own[-1]}, {self.warmup} warm-up day(s))"
 
 
-def plan_shards(days: list[date], shards: int, warmup_days: int | None = None) -> list[ShardPlan]:
-    """Split ``days`` into at most ``shards`` consecutive ranges of near-equal length."""
+def plan_shards(
+    days: list[date],
+    shards: int,
+    warmup_days: int | None = None,
+    max_days: int | None = None,
+) -> list[ShardPlan]:
+    """Split ``days`` into consecutive ranges of near-equal length, one process each.
+
+    ``shards`` is how many processes run at a time: a range of more than ``shards × max_days``
+    days (``MAX_DAYS_PER_SHARD`` by default) gets more, shorter shards, so that no process
+    streams more than ``max_days`` days (its warm-up included), which
+    :func:`run_sharded` runs ``shards`` at a time. ``shards`` = 1 is the one-engine run and is
+    never split.
+    """
     warmup_days = WARMUP_DAYS if warmup_days is None else warmup_days
+    max_days = MAX_DAYS_PER_SHARD if max_days is None else max_days
+    if max_days < MIN_DAYS_PER_SHARD:
+        raise ValueError(f"max_days must be at least {MIN_DAYS_PER_SHARD}, got {max_days}")
     n = max(1, min(shards, len(days) // MIN_DAYS_PER_SHARD))
+    if n > 1 and max_days > warmup_days:
+        # The fewest shards whose processes each stream at most ``max_days`` (warm-up included).
+        n = max(n, -(-(len(days) - warmup_days) // (max_days - warmup_days)))
     # Equal work per process: every shard but the first also streams its warm-up days, so the
     # first gets that many more days of its own.
     per = (len(days) + (n - 1) * warmup_days) / n
@@ -179,6 +204,9 @@ class ShardResult:
     wall_s: float
     peak_rss_mb: float
     process_s: float = 0.0  # from the parent's launch to the result read back
+    # Wall-clock instants (epoch seconds) of that launch and read-back: when each process ran.
+    launched_at: float = 0.0
+    returned_at: float = 0.0
 
 
 def _run_shard(
@@ -238,23 +266,36 @@ def _launch(
     d.mkdir(parents=True, exist_ok=True)
     req, res, err = d / "request.pkl", d / "result.pkl", d / "stderr.txt"
     res.unlink(missing_ok=True)
-    t0 = time.perf_counter()
+    t0, launched_at = time.perf_counter(), time.time()
     req.write_bytes(pickle.dumps((config.model_dump_json(), ucs.root, ucs.retry, plan, str(d))))
     with err.open("wb") as f:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "backtest_pipeline.run.shards", str(req)],
             stdout=subprocess.DEVNULL,
             stderr=f,
-            check=False,
             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
         )
+        try:
+            # Reaped with its own resource usage: the process's peak memory over its whole
+            # life, the pickling of its outputs after the engine included.
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not res.exists():
         tail = err.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise ShardFailed(f"{plan.label()} failed (exit {proc.returncode}): {tail[0]}")
-    outcome = pickle.loads(res.read_bytes())
+    # Unpickled from the file, not from its bytes read whole: the bytes of a long shard's
+    # outputs would sit beside the frames they become.
+    with res.open("rb") as f:
+        outcome = pickle.load(f)
     if isinstance(outcome, BaseException):
         raise outcome
     outcome.process_s = time.perf_counter() - t0
+    outcome.peak_rss_mb = max(outcome.peak_rss_mb, usage.ru_maxrss / 1024.0)
+    outcome.launched_at, outcome.returned_at = launched_at, time.time()
     return outcome
 
 
@@ -293,11 +334,17 @@ def run_sharded(
     ucs: UnifiedCloudService,
     workdir: Path,
     progress: ProgressFn | None = None,
+    parallel: int | None = None,
 ) -> tuple[EngineOutput, ReadSummary]:
-    """Run ``plans`` in parallel processes; merge and re-run any boundary that is not exact."""
+    """Run ``plans`` as processes, ``parallel`` at a time (default: all at once), in order.
+
+    Any boundary that is not exact is merged and re-run.
+    """
     results: dict[int, ShardResult] = {}
-    # Threads only wait on the shard processes; each process runs one engine.
-    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="shard") as pool:
+    workers = max(1, min(parallel or len(plans), len(plans)))
+    # Threads only wait on the shard processes; each process runs one engine. The pool starts
+    # the shards in plan order, so a long run's early shards finish (and are checked) first.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") as pool:
         futures = {p.index: pool.submit(_launch, config, ucs, p, workdir) for p in plans}
         for i, fut in futures.items():
             results[i] = fut.result()
@@ -438,8 +485,7 @@ def _stitch(
     offsets: dict[str, Decimal],
     merges: list[str],
 ) -> tuple[EngineOutput, ReadSummary]:
-    from backtest_pipeline.engine.driver import EngineOutput
-    from backtest_pipeline.engine.strategy import avg_slippage_bps
+    from backtest_pipeline.engine.output import EngineOutput, avg_slippage_bps
     from backtest_pipeline.run.inputs import ReadSummary
 
     outs = [r.out for r in shards]
@@ -454,12 +500,18 @@ def _stitch(
         else:
             stats[key] = values[-1]
     stats["peak_rss_mb_shards"] = max(r.peak_rss_mb for r in shards)
+    t0 = min(r.launched_at for r in shards)
     stats["shards"] = {
         "count": len(shards),
         "warmup_days": max(r.plan.warmup for r in shards),
         "merged_boundaries": merges,
         "wall_time_s": [round(r.wall_s, 3) for r in shards],
         "process_time_s": [round(r.process_s, 3) for r in shards],
+        # When each shard's process ran, in seconds from the first launch (a long run's shards
+        # run a few at a time; a stitched run's shards may have run anywhere, in any order).
+        "process_spans_s": [
+            [round(r.launched_at - t0, 3), round(r.returned_at - t0, 3)] for r in shards
+        ],
     }
     balances = {v: b + float(offsets.get(v, 0)) for v, b in last.final_balances.items()}
     out = EngineOutput(
@@ -496,12 +548,16 @@ def _main(request: str) -> int:
         outcome: Any = _run_shard(config_json, root, retry, plan, log_dir)
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
         outcome = exc
-    try:
-        data = pickle.dumps(outcome)
-    except Exception as exc:  # noqa: BLE001 - an unpicklable error still reaches the parent
-        data = pickle.dumps(ShardFailed(f"{plan.label()}: {type(outcome).__name__}: {exc}"))
     tmp = req.with_name("result.tmp")
-    tmp.write_bytes(data)
+    # Pickled into the file as it is made, not into bytes first (a long shard's outputs would be
+    # held twice at its end, its peak).
+    try:
+        with tmp.open("wb") as f:
+            pickle.dump(outcome, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable error still reaches the parent
+        tmp.write_bytes(
+            pickle.dumps(ShardFailed(f"{plan.label()}: {type(outcome).__name__}: {exc}"))
+        )
     tmp.replace(req.with_name("result.pkl"))
     return 0
 
