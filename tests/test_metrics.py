@@ -685,10 +685,9 @@ def test_timeline_rows_are_the_sorted_merge_of_fills_and_grid() -> None:
     on_grid = rng.choice(grid, 40)
     off_grid = rng.integers(START, START + HOUR, 60)
     ts = np.sort(np.concatenate([on_grid, off_grid, on_grid[:10]]))  # equal times too
-    fills = make_fills(
-        [("BINANCE-FUTURES:PERPETUAL:BTC-USDT", "BUY" if i % 2 else "SELL", 0.001, 100.0, 0.0,
-          int(t)) for i, t in enumerate(ts)]  # fmt: skip
-    )
+    key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
+    sides = ["BUY" if i % 2 else "SELL" for i in range(ts.size)]
+    fills = make_fills([(key, side, 0.001, 100.0, 0.0, int(t)) for side, t in zip(sides, ts)])
     events = position_events(fills)
     got = tables._rows(events, grid)
     fill_rows = events.select(
