@@ -687,7 +687,9 @@ def test_timeline_rows_are_the_sorted_merge_of_fills_and_grid() -> None:
     ts = np.sort(np.concatenate([on_grid, off_grid, on_grid[:10]]))  # equal times too
     key = "BINANCE-FUTURES:PERPETUAL:BTC-USDT"
     sides = ["BUY" if i % 2 else "SELL" for i in range(ts.size)]
-    fills = make_fills([(key, side, 0.001, 100.0, 0.0, int(t)) for side, t in zip(sides, ts)])
+    fills = make_fills(
+        [(key, side, 0.001, 100.0, 0.0, int(t)) for side, t in zip(sides, ts, strict=True)]
+    )
     events = position_events(fills)
     got = tables._rows(events, grid)
     fill_rows = events.select(
