@@ -97,9 +97,11 @@ def test_a_long_range_gets_more_shards_than_processes(n_days: int) -> None:
         assert [d for p in plans for d in p.own_days] == days
         assert max(len(p.days) for p in plans) <= cap, [len(p.days) for p in plans]
         assert len(plans) >= parallel
-        # the fewest that keep the cap: one shard fewer would break it
+        # whole rounds of `parallel` processes, the fewest that keep the cap
         if len(plans) > parallel:
-            assert (n_days + (len(plans) - 2) * shards.WARMUP_DAYS) / (len(plans) - 1) > cap
+            assert len(plans) % parallel == 0
+            fewer = len(plans) - parallel
+            assert (n_days + (fewer - 1) * shards.WARMUP_DAYS) / fewer > cap
         assert [p.final for p in plans] == [False] * (len(plans) - 1) + [True]
     assert len(shards.plan_shards(days, 1)) == 1
     assert max(len(p.days) for p in shards.plan_shards(days, 2, max_days=5)) <= 5
@@ -368,7 +370,7 @@ from backtest_pipeline.run import shards
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
-shards.MAX_DAYS_PER_SHARD = 3  # the 10 days as 5 processes, 2 at a time
+shards.MAX_DAYS_PER_SHARD = 3  # the 10 days as 6 processes (3 rounds of 2)
 root, config, start, end = sys.argv[1:5]
 res = run_backtest(
     BacktestConfig.from_yaml(config), start, end, ucs=UnifiedCloudService(root),
@@ -401,7 +403,7 @@ def test_more_shards_than_processes_equal_the_one_engine_run(
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     info = got["stats"]
-    assert info["count"] + len(info["merged_boundaries"]) == 5, info
+    assert info["count"] + len(info["merged_boundaries"]) == 6, info
     assert info["count"] >= 3, info  # most boundaries handed over at once
     # the stitching process ran no engine and so never loaded NautilusTrader
     assert got["nautilus_imported"] == [], got

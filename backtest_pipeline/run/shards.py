@@ -113,8 +113,9 @@ def plan_shards(
     """Split ``days`` into consecutive ranges of near-equal length, one process each.
 
     ``shards`` is how many processes run at a time: a range of more than ``shards × max_days``
-    days (``MAX_DAYS_PER_SHARD`` by default) gets more, shorter shards, so that no process
-    streams more than ``max_days`` days (its warm-up included), which
+    days (``MAX_DAYS_PER_SHARD`` by default) gets more, shorter shards, a multiple of
+    ``shards``, so that no process streams more than ``max_days`` days (its warm-up included),
+    which
     :func:`run_sharded` runs ``shards`` at a time. ``shards`` = 1 is the one-engine run and is
     never split.
     """
@@ -124,8 +125,12 @@ def plan_shards(
         raise ValueError(f"max_days must be at least {MIN_DAYS_PER_SHARD}, got {max_days}")
     n = max(1, min(shards, len(days) // MIN_DAYS_PER_SHARD))
     if n > 1 and max_days > warmup_days:
-        # The fewest shards whose processes each stream at most ``max_days`` (warm-up included).
-        n = max(n, -(-(len(days) - warmup_days) // (max_days - warmup_days)))
+        # The fewest shards whose processes each stream at most ``max_days`` (warm-up included),
+        # rounded up to whole rounds of ``shards`` processes: a last round with idle slots would
+        # leave cores waiting on one shard at the end.
+        need = -(-(len(days) - warmup_days) // (max_days - warmup_days))
+        if need > n:
+            n = -(-need // shards) * shards
     # Equal work per process: every shard but the first also streams its warm-up days, so the
     # first gets that many more days of its own.
     per = (len(days) + (n - 1) * warmup_days) / n
