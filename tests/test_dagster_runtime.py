@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from hashlib import sha256
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -115,6 +116,44 @@ def test_prebuilt_work_is_taken_only_with_the_same_arguments() -> None:
         workers.discard_worker("run-p")
 
 
+def test_work_started_ahead_is_taken_once_and_says_it_was_started() -> None:
+    ctx = _context("run-s", [runtime.CATALOG_STEP, runtime.BACKTEST_STEP])
+    whole = runtime.WHOLE_RUN
+    assert not runtime.start_ahead(ctx, runtime.BACKTEST_STEP, (1,), lambda w: w.submit(sorted, []))
+    assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, (1,)) == (False, None)
+    workers.prewarm_worker("run-s")
+    try:
+        assert runtime.start_ahead(
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [2, 1])
+        )
+        assert not runtime.start_ahead(  # once per run and step
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [])
+        )
+        # started, but with other arguments: the step knows, to stop the worker
+        assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, ("b",)) == (True, None)
+        assert runtime.start_ahead(
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [2, 1])
+        )
+        assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, None) == (True, None)
+        assert runtime.start_ahead(
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [2, 1])
+        )
+        assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, ("a",)) == (
+            True,
+            [1, 2],
+        )
+        # the catalog days taken as prebuilt are remembered for the run, until it ends
+        assert runtime.prebuild(ctx, runtime.CATALOG_STEP, "d1", (1,), sorted, [1])
+        assert runtime.prebuild(ctx, runtime.CATALOG_STEP, "d2", (1,), sorted, [1])
+        assert runtime.take_prebuilt("run-s", runtime.CATALOG_STEP, "d1", (1,)) == [1]
+        assert runtime.take_prebuilt("run-s", runtime.CATALOG_STEP, "d2", (2,)) is None
+        assert runtime.taken_days("run-s", runtime.CATALOG_STEP) == {"d1"}
+        runtime.drop_prebuilt("run-s")
+        assert runtime.taken_days("run-s", runtime.CATALOG_STEP) == frozenset()
+    finally:
+        workers.discard_worker("run-s")
+
+
 def test_spawning_keeps_the_main_module() -> None:
     main = sys.modules["__main__"]
     before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
@@ -163,6 +202,8 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert "backtest process started with the run" in out.stderr  # the executor's warm start
     # each day's catalog was started by the worker as soon as tick_slices had stored the day
     assert "3 of 3 days built while tick_slices fetched" in out.stderr
+    # … and the backtest, on those catalogs as they were stored: the step only collected it
+    assert "collecting the engine started ahead" in out.stderr
 
     config = load_config("demo")
     rid = config.run_id("2024-01-01", "2024-01-03")
@@ -177,6 +218,15 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert dagster_summary["status"] == "COMPLETED"
     assert dagster_fills.height > 0
     assert dagster_fills.equals(read("direct-run", "fills.parquet"))
+
+    def digests(run_id: str) -> dict[str, str]:
+        paths = [layout.result_path(run_id, n) for n in layout.RESULT_PARQUETS]
+        paths.append(layout.config_path(run_id))
+        return {
+            p.rsplit("/", 1)[-1]: sha256(ucs.download_bytes_sync(t, p)).hexdigest() for p in paths
+        }
+
+    assert digests(rid) == digests("direct-run")
     assert dagster_summary["pnl"] == direct.summary["pnl"]
     assert dagster_summary["metrics"] == direct.summary["metrics"]
     log = ucs.download_from_gcs_sync(t, layout.log_path(rid), format="text")
