@@ -69,9 +69,10 @@ class _WarmBacktestExecutor(Executor):
         run_id = plan_context.run_id
         gc.freeze()  # the run's job, plan and instance: long-lived (see definitions.py)
         if BACKTEST_STEP in execution_plan.step_keys_to_execute:
-            workers.prewarm_worker(run_id)
+            spare = workers.prewarm_worker(run_id)
             plan_context.log.debug(
-                f"backtest process started with the run (pid {workers.worker_pid(run_id)})"
+                f"backtest process started with the run (pid {workers.worker_pid(run_id)}"
+                + (", spawned as the command started)" if spare else ")")
             )
         try:
             yield from self._inner.execute(plan_context, execution_plan)

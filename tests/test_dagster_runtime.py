@@ -23,6 +23,7 @@ from _dagster_helpers import write_sample
 from assets import runtime
 from backtest_pipeline import layout
 from backtest_pipeline.config import load_config
+from backtest_pipeline.run import spawn
 from backtest_pipeline.run import worker as workers
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
@@ -154,6 +155,21 @@ def test_work_started_ahead_is_taken_once_and_says_it_was_started() -> None:
         workers.discard_worker("run-s")
 
 
+def test_a_spare_worker_is_taken_by_the_next_run() -> None:
+    spawn.start_spare()
+    spawn.start_spare()  # at most one
+    assert workers.prewarm_worker("run-spare")  # took the spare
+    try:
+        assert spawn.take_spare() is None
+        w = workers.pooled_worker("run-spare")
+        assert w is not None and w.call(os.getpid) == w.pid != os.getpid()
+        assert not workers.prewarm_worker("run-spare")  # already has its worker
+    finally:
+        workers.discard_worker("run-spare")
+    assert workers.prewarm_worker("run-fresh") is False  # no spare left: a new process
+    workers.discard_worker("run-fresh")
+
+
 def test_spawning_keeps_the_main_module() -> None:
     main = sys.modules["__main__"]
     before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
@@ -200,6 +216,8 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     assert "RUN_SUCCESS" in out.stderr
     assert "backtest process started with the run" in out.stderr  # the executor's warm start
+    # … which took the process the instance spawned as the command started
+    assert "spawned as the command started" in out.stderr
     # each day's catalog was started by the worker as soon as tick_slices had stored the day
     assert "3 of 3 days built while tick_slices fetched" in out.stderr
     # … and the backtest, on those catalogs as they were stored: the step only collected it

@@ -11,14 +11,12 @@ import contextlib
 import gc
 import io
 import logging
-import multiprocessing
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import date
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,7 +26,7 @@ import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
-from backtest_pipeline.run import stages
+from backtest_pipeline.run import spawn, stages
 from backtest_pipeline.run.inputs import DayLoader
 from backtest_pipeline.run.stages import CatalogDayLoader, DayBundle
 from backtest_pipeline.storage.ucs import UnifiedCloudService
@@ -92,7 +90,7 @@ def _warm_imports() -> None:
     import backtest_pipeline.run.runner  # noqa: F401
 
 
-def _worker_main(conn: Connection) -> None:
+def serve(conn: Connection) -> None:
     """Body of a :class:`BacktestWorker` process: warm up, serve tasks, exit after the last.
 
     It says ``("ready", None)`` once warm. Tasks are ``(fn, args, last)``; the outcome of each
@@ -131,27 +129,6 @@ def _worker_main(conn: Connection) -> None:
         os._exit(code)
 
 
-@contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """While a process is spawned, hide ``__main__``'s file so the child does not re-run it.
-
-    ``multiprocessing``'s spawn re-imports the parent's main script in the child (for functions
-    defined there). Under ``dagster asset materialize`` that is the ``dagster`` CLI (~1.2 s of
-    imports per backtest); a worker only runs functions of this module, so it needs none of it.
-    """
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            main.__dict__["__spec__"] = None
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-
-
 class BacktestWorker:
     """A spawned process that imports the engine ahead of time, then runs ONE backtest.
 
@@ -164,15 +141,9 @@ class BacktestWorker:
     One backtest per worker (:meth:`run`, the last task): two engines never share a process.
     """
 
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_worker_main, args=(child_conn,), name="backtest-worker", daemon=True
-        )
-        with _main_module_hidden():
-            self._proc.start()
-        child_conn.close()
+    def __init__(self, started: spawn.Started | None = None) -> None:
+        """``started``: a process already spawned (``spawn.take_spare``), else one is now."""
+        self._proc, self._conn = started or spawn.spawn_worker_process()
         self._done = False
         self._ready = False
         self._lock = threading.Lock()
@@ -268,18 +239,21 @@ _WORKERS: dict[str, BacktestWorker] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
-def prewarm_worker(key: str) -> None:
+def prewarm_worker(key: str) -> bool:
     """Start the backtest process of ``key`` (a Dagster run id) now, if not started yet.
 
     At most one idle worker per process: one left by another run (whose backtest step never
-    ran) is stopped.
+    ran) is stopped. A spare started before the run (``spawn.start_spare``) is taken first:
+    True when it was (the process has been warming since).
     """
     with _WORKERS_LOCK:
         if key in _WORKERS and _WORKERS[key].alive():
-            return
+            return False
         for other in [k for k in _WORKERS if k != key]:
             _WORKERS.pop(other).close()
-        _WORKERS[key] = BacktestWorker()
+        spare = spawn.take_spare()
+        _WORKERS[key] = BacktestWorker(spare)
+        return spare is not None
 
 
 def take_worker(key: str) -> BacktestWorker | None:
