@@ -93,8 +93,12 @@ def backtest_run(
         why = _why_not_collected(client, dagster_run, days, read, worker)
         if why is None and worker is not None:
             context.log.info(f"backtest {run_id}: collecting the engine started ahead")
-            out = workers.collect_backtest(worker, run_id)
-        else:  # it would write nothing: stopping its process leaves nothing of it behind
+            collected = workers.collect_backtest(worker, run_id)
+            if isinstance(collected, str):
+                why = collected
+            else:
+                out = collected
+        if out is None:  # it wrote nothing: stopping its process leaves nothing of it behind
             context.log.warning(
                 f"backtest {run_id}: the run started ahead is discarded ({why}); it runs again "
                 "in a new process"
@@ -244,10 +248,10 @@ def _why_not_collected(
     changed = [p for p, gen in read.items() if client.stat_sync(target, p).generation != gen]
     if changed:
         return f"{len(changed)} input object(s) changed since it read them, e.g. {changed[0]}"
-    taken = runtime.taken_days(dagster_run, runtime.CATALOG_STEP)
-    other = [d.isoformat() for d in days if d.isoformat() not in taken]
+    in_worker = runtime.worker_days(dagster_run, runtime.CATALOG_STEP)
+    other = [d.isoformat() for d in days if d.isoformat() not in in_worker]
     if other:
-        return f"the catalog of {other[0]} is not the one it was started on"
+        return f"the catalog of {other[0]} was not written by its process"
     return None
 
 

@@ -84,6 +84,7 @@ def _build_day(
     if worker is None:
         return stages.build_catalog(client, day, backtest.scope, tick_slices[k], instruments, books)
     where = tick_slices.location(k) if isinstance(tick_slices, LazyDays) else None
+    runtime.note_worker_day(run_id, runtime.CATALOG_STEP, k)  # a backtest started ahead reads it
     return worker.call(
         workers.catalog_task,
         client.root,

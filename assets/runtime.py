@@ -130,7 +130,8 @@ class _Prebuilt:
 
 _PREBUILT: dict[tuple[str, str, str], _Prebuilt] = {}
 _PREBUILT_LOCK = threading.Lock()
-#: The days of each (run, step) that the step took as prebuilt (:func:`take_prebuilt`).
+#: The days of each (run, step) done in the run's worker: taken as prebuilt
+#: (:func:`take_prebuilt`) or handed to it by the step (:func:`note_worker_day`).
 _TAKEN: dict[tuple[str, str], set[str]] = {}
 #: The ``day`` of work that covers a step's whole run (the backtest started ahead).
 WHOLE_RUN = "*"
@@ -234,8 +235,15 @@ def take_started(
     return True, value
 
 
-def taken_days(run_id: str, step: str) -> frozenset[str]:
-    """The days of ``step`` in ``run_id`` taken as prebuilt so far."""
+def note_worker_day(run_id: str, step: str, day: str) -> None:
+    """Day ``day`` of ``step`` was done by the run's worker at the step's own request."""
+    with _PREBUILT_LOCK:
+        _TAKEN.setdefault((run_id, step), set()).add(day)
+
+
+def worker_days(run_id: str, step: str) -> frozenset[str]:
+    """The days of ``step`` in ``run_id`` done in the run's worker so far (taken as prebuilt,
+    or noted by :func:`note_worker_day`): what a backtest started there could have read."""
     with _PREBUILT_LOCK:
         return frozenset(_TAKEN.get((run_id, step), ()))
 

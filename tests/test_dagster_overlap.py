@@ -15,6 +15,7 @@ NautilusTrader engines throughout:
 
 import hashlib
 import io
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ import pytest
 from _dagster_helpers import START, materialize_graph, write_sample
 from dagster import DagsterInstance
 
+from assets import runtime
 from backtest_pipeline import layout
 from backtest_pipeline.config import load_config
 from backtest_pipeline.run import worker as workers
@@ -76,6 +78,22 @@ def test_collected_run_equals_run_backtest(ucs: UnifiedCloudService) -> None:
     assert summary["pnl"] == direct.summary["pnl"]
     assert summary["metrics"] == direct.summary["metrics"]
     assert summary["inputs"] == direct.summary["inputs"]  # same objects, same bytes read
+
+
+def test_a_range_longer_than_the_prebuilt_days_is_collected(ucs: UnifiedCloudService) -> None:
+    """Past ``MAX_PENDING_PREBUILDS`` days, ``nautilus_catalog`` hands the rest of the days to
+    the worker itself: the backtest started ahead reads those too, and is still collected."""
+    days = runtime.MAX_PENDING_PREBUILDS + 3
+    write_sample(ucs, days)
+    end = (date.fromisoformat(START) + timedelta(days=days - 1)).isoformat()
+    instance = DagsterInstance.ephemeral()
+    result = materialize_graph(ucs.root, START, end, instance=instance, with_checks=False)
+    assert result.success
+    log = _messages(instance, result.run_id)
+    assert COLLECTED in log and DISCARDED not in log
+    config = load_config("demo")
+    run_backtest(config, START, end, ucs=ucs, run_id="direct-run")
+    assert _digests(ucs, config.run_id(START, end)) == _digests(ucs, "direct-run")
 
 
 def test_a_start_on_inputs_that_changed_is_discarded_and_run_again(

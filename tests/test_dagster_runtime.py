@@ -148,9 +148,11 @@ def test_work_started_ahead_is_taken_once_and_says_it_was_started() -> None:
         assert runtime.prebuild(ctx, runtime.CATALOG_STEP, "d2", (1,), sorted, [1])
         assert runtime.take_prebuilt("run-s", runtime.CATALOG_STEP, "d1", (1,)) == [1]
         assert runtime.take_prebuilt("run-s", runtime.CATALOG_STEP, "d2", (2,)) is None
-        assert runtime.taken_days("run-s", runtime.CATALOG_STEP) == {"d1"}
+        assert runtime.worker_days("run-s", runtime.CATALOG_STEP) == {"d1"}
+        runtime.note_worker_day("run-s", runtime.CATALOG_STEP, "d2")  # built by the worker itself
+        assert runtime.worker_days("run-s", runtime.CATALOG_STEP) == {"d1", "d2"}
         runtime.drop_prebuilt("run-s")
-        assert runtime.taken_days("run-s", runtime.CATALOG_STEP) == frozenset()
+        assert runtime.worker_days("run-s", runtime.CATALOG_STEP) == frozenset()
     finally:
         workers.discard_worker("run-s")
 

@@ -336,17 +336,26 @@ def run_backtest_isolated(
 # step finds other arguments than those the run was started with, it stops the process instead,
 # and nothing of the speculative run is left in storage.
 
-#: Catalog days stored by this process: (root, scope, day) → set once the day's catalog is whole.
-_CATALOGS: dict[tuple[str, str, date], threading.Event] = {}
+
+class _DayCatalog:
+    """A day's catalog as this process stored it: set once stored, and how many times."""
+
+    def __init__(self) -> None:
+        self.stored = threading.Event()
+        self.builds = 0
+
+
+#: Catalog days stored by this process, by (root, scope, day).
+_CATALOGS: dict[tuple[str, str, date], _DayCatalog] = {}
 _CATALOGS_LOCK = threading.Lock()
 
 #: The input objects a day's backtest bundle is made of, by asset name → results-bucket path.
 BUNDLE_INPUTS = ("instruments", "signals", "signal_intervals", "funding_rates")
 
 
-def _catalog_stored(root: str, scope: str, day: date) -> threading.Event:
+def _day_catalog(root: str, scope: str, day: date) -> _DayCatalog:
     with _CATALOGS_LOCK:
-        return _CATALOGS.setdefault((root, scope, day), threading.Event())
+        return _CATALOGS.setdefault((root, scope, day), _DayCatalog())
 
 
 def catalog_task(
@@ -360,29 +369,51 @@ def catalog_task(
     """``stages.build_catalog_task`` as a worker task; a backtest started ahead is told the day
     is stored (its day loader waits for exactly that)."""
     manifest = stages.build_catalog_task(root, day, scope, slices, instruments, books)
-    _catalog_stored(root, scope, day).set()
+    entry = _day_catalog(root, scope, day)
+    with _CATALOGS_LOCK:
+        entry.builds += 1
+    entry.stored.set()
     return manifest
 
 
 class _CatalogsAsStored:
     """A :class:`CatalogDayLoader` that first waits until this process has stored the day's
-    catalog: the engine replays day d while the worker's loop writes day d + 1."""
+    catalog: the engine replays day d while the worker's loop writes day d + 1.
+
+    It notes which build of each day it read (:meth:`rebuilt`): a day whose catalog was
+    written again afterwards (its step rebuilt it with other arguments) was read as it no
+    longer is.
+    """
 
     def __init__(self, root: str, scope: str, bundles: Sequence[DayBundle]) -> None:
         self._root, self._scope = root, scope
         self._inner = CatalogDayLoader(bundles)
+        self._read: dict[date, int] = {}
 
     def __call__(
         self, ucs: UnifiedCloudService, config: BacktestConfig, day: date, **kwargs: Any
     ) -> Any:
-        _catalog_stored(self._root, self._scope, day).wait()
+        entry = _day_catalog(self._root, self._scope, day)
+        entry.stored.wait()
+        with _CATALOGS_LOCK:
+            self._read[day] = entry.builds
         return self._inner(ucs, config, day, **kwargs)
+
+    def rebuilt(self) -> list[date]:
+        """The days read so far whose catalog this process has stored again since."""
+        with _CATALOGS_LOCK:
+            return sorted(
+                d
+                for d, n in self._read.items()
+                if _CATALOGS[(self._root, self._scope, d)].builds != n
+            )
 
 
 class _Speculation:
     """A backtest running in a thread of the worker, held before its first write."""
 
-    def __init__(self) -> None:
+    def __init__(self, loader: _CatalogsAsStored) -> None:
+        self.loader = loader
         self.approved = threading.Event()
         self.done = threading.Event()
         self.outcome: dict[str, Any] | None = None
@@ -448,8 +479,8 @@ def speculate_task(
     days = sorted(b.day for b in bundles)
     if not days:
         raise ValueError("no day to backtest")
-    spec = _Speculation()
     loader = _CatalogsAsStored(root, scope, bundles)
+    spec = _Speculation(loader)
 
     def body() -> None:
         try:
@@ -473,10 +504,21 @@ def speculate_task(
 
 
 def collect_task(run_id: str) -> dict[str, Any]:
-    """The worker's last task after :func:`speculate_task`: let the run write, wait for it."""
+    """The worker's last task after :func:`speculate_task`: let the run write, wait for it.
+
+    Unless a day it read was rebuilt since (every catalog is final by now): then the outcome
+    is ``DISCARDED``, the run never writes, and the process exits with it.
+    """
     spec = _SPECULATIONS.pop(run_id, None)
     if spec is None:
         raise RuntimeError(f"no backtest of {run_id} was started in this process")
+    rebuilt = spec.loader.rebuilt()
+    if rebuilt:
+        return {
+            "status": "DISCARDED",
+            "run_id": run_id,
+            "error": f"the catalog of {rebuilt[0]} was written again after it was read",
+        }
     spec.approved.set()
     spec.done.wait()
     if spec.error is not None or spec.outcome is None:
@@ -496,13 +538,18 @@ def start_backtest_ahead(
     return worker.submit(speculate_task, ucs.root, config.model_dump_json(), run_id, scope, inputs)
 
 
-def collect_backtest(worker: BacktestWorker, run_id: str) -> dict[str, Any]:
+def collect_backtest(worker: BacktestWorker, run_id: str) -> dict[str, Any] | str:
     """The outcome of the backtest :func:`start_backtest_ahead` started (the worker's last task).
 
-    Raises :class:`IsolatedBacktestError` as :func:`run_backtest_isolated` does: the run failed
-    (its FAILED summary and log written, no result Parquet) or its process died.
+    A string when it was discarded instead (why): it wrote nothing, its process has exited,
+    and the caller runs the backtest itself. Raises :class:`IsolatedBacktestError` as
+    :func:`run_backtest_isolated` does: the run failed (its FAILED summary and log written, no
+    result Parquet) or its process died.
     """
-    return _completed(worker.run(collect_task, run_id))
+    out = worker.run(collect_task, run_id)
+    if out["status"] == "DISCARDED":
+        return str(out["error"])
+    return _completed(out)
 
 
 def _completed(out: dict[str, Any]) -> dict[str, Any]:
