@@ -27,6 +27,7 @@ from backtest_pipeline.run import spawn
 from backtest_pipeline.run import worker as workers
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.local_instance import BACKTEST_WORKER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,11 +159,12 @@ def test_work_started_ahead_is_taken_once_and_says_it_was_started() -> None:
 
 
 def test_a_spare_worker_is_taken_by_the_next_run() -> None:
-    spawn.start_spare()
-    spawn.start_spare()  # at most one
+    assert BACKTEST_WORKER == workers.ENTRY  # what the instance spawns is the worker
+    spawn.start_spare(workers.ENTRY)
+    spawn.start_spare(workers.ENTRY)  # at most one
     assert workers.prewarm_worker("run-spare")  # took the spare
     try:
-        assert spawn.take_spare() is None
+        assert spawn.take_spare(workers.ENTRY) is None
         w = workers.pooled_worker("run-spare")
         assert w is not None and w.call(os.getpid) == w.pid != os.getpid()
         assert not workers.prewarm_worker("run-spare")  # already has its worker

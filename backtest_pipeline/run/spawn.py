@@ -4,9 +4,12 @@ Why a module of its own: a worker's warm-up (an interpreter, NautilusTrader, the
 over a second, so the earlier it is spawned the less anyone waits for it. ``run/worker.py``
 imports the pipeline's stages (polars, pyarrow, the catalog code), ~0.4 s before a process could
 be spawned from it; this module spawns one at once, and the child imports the rest itself.
+The child's body is named, not imported (``entry``: ``"module:function"``, called with the
+child's end of the pipe), so this module depends on nothing of the pipeline.
 """
 
 import atexit
+import importlib
 import multiprocessing
 import sys
 import threading
@@ -19,11 +22,10 @@ from multiprocessing.process import BaseProcess
 Started = tuple[BaseProcess, Connection]
 
 
-def worker_main(conn: Connection) -> None:
-    """Entry point of a worker process: the worker module is imported in the child only."""
-    from backtest_pipeline.run import worker
-
-    worker.serve(conn)
+def worker_main(entry: str, conn: Connection) -> None:
+    """Entry point of a worker process: ``entry``'s module is imported in the child only."""
+    module, name = entry.split(":")
+    getattr(importlib.import_module(module), name)(conn)
 
 
 @contextmanager
@@ -47,33 +49,36 @@ def main_module_hidden() -> Iterator[None]:
             main.__dict__.update(saved)
 
 
-def spawn_worker_process() -> Started:
-    """A new worker process (it warms up at once) and the owner's end of its pipe."""
+def spawn_worker_process(entry: str) -> Started:
+    """A new worker process running ``entry`` (it warms up at once), and the owner's end of
+    its pipe."""
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=worker_main, args=(child_conn,), name="backtest-worker", daemon=True)
+    proc = ctx.Process(
+        target=worker_main, args=(entry, child_conn), name="backtest-worker", daemon=True
+    )
     with main_module_hidden():
         proc.start()
     child_conn.close()
     return proc, conn
 
 
-_SPARE: list[Started] = []
+_SPARE: dict[str, Started] = {}
 _SPARE_LOCK = threading.Lock()
 
 
-def start_spare() -> None:
-    """Spawn a worker before the run it is for exists; the next run's worker takes it
-    (:func:`take_spare`). At most one; one never taken is stopped at exit."""
+def start_spare(entry: str) -> None:
+    """Spawn a worker running ``entry`` before the run it is for exists; the next run's worker
+    takes it (:func:`take_spare`). At most one per entry; one never taken is stopped at exit."""
     with _SPARE_LOCK:
-        if not _SPARE:
-            _SPARE.append(spawn_worker_process())
+        if entry not in _SPARE:
+            _SPARE[entry] = spawn_worker_process(entry)
 
 
-def take_spare() -> Started | None:
-    """The spare worker process (removed), if one was started and is still alive."""
+def take_spare(entry: str) -> Started | None:
+    """The spare worker process of ``entry`` (removed), if one was started and is alive."""
     with _SPARE_LOCK:
-        started = _SPARE.pop() if _SPARE else None
+        started = _SPARE.pop(entry, None)
     if started is not None and not started[0].is_alive():
         _stop(started)
         return None
@@ -91,5 +96,5 @@ def _stop(started: Started) -> None:
 @atexit.register
 def _stop_unused_spare() -> None:
     with _SPARE_LOCK:
-        while _SPARE:
-            _stop(_SPARE.pop())
+        for entry in list(_SPARE):
+            _stop(_SPARE.pop(entry))

@@ -90,6 +90,10 @@ def _warm_imports() -> None:
     import backtest_pipeline.run.runner  # noqa: F401
 
 
+#: What a worker process runs (``spawn.spawn_worker_process``): :func:`serve`.
+ENTRY = f"{__name__}:serve"
+
+
 def serve(conn: Connection) -> None:
     """Body of a :class:`BacktestWorker` process: warm up, serve tasks, exit after the last.
 
@@ -143,7 +147,7 @@ class BacktestWorker:
 
     def __init__(self, started: spawn.Started | None = None) -> None:
         """``started``: a process already spawned (``spawn.take_spare``), else one is now."""
-        self._proc, self._conn = started or spawn.spawn_worker_process()
+        self._proc, self._conn = started or spawn.spawn_worker_process(ENTRY)
         self._done = False
         self._ready = False
         self._lock = threading.Lock()
@@ -251,7 +255,7 @@ def prewarm_worker(key: str) -> bool:
             return False
         for other in [k for k in _WORKERS if k != key]:
             _WORKERS.pop(other).close()
-        spare = spawn.take_spare()
+        spare = spawn.take_spare(ENTRY)
         _WORKERS[key] = BacktestWorker(spare)
         return spare is not None
 
