@@ -8,6 +8,7 @@ run's objects at their exact results paths (``backtest_results/{run_id}/…``): 
 """
 
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
 import polars as pl
@@ -27,6 +28,8 @@ from dagster import (
 from assets import runtime
 from assets.checks import check_result, check_spec
 from assets.partitions import daily_partitions, days_of, single_run
+from backtest_pipeline import layout
+from backtest_pipeline.config import BacktestConfig
 from backtest_pipeline.results import checks as asset_checks
 from backtest_pipeline.results import operations as operations_mod
 from backtest_pipeline.results import report
@@ -34,7 +37,7 @@ from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.run import stages
 from backtest_pipeline.run import worker as workers
 from backtest_pipeline.storage.ucs import UnifiedCloudService
-from resources.io_manager import DayTables, RunArtifact
+from resources.io_manager import DayTables, LazyDays, RunArtifact, day_object_path
 from resources.settings import BacktestSettings, tag_run
 from resources.ucs_resource import UCSResource
 
@@ -69,20 +72,6 @@ def backtest_run(
     missing = [d for d in days if d.isoformat() not in nautilus_catalog]
     if missing:
         raise RuntimeError(f"nautilus_catalog is missing for {missing}")
-    bundles = [
-        stages.make_bundle(
-            client,
-            config,
-            backtest.scope,
-            d,
-            instruments[k],
-            signals[k],
-            signal_intervals[k],
-            funding_rates[k],
-        )
-        for d in days
-        for k in [d.isoformat()]
-    ]
     run_id = config.run_id(days[0], days[-1])
     context.log.info(
         f"backtest {run_id}: {backtest.config_name} over {days[0]}..{days[-1]} ({len(days)} days)"
@@ -90,9 +79,49 @@ def backtest_run(
     # The step only waits while the engine runs in its process: import what backtest_summary's
     # equity plot needs meanwhile (matplotlib, ~1 s) instead of after the backtest.
     runtime.import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
-    out = workers.run_backtest_isolated(
-        client, config, bundles, run_id=run_id, worker=workers.take_worker(context.run.run_id)
+    dagster_run = context.run.run_id
+    inputs = bundle_inputs(
+        backtest.scope, days, instruments, signals, signal_intervals, funding_rates
     )
+    match = None if inputs is None else _ahead_match(client, backtest, config, run_id, inputs)
+    started, read = runtime.take_started(
+        dagster_run, runtime.BACKTEST_STEP, runtime.WHOLE_RUN, match
+    )
+    worker = workers.take_worker(dagster_run)
+    out: dict[str, Any] | None = None
+    if started:
+        why = _why_not_collected(client, dagster_run, days, read, worker)
+        if why is None and worker is not None:
+            context.log.info(f"backtest {run_id}: collecting the engine started ahead")
+            collected = workers.collect_backtest(worker, run_id)
+            if isinstance(collected, str):
+                why = collected
+            else:
+                out = collected
+        if out is None:  # it wrote nothing: stopping its process leaves nothing of it behind
+            context.log.warning(
+                f"backtest {run_id}: the run started ahead is discarded ({why}); it runs again "
+                "in a new process"
+            )
+            if worker is not None:
+                worker.close()
+            worker = None
+    if out is None:
+        bundles = [
+            stages.make_bundle(
+                client,
+                config,
+                backtest.scope,
+                d,
+                instruments[k],
+                signals[k],
+                signal_intervals[k],
+                funding_rates[k],
+            )
+            for d in days
+            for k in [d.isoformat()]
+        ]
+        out = workers.run_backtest_isolated(client, config, bundles, run_id=run_id, worker=worker)
     summary = out["summary"]
     flat = report.flat_metrics(summary)
     locations = out["locations"]
@@ -122,6 +151,108 @@ def backtest_run(
         [d.isoformat() for d in days],
         stored=True,  # run_backtest wrote it before the engine started
     )
+
+
+def bundle_inputs(
+    scope: str,
+    days: list[date],
+    instruments: DayTables,
+    signals: DayTables,
+    signal_intervals: DayTables,
+    funding_rates: DayTables | None = None,
+) -> list[tuple[str, dict[str, str]]] | None:
+    """Per day, the stored objects the backtest's day bundles are made of (results bucket).
+
+    What a backtest started ahead reads by reference (``workers.BUNDLE_INPUTS``). ``funding_rates``
+    is no input of ``tick_slices``, which starts it: its path is the IO manager's. None when
+    an input is not a stored value (it cannot be named).
+    """
+    out: list[tuple[str, dict[str, str]]] = []
+    for d in days:
+        k = d.isoformat()
+        paths: dict[str, str] = {}
+        for name, values in (
+            ("instruments", instruments),
+            ("signals", signals),
+            ("signal_intervals", signal_intervals),
+            ("funding_rates", funding_rates),
+        ):
+            if values is None:
+                paths[name] = day_object_path(scope, name, k)
+                continue
+            where = values.location(k) if isinstance(values, LazyDays) else None
+            if where is None:
+                return None
+            paths[name] = where
+        out.append((k, paths))
+    return out
+
+
+def _ahead_match(
+    client: UnifiedCloudService,
+    backtest: BacktestSettings,
+    config: BacktestConfig,
+    run_id: str,
+    inputs: list[tuple[str, dict[str, str]]],
+) -> tuple[Any, ...]:
+    """The arguments of the backtest started ahead (see :func:`start_backtest_ahead`)."""
+    by_day = tuple((k, tuple(sorted(p.items()))) for k, p in inputs)
+    return (client.root, backtest.scope, config.model_dump_json(), run_id, by_day)
+
+
+def start_backtest_ahead(
+    context: AssetExecutionContext,
+    client: UnifiedCloudService,
+    backtest: BacktestSettings,
+    config: BacktestConfig,
+    days: list[date],
+    instruments: DayTables,
+    signals: DayTables,
+    signal_intervals: DayTables,
+) -> bool:
+    """Start this run's backtest in its worker now, on the catalogs as they are stored.
+
+    Called by ``tick_slices`` once its first day is stored (the catalogs' days follow it into
+    the worker): the engine replays day d while the worker writes day d + 1's catalog, as the
+    CLI's prefetch feeds its engine. ``backtest_run`` collects it if it would start the same
+    run on the same stored inputs, else stops it (it writes nothing before) and runs its own.
+    True if started (``runtime.start_ahead``).
+    """
+    inputs = bundle_inputs(backtest.scope, days, instruments, signals, signal_intervals)
+    if inputs is None:
+        return False
+    run_id = config.run_id(days[0], days[-1])
+    return runtime.start_ahead(
+        context,
+        runtime.BACKTEST_STEP,
+        _ahead_match(client, backtest, config, run_id, inputs),
+        lambda worker: workers.start_backtest_ahead(
+            worker, client, config, run_id, backtest.scope, inputs
+        ),
+    )
+
+
+def _why_not_collected(
+    client: UnifiedCloudService,
+    dagster_run: str,
+    days: list[date],
+    read: dict[str, str] | None,
+    worker: workers.BacktestWorker | None,
+) -> str | None:
+    """Why the backtest started ahead is not this step's run (None: it is)."""
+    if read is None:
+        return "started with other arguments, or it could not start"
+    if worker is None or not worker.alive():
+        return "its process is gone"
+    target = layout.target("results")
+    changed = [p for p, gen in read.items() if client.stat_sync(target, p).generation != gen]
+    if changed:
+        return f"{len(changed)} input object(s) changed since it read them, e.g. {changed[0]}"
+    in_worker = runtime.worker_days(dagster_run, runtime.CATALOG_STEP)
+    other = [d.isoformat() for d in days if d.isoformat() not in in_worker]
+    if other:
+        return f"the catalog of {other[0]} was not written by its process"
+    return None
 
 
 #: The run's result objects, each an asset (key → object name and description).

@@ -54,7 +54,7 @@ def prebuild_day(
         runtime.CATALOG_STEP,
         day.isoformat(),
         _match(client, backtest, day, slices, instruments, books),
-        stages.build_catalog_task,
+        workers.catalog_task,
         client.root,
         day,
         backtest.scope,
@@ -84,8 +84,9 @@ def _build_day(
     if worker is None:
         return stages.build_catalog(client, day, backtest.scope, tick_slices[k], instruments, books)
     where = tick_slices.location(k) if isinstance(tick_slices, LazyDays) else None
+    runtime.note_worker_day(run_id, runtime.CATALOG_STEP, k)  # a backtest started ahead reads it
     return worker.call(
-        stages.build_catalog_task,
+        workers.catalog_task,
         client.root,
         day,
         backtest.scope,

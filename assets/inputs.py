@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetCheckResult, AssetExecutionContext, MetadataValue, Output, asset
 
+from assets import backtest as backtest_assets
 from assets import catalog, runtime
 from assets.checks import check_result, check_spec
 from assets.partitions import daily_partitions, days_of, single_run
@@ -153,6 +154,7 @@ def tick_slices(
     ) and runtime.has_worker(context)
     market_data: dict[str, Any] | None = None
     fetched: dict[str, tuple[pa.Table, pa.Table]] = {}  # a day's instruments and intervals
+    ahead = False  # the backtest started in the worker
 
     def produce(key: str) -> pa.Table:
         day = layout.parse_day(key)
@@ -167,9 +169,14 @@ def tick_slices(
         return table
 
     def on_stored(key: str, path: str) -> None:
-        nonlocal market_data
+        nonlocal market_data, ahead
         if key not in fetched:
             return
+        if not ahead:  # the backtest itself, on the catalogs as they follow (assets/backtest.py)
+            ahead = True
+            backtest_assets.start_backtest_ahead(
+                context, client, backtest, config, days, instruments, signals, signal_intervals
+            )
         inst, intervals = fetched.pop(key)
         if market_data is None:
             market_data = dict(runner.market_data_for(client, config, days))

@@ -69,9 +69,10 @@ class _WarmBacktestExecutor(Executor):
         run_id = plan_context.run_id
         gc.freeze()  # the run's job, plan and instance: long-lived (see definitions.py)
         if BACKTEST_STEP in execution_plan.step_keys_to_execute:
-            workers.prewarm_worker(run_id)
+            spare = workers.prewarm_worker(run_id)
             plan_context.log.debug(
-                f"backtest process started with the run (pid {workers.worker_pid(run_id)})"
+                f"backtest process started with the run (pid {workers.worker_pid(run_id)}"
+                + (", spawned as the command started)" if spare else ")")
             )
         try:
             yield from self._inner.execute(plan_context, execution_plan)
@@ -129,6 +130,11 @@ class _Prebuilt:
 
 _PREBUILT: dict[tuple[str, str, str], _Prebuilt] = {}
 _PREBUILT_LOCK = threading.Lock()
+#: The days of each (run, step) done in the run's worker: taken as prebuilt
+#: (:func:`take_prebuilt`) or handed to it by the step (:func:`note_worker_day`).
+_TAKEN: dict[tuple[str, str], set[str]] = {}
+#: The ``day`` of work that covers a step's whole run (the backtest started ahead).
+WHOLE_RUN = "*"
 
 
 def prebuild(
@@ -155,7 +161,8 @@ def prebuild(
     with _PREBUILT_LOCK:
         for other in [k for k in _PREBUILT if k[0] != run_id]:  # another run's leftovers
             _PREBUILT.pop(other).future.cancel()
-        if sum(not p.future.done() for p in _PREBUILT.values()) >= MAX_PENDING_PREBUILDS:
+        pending = sum(not p.future.done() for k, p in _PREBUILT.items() if k[2] != WHOLE_RUN)
+        if pending >= MAX_PENDING_PREBUILDS:
             return False
         try:
             future = worker.submit(fn, *args)
@@ -165,20 +172,80 @@ def prebuild(
     return True
 
 
+def start_ahead(
+    context: AssetExecutionContext,
+    step: str,
+    match: tuple[Any, ...],
+    start: Callable[[workers.BacktestWorker], "Future[Any]"],
+) -> bool:
+    """Start the whole of the later step ``step`` in the run's worker now (``start(worker)``).
+
+    As :func:`prebuild` (only if ``step`` runs later in this process, the worker is pooled
+    here), once per run and step, and not counted among the pending days: it is the work those
+    days feed. The step takes it with :func:`take_started` (day :data:`WHOLE_RUN`).
+    """
+    run_id = context.run.run_id
+    if not step_runs_in_this_process(context, step):
+        return False
+    worker = workers.pooled_worker(run_id)
+    if worker is None or not worker.alive():
+        return False
+    with _PREBUILT_LOCK:
+        if (run_id, step, WHOLE_RUN) in _PREBUILT:
+            return False
+        try:
+            future = start(worker)
+        except RuntimeError:  # the worker has run its backtest already
+            return False
+        _PREBUILT[(run_id, step, WHOLE_RUN)] = _Prebuilt(match, future)
+    return True
+
+
 def take_prebuilt(run_id: str, step: str, day: str, match: tuple[Any, ...]) -> Any | None:
     """The outcome of day ``day`` of ``step`` started by :func:`prebuild` (waits for it).
 
     None when none was started, its ``match`` differs from the step's, or it failed: the step
     then does the work itself (and reports its own error, if any).
     """
+    started, value = take_started(run_id, step, day, match)
+    return value if started else None
+
+
+def take_started(
+    run_id: str, step: str, day: str, match: tuple[Any, ...] | None
+) -> tuple[bool, Any | None]:
+    """:func:`take_prebuilt`, and whether that work had been started at all.
+
+    For work whose start occupies the worker (the backtest started ahead): a step that finds it
+    started with other arguments (``match`` None: the step cannot tell) must stop the worker
+    rather than take it. ``(started, outcome)``; the outcome is None unless it matches.
+    """
     with _PREBUILT_LOCK:
         pre = _PREBUILT.pop((run_id, step, day), None)
-    if pre is None or not _same(pre.match, match):
-        return None
+    if pre is None:
+        return False, None
+    if match is None or not _same(pre.match, match):
+        return True, None
     try:
-        return pre.future.result()
+        value = pre.future.result()
     except Exception:  # the step's own attempt says what is wrong
-        return None
+        return True, None
+    with _PREBUILT_LOCK:
+        _TAKEN.setdefault((run_id, step), set()).add(day)
+    return True, value
+
+
+def note_worker_day(run_id: str, step: str, day: str) -> None:
+    """Day ``day`` of ``step`` was done by the run's worker at the step's own request."""
+    with _PREBUILT_LOCK:
+        _TAKEN.setdefault((run_id, step), set()).add(day)
+
+
+def worker_days(run_id: str, step: str) -> frozenset[str]:
+    """The days of ``step`` in ``run_id`` done in the run's worker so far (taken as prebuilt,
+    or noted by :func:`note_worker_day`): what a backtest started there could have read."""
+    with _PREBUILT_LOCK:
+        return frozenset(_TAKEN.get((run_id, step), ()))
 
 
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -199,6 +266,8 @@ def drop_prebuilt(run_id: str) -> None:
     with _PREBUILT_LOCK:
         for key in [k for k in _PREBUILT if k[0] == run_id]:
             _PREBUILT.pop(key).future.cancel()
+        for taken in [k for k in _TAKEN if k[0] == run_id]:
+            del _TAKEN[taken]
 
 
 def prewarm_backtest(context: AssetExecutionContext) -> None:

@@ -165,8 +165,7 @@ class UCSIOManager(ConfigurableIOManager):
 
     def day_path(self, asset: str, partition_key: str | None) -> str:
         """Where a per-day value (or a day's run pointer) of this configuration is stored."""
-        scope = self.settings.scope
-        return layout.asset_path(asset, f"{scope}.{partition_key or 'all'}")
+        return day_object_path(self.settings.scope, asset, partition_key)
 
     # ---- output -----------------------------------------------------------------------------
 
@@ -301,6 +300,15 @@ class UCSIOManager(ConfigurableIOManager):
             seen[k] = RunArtifact(row["run_id"], row["name"], data, list(row["days"] or []))
         arts = list(seen.values())
         return arts[0] if len(arts) == 1 else arts
+
+
+def day_object_path(scope: str, asset: str, partition_key: str | None) -> str:
+    """Where this IO manager stores ``asset``'s value of a day for configuration ``scope``.
+
+    Public so that a step can name a stored input of a later step (the backtest started ahead
+    reads the day's ``funding_rates``, which is no input of the step that starts it).
+    """
+    return layout.asset_path(asset, f"{scope}.{partition_key or 'all'}")
 
 
 def read_parquet_bytes(data: bytes) -> pa.Table:

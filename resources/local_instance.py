@@ -31,6 +31,7 @@ keeps working), the same run queue, daemon and UI. Instances of other storages (
 
 import os
 import sqlite3
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -56,6 +57,67 @@ from dagster._utils import mkdir_p
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
+
+
+def _materializes_here() -> bool:
+    """True in a ``dagster asset materialize`` / ``dagster job execute`` command: this process
+    executes the run itself (in-process executor), so its backtest process is known to come."""
+    argv = sys.argv
+    return (
+        bool(argv)
+        and os.path.basename(argv[0]) == "dagster"
+        and argv[1:3]
+        in (
+            ["asset", "materialize"],
+            ["job", "execute"],
+        )
+    )
+
+
+def _start_spare_worker() -> None:
+    from backtest_pipeline.run import worker as workers
+
+    workers.start_spare_worker()
+
+
+if _materializes_here():
+    threading.Thread(target=_start_spare_worker, name="spare-worker", daemon=True).start()
+
+
+def _executes_runs_itself() -> bool:
+    """True in a ``dagster asset materialize`` / ``dagster job execute`` command: this very
+    process executes the run (in-process executor), so a backtest process may be wanted."""
+    argv = sys.argv
+    return (
+        len(argv) >= 3
+        and os.path.basename(argv[0]) == "dagster"
+        and argv[1:3] in (["asset", "materialize"], ["job", "execute"])
+    )
+
+
+_spare_started = False
+#: The backtest worker's body (``backtest_pipeline.run.worker.ENTRY``), named: importing that
+#: module here would cost the ~0.4 s this spawn is early by.
+BACKTEST_WORKER = "backtest_pipeline.run.worker:serve"
+
+
+def _start_spare_backtest_worker() -> None:
+    """Spawn the run's backtest process before the run exists, in a command that executes it.
+
+    Why here: the instance is the first of this repository's code such a command loads, ~1 s
+    before the run's executor starts (Dagster's imports, the code location, the run record and
+    its planned events). The worker's warm-up (~1.3 s) takes that second instead of following
+    it; the executor then takes this process (``worker.prewarm_worker``). A run without a
+    backtest leaves it idle on the second core until the command exits, which stops it.
+    """
+    global _spare_started
+    if _spare_started or not _executes_runs_itself():
+        return
+    _spare_started = True
+    from backtest_pipeline.run import spawn  # standard library only: spawns at once
+
+    spawn.start_spare(BACKTEST_WORKER)
+
 
 #: Databases of one process held open (the index, runs, schedules and the current runs' logs).
 KEEP_OPEN = 8
@@ -284,6 +346,7 @@ class LocalInstance(DagsterInstance):
         # Called with the instance directory before Dagster creates the storages: a new
         # instance's ~100 schema statements commit without syncs too.
         _COMMITS.register(base_dir)
+        _start_spare_backtest_worker()
         return {
             **InstanceRef.config_defaults(base_dir),
             # used when dagster.yaml names no storage (this repository's does not)

@@ -41,6 +41,7 @@ def materialize_graph(
     config_name: str = "demo",
     with_checks: bool = True,
     raise_on_error: bool = True,
+    instance: DagsterInstance | None = None,
 ) -> ExecuteInProcessResult:
     """Every asset (and check) for one day, or for the range [start, end] in ONE run."""
     assets = [
@@ -58,7 +59,7 @@ def materialize_graph(
     return materialize(
         assets,
         resources=resources(root, config_name),
-        instance=DagsterInstance.ephemeral(),
+        instance=instance or DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
         **kwargs,
     )

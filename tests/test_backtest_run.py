@@ -352,6 +352,62 @@ def test_two_runs_give_identical_parquet_bytes(sample_root, demo_run, demo_confi
     )
 
 
+def test_a_run_held_by_wait_to_write_writes_nothing_before_it_returns(
+    sample_root, demo_run, demo_config
+) -> None:  # type: ignore[no-untyped-def]
+    """The Dagster path starts its backtest before its step asks for it: until the step lets it
+    write, an earlier attempt's results stay as they are (not even removed), and afterwards the
+    results are the very bytes of a run that wrote as it went."""
+    t = layout.target("results")
+    paths = layout.all_result_paths(demo_run.run_id)
+    before = {p: sample_root.download_bytes_sync(t, p) for p in paths}
+    held: list[dict[str, bytes]] = []
+
+    def wait_to_write() -> None:
+        held.append({p: sample_root.download_bytes_sync(t, p) for p in paths})
+
+    again = run_backtest(demo_config, START, END, ucs=sample_root, wait_to_write=wait_to_write)
+    assert again.run_id == demo_run.run_id and held == [before]
+    for n in (*layout.RESULT_PARQUETS, "backtest_config.json"):
+        path = next(p for p in paths if p.endswith("/" + n))
+        assert sample_root.download_bytes_sync(t, path) == before[path], n
+    summary = sample_root.download_from_gcs_sync(
+        t, layout.result_path(again.run_id, "summary.json")
+    )
+    assert summary["status"] == "COMPLETED"
+
+
+def test_a_held_run_that_fails_writes_its_failure_once_let_write(
+    tmp_path: Path, demo_config: BacktestConfig
+) -> None:
+    ucs = UnifiedCloudService(str(tmp_path))
+    generate_sample_data(ucs, START, 2, None, trades_per_day=5_000, seed=1)
+    t = layout.target("results")
+    missing = layout.trades_path(date(2024, 1, 2), KEY)
+    ucs.delete_sync(layout.target("ticks"), missing)
+    seen: list[bool] = []
+
+    def wait_to_write() -> None:
+        seen.append(ucs.exists_sync(t, layout.result_path("held-run", "summary.json")))
+
+    with pytest.raises(BacktestFailed):
+        run_backtest(
+            demo_config,
+            START,
+            date(2024, 1, 2),
+            ucs=ucs,
+            run_id="held-run",
+            wait_to_write=wait_to_write,
+        )
+    assert seen and not any(seen)  # nothing written before it returned
+    summary = ucs.download_from_gcs_sync(t, layout.result_path("held-run", "summary.json"))
+    assert summary["status"] == "FAILED" and missing in summary["error"]
+    assert ucs.exists_sync(t, layout.config_path("held-run"))
+    assert ucs.exists_sync(t, layout.log_path("held-run"))
+    for n in layout.RESULT_PARQUETS:
+        assert not ucs.exists_sync(t, layout.result_path("held-run", n))
+
+
 def test_missing_tick_file_fails_the_run_cleanly(
     tmp_path: Path, demo_config: BacktestConfig
 ) -> None:

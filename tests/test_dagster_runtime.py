@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from hashlib import sha256
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,9 +23,11 @@ from _dagster_helpers import write_sample
 from assets import runtime
 from backtest_pipeline import layout
 from backtest_pipeline.config import load_config
+from backtest_pipeline.run import spawn
 from backtest_pipeline.run import worker as workers
 from backtest_pipeline.run.runner import run_backtest
 from backtest_pipeline.storage.ucs import UnifiedCloudService
+from resources.local_instance import BACKTEST_WORKER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +118,62 @@ def test_prebuilt_work_is_taken_only_with_the_same_arguments() -> None:
         workers.discard_worker("run-p")
 
 
+def test_work_started_ahead_is_taken_once_and_says_it_was_started() -> None:
+    ctx = _context("run-s", [runtime.CATALOG_STEP, runtime.BACKTEST_STEP])
+    whole = runtime.WHOLE_RUN
+    assert not runtime.start_ahead(ctx, runtime.BACKTEST_STEP, (1,), lambda w: w.submit(sorted, []))
+    assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, (1,)) == (False, None)
+    workers.prewarm_worker("run-s")
+    try:
+        assert runtime.start_ahead(
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [2, 1])
+        )
+        assert not runtime.start_ahead(  # once per run and step
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [])
+        )
+        # started, but with other arguments: the step knows, to stop the worker
+        assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, ("b",)) == (True, None)
+        assert runtime.start_ahead(
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [2, 1])
+        )
+        assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, None) == (True, None)
+        assert runtime.start_ahead(
+            ctx, runtime.BACKTEST_STEP, ("a",), lambda w: w.submit(sorted, [2, 1])
+        )
+        assert runtime.take_started("run-s", runtime.BACKTEST_STEP, whole, ("a",)) == (
+            True,
+            [1, 2],
+        )
+        # the catalog days taken as prebuilt are remembered for the run, until it ends
+        assert runtime.prebuild(ctx, runtime.CATALOG_STEP, "d1", (1,), sorted, [1])
+        assert runtime.prebuild(ctx, runtime.CATALOG_STEP, "d2", (1,), sorted, [1])
+        assert runtime.take_prebuilt("run-s", runtime.CATALOG_STEP, "d1", (1,)) == [1]
+        assert runtime.take_prebuilt("run-s", runtime.CATALOG_STEP, "d2", (2,)) is None
+        assert runtime.worker_days("run-s", runtime.CATALOG_STEP) == {"d1"}
+        runtime.note_worker_day("run-s", runtime.CATALOG_STEP, "d2")  # built by the worker itself
+        assert runtime.worker_days("run-s", runtime.CATALOG_STEP) == {"d1", "d2"}
+        runtime.drop_prebuilt("run-s")
+        assert runtime.worker_days("run-s", runtime.CATALOG_STEP) == frozenset()
+    finally:
+        workers.discard_worker("run-s")
+
+
+def test_a_spare_worker_is_taken_by_the_next_run() -> None:
+    assert BACKTEST_WORKER == workers.ENTRY  # what the instance spawns is the worker
+    spawn.start_spare(workers.ENTRY)
+    spawn.start_spare(workers.ENTRY)  # at most one
+    assert workers.prewarm_worker("run-spare")  # took the spare
+    try:
+        assert spawn.take_spare(workers.ENTRY) is None
+        w = workers.pooled_worker("run-spare")
+        assert w is not None and w.call(os.getpid) == w.pid != os.getpid()
+        assert not workers.prewarm_worker("run-spare")  # already has its worker
+    finally:
+        workers.discard_worker("run-spare")
+    assert workers.prewarm_worker("run-fresh") is False  # no spare left: a new process
+    workers.discard_worker("run-fresh")
+
+
 def test_spawning_keeps_the_main_module() -> None:
     main = sys.modules["__main__"]
     before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
@@ -161,8 +220,12 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     assert "RUN_SUCCESS" in out.stderr
     assert "backtest process started with the run" in out.stderr  # the executor's warm start
+    # … which took the process the instance spawned as the command started
+    assert "spawned as the command started" in out.stderr
     # each day's catalog was started by the worker as soon as tick_slices had stored the day
     assert "3 of 3 days built while tick_slices fetched" in out.stderr
+    # … and the backtest, on those catalogs as they were stored: the step only collected it
+    assert "collecting the engine started ahead" in out.stderr
 
     config = load_config("demo")
     rid = config.run_id("2024-01-01", "2024-01-03")
@@ -177,6 +240,15 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     assert dagster_summary["status"] == "COMPLETED"
     assert dagster_fills.height > 0
     assert dagster_fills.equals(read("direct-run", "fills.parquet"))
+
+    def digests(run_id: str) -> dict[str, str]:
+        paths = [layout.result_path(run_id, n) for n in layout.RESULT_PARQUETS]
+        paths.append(layout.config_path(run_id))
+        return {
+            p.rsplit("/", 1)[-1]: sha256(ucs.download_bytes_sync(t, p)).hexdigest() for p in paths
+        }
+
+    assert digests(rid) == digests("direct-run")
     assert dagster_summary["pnl"] == direct.summary["pnl"]
     assert dagster_summary["metrics"] == direct.summary["metrics"]
     log = ucs.download_from_gcs_sync(t, layout.log_path(rid), format="text")

@@ -93,6 +93,7 @@ def run_backtest(
     write_results: bool = True,
     day_loader: DayLoader | None = None,
     shards: int = 1,
+    wait_to_write: Callable[[], None] | None = None,
 ) -> BacktestResult:
     """Backtest `config` over the UTC days [start, end] and write its results under `run_id`.
 
@@ -101,6 +102,11 @@ def run_backtest(
     called as ``load_day`` is, with the run's resolved ``market_data`` as a keyword.
     `shards` > 1 splits a long run into time shards run in parallel processes and stitched
     exactly (`run/shards.py`); the results are the same as with one engine.
+    `wait_to_write`: for a run started before anyone asked for it (the Dagster path starts its
+    engine while the catalogs are still being written): nothing is written (not even the removal
+    of an earlier attempt's results) until the engine is done or failed and this has returned;
+    the caller blocks there until it knows the run is wanted, else ends the process. Called
+    again after it has returned, it must return at once.
     """
     ucs = ucs or UnifiedCloudService()
     days = layout.days_between(start, end)
@@ -123,7 +129,7 @@ def run_backtest(
     planned = shards_mod.plan_shards(days, shards) if day_loader is None else []
     return _execute(
         config, days, ucs, run_id, produce, progress, write_results, day_loader,
-        engine_here=len(planned) <= 1,
+        wait_to_write=wait_to_write, engine_here=len(planned) <= 1,
     )  # fmt: skip
 
 
@@ -172,6 +178,7 @@ def _execute(
     write_results: bool,
     day_loader: DayLoader | None,
     *,
+    wait_to_write: Callable[[], None] | None = None,
     engine_here: bool = True,
 ) -> BacktestResult:
     """Produce the engine output, build the results and write them (or the FAILED summary).
@@ -202,7 +209,7 @@ def _execute(
         # A day loader (the Dagster path's catalog reader) is told the same market data.
         prefetch.loader = functools.partial(day_loader or load_day, market_data=market_data)
         log.info("run %s: %s over %s..%s on %s", run_id, config.name, days[0], days[-1], ucs.root)
-        if write_results:
+        if write_results and wait_to_write is None:
             begin_results(ucs, config, run_id)
         engine_out, reads = produce(workdir, prefetch, market_data)
         result = _build_result(
@@ -212,6 +219,9 @@ def _execute(
         # the writing, the last step of a long run's peak.
         del engine_out, reads
         if write_results:
+            if wait_to_write is not None:
+                wait_to_write()
+                begin_results(ucs, config, run_id)
             writer.write_completed(
                 result_tables(result), result.summary, workdir, report_html(result)
             )
@@ -230,6 +240,9 @@ def _execute(
         )
         if write_results:
             try:
+                if wait_to_write is not None:  # as a run that wrote its config first ends
+                    wait_to_write()
+                    writer.write_config(config.model_dump(mode="json"))
                 writer.write_failed(summary, workdir=workdir)
             except Exception as write_exc:  # storage itself may be what failed
                 log.error("could not record the failure of %s: %s", run_id, write_exc)

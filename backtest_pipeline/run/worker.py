@@ -9,19 +9,25 @@ it begins (its imports warm while the input steps read), and takes when the back
 import atexit
 import contextlib
 import gc
+import io
 import logging
-import multiprocessing
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from datetime import date
 from multiprocessing.connection import Connection
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from backtest_pipeline import layout
 from backtest_pipeline.config import BacktestConfig
+from backtest_pipeline.run import spawn, stages
+from backtest_pipeline.run.inputs import DayLoader
 from backtest_pipeline.run.stages import CatalogDayLoader, DayBundle
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
@@ -31,6 +37,19 @@ log = logging.getLogger("backtest_pipeline.stages")
 def _child(
     root: str, config_json: str, start: str, end: str, run_id: str, bundles: list[DayBundle]
 ) -> dict[str, Any]:
+    return _backtest_outcome(root, config_json, start, end, run_id, CatalogDayLoader(bundles))
+
+
+def _backtest_outcome(
+    root: str,
+    config_json: str,
+    start: str,
+    end: str,
+    run_id: str,
+    day_loader: DayLoader,
+    wait_to_write: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """``run_backtest`` in this (worker) process, its outcome as plain data for the pipe."""
     from backtest_pipeline.run.runner import BacktestFailed, run_backtest
 
     config = BacktestConfig.model_validate_json(config_json)
@@ -43,7 +62,8 @@ def _child(
             ucs=ucs,
             run_id=run_id,
             write_results=True,
-            day_loader=CatalogDayLoader(bundles),
+            day_loader=day_loader,
+            wait_to_write=wait_to_write,
         )
     except BacktestFailed as exc:  # its custom __init__ does not survive pickling: send data
         return {
@@ -70,7 +90,11 @@ def _warm_imports() -> None:
     import backtest_pipeline.run.runner  # noqa: F401
 
 
-def _worker_main(conn: Connection) -> None:
+#: What a worker process runs (``spawn.spawn_worker_process``): :func:`serve`.
+ENTRY = f"{__name__}:serve"
+
+
+def serve(conn: Connection) -> None:
     """Body of a :class:`BacktestWorker` process: warm up, serve tasks, exit after the last.
 
     It says ``("ready", None)`` once warm. Tasks are ``(fn, args, last)``; the outcome of each
@@ -109,27 +133,6 @@ def _worker_main(conn: Connection) -> None:
         os._exit(code)
 
 
-@contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """While a process is spawned, hide ``__main__``'s file so the child does not re-run it.
-
-    ``multiprocessing``'s spawn re-imports the parent's main script in the child (for functions
-    defined there). Under ``dagster asset materialize`` that is the ``dagster`` CLI (~1.2 s of
-    imports per backtest); a worker only runs functions of this module, so it needs none of it.
-    """
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            main.__dict__["__spec__"] = None
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-
-
 class BacktestWorker:
     """A spawned process that imports the engine ahead of time, then runs ONE backtest.
 
@@ -142,15 +145,9 @@ class BacktestWorker:
     One backtest per worker (:meth:`run`, the last task): two engines never share a process.
     """
 
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_worker_main, args=(child_conn,), name="backtest-worker", daemon=True
-        )
-        with _main_module_hidden():
-            self._proc.start()
-        child_conn.close()
+    def __init__(self, started: spawn.Started | None = None) -> None:
+        """``started``: a process already spawned (``spawn.take_spare``), else one is now."""
+        self._proc, self._conn = started or spawn.spawn_worker_process(ENTRY)
         self._done = False
         self._ready = False
         self._lock = threading.Lock()
@@ -246,18 +243,21 @@ _WORKERS: dict[str, BacktestWorker] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
-def prewarm_worker(key: str) -> None:
+def prewarm_worker(key: str) -> bool:
     """Start the backtest process of ``key`` (a Dagster run id) now, if not started yet.
 
     At most one idle worker per process: one left by another run (whose backtest step never
-    ran) is stopped.
+    ran) is stopped. A spare started before the run (``spawn.start_spare``) is taken first:
+    True when it was (the process has been warming since).
     """
     with _WORKERS_LOCK:
         if key in _WORKERS and _WORKERS[key].alive():
-            return
+            return False
         for other in [k for k in _WORKERS if k != key]:
             _WORKERS.pop(other).close()
-        _WORKERS[key] = BacktestWorker()
+        spare = spawn.take_spare(ENTRY)
+        _WORKERS[key] = BacktestWorker(spare)
+        return spare is not None
 
 
 def take_worker(key: str) -> BacktestWorker | None:
@@ -326,6 +326,237 @@ def run_backtest_isolated(
         rid,
         list(bundles),
     )
+    return _completed(out)
+
+
+# ---- the backtest started ahead of its step, on the catalogs as they are stored ----------------
+#
+# The Dagster path writes each day's catalog in the worker as soon as that day's tick slices are
+# stored. The CLI's engine replays day d while its prefetch thread reads day d + 1; to do the
+# same, the worker starts the backtest in a thread of its own as soon as its inputs are known
+# (:func:`speculate_task`), its day loader waiting for each day's catalog to be stored by this
+# process (:func:`catalog_task`), while the worker's loop goes on writing the next catalogs.
+# The run writes nothing until the step that owns it collects it (:func:`collect_task`): if the
+# step finds other arguments than those the run was started with, it stops the process instead,
+# and nothing of the speculative run is left in storage.
+
+
+class _DayCatalog:
+    """A day's catalog as this process stored it: set once stored, and how many times."""
+
+    def __init__(self) -> None:
+        self.stored = threading.Event()
+        self.builds = 0
+
+
+#: Catalog days stored by this process, by (root, scope, day).
+_CATALOGS: dict[tuple[str, str, date], _DayCatalog] = {}
+_CATALOGS_LOCK = threading.Lock()
+
+#: The input objects a day's backtest bundle is made of, by asset name → results-bucket path.
+BUNDLE_INPUTS = ("instruments", "signals", "signal_intervals", "funding_rates")
+
+
+def _day_catalog(root: str, scope: str, day: date) -> _DayCatalog:
+    with _CATALOGS_LOCK:
+        return _CATALOGS.setdefault((root, scope, day), _DayCatalog())
+
+
+def catalog_task(
+    root: str,
+    day: date,
+    scope: str,
+    slices: Any,
+    instruments: Any,
+    books: Any = None,
+) -> dict[str, Any]:
+    """``stages.build_catalog_task`` as a worker task; a backtest started ahead is told the day
+    is stored (its day loader waits for exactly that)."""
+    manifest = stages.build_catalog_task(root, day, scope, slices, instruments, books)
+    entry = _day_catalog(root, scope, day)
+    with _CATALOGS_LOCK:
+        entry.builds += 1
+    entry.stored.set()
+    return manifest
+
+
+class _CatalogsAsStored:
+    """A :class:`CatalogDayLoader` that first waits until this process has stored the day's
+    catalog: the engine replays day d while the worker's loop writes day d + 1.
+
+    It notes which build of each day it read (:meth:`rebuilt`): a day whose catalog was
+    written again afterwards (its step rebuilt it with other arguments) was read as it no
+    longer is.
+    """
+
+    def __init__(self, root: str, scope: str, bundles: Sequence[DayBundle]) -> None:
+        self._root, self._scope = root, scope
+        self._inner = CatalogDayLoader(bundles)
+        self._read: dict[date, int] = {}
+
+    def __call__(
+        self, ucs: UnifiedCloudService, config: BacktestConfig, day: date, **kwargs: Any
+    ) -> Any:
+        entry = _day_catalog(self._root, self._scope, day)
+        entry.stored.wait()
+        with _CATALOGS_LOCK:
+            self._read[day] = entry.builds
+        return self._inner(ucs, config, day, **kwargs)
+
+    def rebuilt(self) -> list[date]:
+        """The days read so far whose catalog this process has stored again since."""
+        with _CATALOGS_LOCK:
+            return sorted(
+                d
+                for d, n in self._read.items()
+                if _CATALOGS[(self._root, self._scope, d)].builds != n
+            )
+
+
+class _Speculation:
+    """A backtest running in a thread of the worker, held before its first write."""
+
+    def __init__(self, loader: _CatalogsAsStored) -> None:
+        self.loader = loader
+        self.approved = threading.Event()
+        self.done = threading.Event()
+        self.outcome: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    def wait_for_approval(self) -> None:
+        self.approved.wait()
+
+
+_SPECULATIONS: dict[str, _Speculation] = {}
+
+
+def _read_stored(ucs: UnifiedCloudService, path: str) -> tuple[pa.Table, str]:
+    """A stored day object (results bucket) and the generation it was read at.
+
+    Stat, read, stat: an object rewritten meanwhile fails the start (its step then runs the
+    backtest itself) rather than pass for the generation the step will compare.
+    """
+    target = layout.target("results")
+    before = ucs.stat_sync(target, path).generation
+    data = ucs.download_bytes_sync(target, path)
+    if ucs.stat_sync(target, path).generation != before:
+        raise RuntimeError(f"{ucs.uri(target, path)} changed while it was read")
+    return pq.ParquetFile(io.BytesIO(data)).read(), before
+
+
+def speculate_task(
+    root: str,
+    config_json: str,
+    run_id: str,
+    scope: str,
+    inputs: list[tuple[str, dict[str, str]]],
+) -> dict[str, str]:
+    """Start the run's backtest now, in a thread of this worker; return what it read.
+
+    ``inputs``: per day (ISO), the stored objects of :data:`BUNDLE_INPUTS` (results-bucket
+    paths). The engine replays each day once this process has stored its catalog
+    (:func:`catalog_task`) and writes nothing until :func:`collect_task`. Returns each object's
+    generation as read, for the owning step to compare with the ones it would use.
+    """
+    if run_id in _SPECULATIONS:
+        raise RuntimeError(f"a backtest of {run_id} was already started in this process")
+    config = BacktestConfig.model_validate_json(config_json)
+    ucs = UnifiedCloudService(root)
+    generations: dict[str, str] = {}
+    bundles: list[DayBundle] = []
+    for day_iso, paths in inputs:
+        tables: dict[str, pa.Table] = {}
+        for name in BUNDLE_INPUTS:
+            tables[name], generations[paths[name]] = _read_stored(ucs, paths[name])
+        bundles.append(
+            stages.make_bundle(
+                ucs,
+                config,
+                scope,
+                date.fromisoformat(day_iso),
+                tables["instruments"],
+                tables["signals"],
+                tables["signal_intervals"],
+                tables["funding_rates"],
+            )
+        )
+    days = sorted(b.day for b in bundles)
+    if not days:
+        raise ValueError("no day to backtest")
+    loader = _CatalogsAsStored(root, scope, bundles)
+    spec = _Speculation(loader)
+
+    def body() -> None:
+        try:
+            spec.outcome = _backtest_outcome(
+                root,
+                config_json,
+                days[0].isoformat(),
+                days[-1].isoformat(),
+                run_id,
+                loader,
+                spec.wait_for_approval,
+            )
+        except BaseException as exc:  # sent as text by collect_task
+            spec.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        finally:
+            spec.done.set()
+
+    _SPECULATIONS[run_id] = spec
+    threading.Thread(target=body, name="speculative-backtest", daemon=True).start()
+    return generations
+
+
+def collect_task(run_id: str) -> dict[str, Any]:
+    """The worker's last task after :func:`speculate_task`: let the run write, wait for it.
+
+    Unless a day it read was rebuilt since (every catalog is final by now): then the outcome
+    is ``DISCARDED``, the run never writes, and the process exits with it.
+    """
+    spec = _SPECULATIONS.pop(run_id, None)
+    if spec is None:
+        raise RuntimeError(f"no backtest of {run_id} was started in this process")
+    rebuilt = spec.loader.rebuilt()
+    if rebuilt:
+        return {
+            "status": "DISCARDED",
+            "run_id": run_id,
+            "error": f"the catalog of {rebuilt[0]} was written again after it was read",
+        }
+    spec.approved.set()
+    spec.done.wait()
+    if spec.error is not None or spec.outcome is None:
+        raise RuntimeError(spec.error or "the backtest thread ended without an outcome")
+    return spec.outcome
+
+
+def start_backtest_ahead(
+    worker: BacktestWorker,
+    ucs: UnifiedCloudService,
+    config: BacktestConfig,
+    run_id: str,
+    scope: str,
+    inputs: list[tuple[str, dict[str, str]]],
+) -> "Future[Any]":
+    """Queue :func:`speculate_task` in ``worker``; its future holds the generations it read."""
+    return worker.submit(speculate_task, ucs.root, config.model_dump_json(), run_id, scope, inputs)
+
+
+def collect_backtest(worker: BacktestWorker, run_id: str) -> dict[str, Any] | str:
+    """The outcome of the backtest :func:`start_backtest_ahead` started (the worker's last task).
+
+    A string when it was discarded instead (why): it wrote nothing, its process has exited,
+    and the caller runs the backtest itself. Raises :class:`IsolatedBacktestError` as
+    :func:`run_backtest_isolated` does: the run failed (its FAILED summary and log written, no
+    result Parquet) or its process died.
+    """
+    out = worker.run(collect_task, run_id)
+    if out["status"] == "DISCARDED":
+        return str(out["error"])
+    return _completed(out)
+
+
+def _completed(out: dict[str, Any]) -> dict[str, Any]:
     if out["status"] != "COMPLETED":
         raise IsolatedBacktestError(
             f"backtest {out['run_id']} failed: {out.get('error')} (see {out.get('summary_uri')})"

@@ -1,0 +1,100 @@
+"""Starting a backtest worker process with nothing but the standard library imported here.
+
+Why a module of its own: a worker's warm-up (an interpreter, NautilusTrader, the engine) takes
+over a second, so the earlier it is spawned the less anyone waits for it. ``run/worker.py``
+imports the pipeline's stages (polars, pyarrow, the catalog code), ~0.4 s before a process could
+be spawned from it; this module spawns one at once, and the child imports the rest itself.
+The child's body is named, not imported (``entry``: ``"module:function"``, called with the
+child's end of the pipe), so this module depends on nothing of the pipeline.
+"""
+
+import atexit
+import importlib
+import multiprocessing
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+#: A spawned worker process and the owner's end of its pipe.
+Started = tuple[BaseProcess, Connection]
+
+
+def worker_main(entry: str, conn: Connection) -> None:
+    """Entry point of a worker process: ``entry``'s module is imported in the child only."""
+    module, name = entry.split(":")
+    getattr(importlib.import_module(module), name)(conn)
+
+
+@contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """While a process is spawned, hide ``__main__``'s file so the child does not re-run it.
+
+    ``multiprocessing``'s spawn re-imports the parent's main script in the child (for functions
+    defined there). Under ``dagster asset materialize`` that is the ``dagster`` CLI (~1.2 s of
+    imports per backtest); a worker only runs functions of the pipeline, so it needs none of it.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+def spawn_worker_process(entry: str) -> Started:
+    """A new worker process running ``entry`` (it warms up at once), and the owner's end of
+    its pipe."""
+    ctx = multiprocessing.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(
+        target=worker_main, args=(entry, child_conn), name="backtest-worker", daemon=True
+    )
+    with main_module_hidden():
+        proc.start()
+    child_conn.close()
+    return proc, conn
+
+
+_SPARE: dict[str, Started] = {}
+_SPARE_LOCK = threading.Lock()
+
+
+def start_spare(entry: str) -> None:
+    """Spawn a worker running ``entry`` before the run it is for exists; the next run's worker
+    takes it (:func:`take_spare`). At most one per entry; one never taken is stopped at exit."""
+    with _SPARE_LOCK:
+        if entry not in _SPARE:
+            _SPARE[entry] = spawn_worker_process(entry)
+
+
+def take_spare(entry: str) -> Started | None:
+    """The spare worker process of ``entry`` (removed), if one was started and is alive."""
+    with _SPARE_LOCK:
+        started = _SPARE.pop(entry, None)
+    if started is not None and not started[0].is_alive():
+        _stop(started)
+        return None
+    return started
+
+
+def _stop(started: Started) -> None:
+    proc, conn = started
+    conn.close()
+    if proc.is_alive():
+        proc.kill()
+    proc.join(timeout=30)
+
+
+@atexit.register
+def _stop_unused_spare() -> None:
+    with _SPARE_LOCK:
+        for entry in list(_SPARE):
+            _stop(_SPARE.pop(entry))
