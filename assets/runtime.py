@@ -137,6 +137,14 @@ _TAKEN: dict[tuple[str, str], set[str]] = {}
 WHOLE_RUN = "*"
 
 
+def _worker_for(context: AssetExecutionContext, step: str) -> workers.BacktestWorker | None:
+    """The run's live pooled worker, if ``step`` runs later in this process; else None."""
+    if not step_runs_in_this_process(context, step):
+        return None
+    worker = workers.pooled_worker(context.run.run_id)
+    return worker if worker is not None and worker.alive() else None
+
+
 def prebuild(
     context: AssetExecutionContext,
     step: str,
@@ -153,10 +161,8 @@ def prebuild(
     (:func:`take_prebuilt`): anything different and it does the work itself.
     """
     run_id = context.run.run_id
-    if not step_runs_in_this_process(context, step):
-        return False
-    worker = workers.pooled_worker(run_id)
-    if worker is None or not worker.alive():
+    worker = _worker_for(context, step)
+    if worker is None:
         return False
     with _PREBUILT_LOCK:
         for other in [k for k in _PREBUILT if k[0] != run_id]:  # another run's leftovers
@@ -185,10 +191,8 @@ def start_ahead(
     days feed. The step takes it with :func:`take_started` (day :data:`WHOLE_RUN`).
     """
     run_id = context.run.run_id
-    if not step_runs_in_this_process(context, step):
-        return False
-    worker = workers.pooled_worker(run_id)
-    if worker is None or not worker.alive():
+    worker = _worker_for(context, step)
+    if worker is None:
         return False
     with _PREBUILT_LOCK:
         if (run_id, step, WHOLE_RUN) in _PREBUILT:

@@ -502,9 +502,10 @@ def _rows(events: pl.DataFrame, grid: np.ndarray) -> pl.DataFrame:
 
 def _instrument_states(
     rows: pl.DataFrame, events: pl.DataFrame, marks_by: dict[str, pl.DataFrame]
-) -> Iterator[dict[str, pl.DataFrame]]:
-    """Per pass of at most ``ROWS_PER_PASS`` consecutive rows, each instrument's position and
-    valuation at every row of the pass (row order, keyed by ``pos``), instruments sorted."""
+) -> Iterator[tuple[int, dict[str, pl.DataFrame]]]:
+    """Per pass of at most ``ROWS_PER_PASS`` consecutive rows, its row count and each
+    instrument's position and valuation at every row of the pass (row order, keyed by ``pos``),
+    instruments sorted."""
     fill_pos = rows.filter(pl.col("kind") == _KIND_FILL).select("pos", "seq")
     events = events.join(fill_pos, on="seq", how="left", maintain_order="left")
     right: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
@@ -523,7 +524,7 @@ def _instrument_states(
         right[inst] = ev, mk
     for offset in range(0, max(rows.height, 1), ROWS_PER_PASS):
         part = rows.slice(offset, ROWS_PER_PASS)
-        yield {inst: _state(part, inst, ev, mk) for inst, (ev, mk) in right.items()}
+        yield part.height, {inst: _state(part, inst, ev, mk) for inst, (ev, mk) in right.items()}
 
 
 def _state(rows: pl.DataFrame, inst: str, ev: pl.DataFrame, mk: pl.DataFrame) -> pl.DataFrame:
@@ -601,7 +602,7 @@ def build_positions(
             ((pl.col("kind") == _KIND_FILL) & (pl.col("fill_instrument") == inst))
             | ((pl.col("kind") == _KIND_GRID) & (pl.col("quantity") != 0.0))
         ).select("pos", pl.lit(rank, dtype=pl.Int32).alias("_rank"), *columns)
-        for states in _instrument_states(rows, events, _marks(marks))
+        for _height, states in _instrument_states(rows, events, _marks(marks))
         for rank, (inst, st) in enumerate(states.items())
     ]
     if not parts:
@@ -650,12 +651,7 @@ def build_equity_curve(
     # Accumulate instrument by instrument in sorted-key order: a fixed summation order keeps
     # the curve bit-for-bit reproducible (and the same whatever pass a row is valued in).
     unrealized_parts, margin_parts = [], []
-    for offset, states in zip(
-        range(0, rows.height, ROWS_PER_PASS),
-        _instrument_states(rows, events, _marks(marks)),
-        strict=False,
-    ):
-        height = min(ROWS_PER_PASS, rows.height - offset)
+    for height, states in _instrument_states(rows, events, _marks(marks)):
         unrealized = pl.Series("unrealized_pnl", np.zeros(height), dtype=pl.Float64)
         margin = pl.Series("margin_used", np.zeros(height), dtype=pl.Float64)
         for inst, st in states.items():

@@ -394,26 +394,23 @@ def result_tables(result: BacktestResult) -> Mapping[str, pa.Table]:
 
 
 class _ResultTables(Mapping[str, "pa.Table"]):
-    _FRAMES = {
-        "orders.parquet": ("orders", "orders"),
-        "fills.parquet": ("fills", "fills"),
-        "positions.parquet": ("positions", "positions"),
-        "equity_curve.parquet": ("equity_curve", "equity_curve"),
-        "operations.parquet": ("operations", "operations"),
-    }
+    """Each of ``layout.RESULT_PARQUETS`` from the result's frame of the same name, conformed to
+    the schema of that name."""
 
     def __init__(self, result: BacktestResult) -> None:
         self._result = result
 
     def __getitem__(self, name: str) -> pa.Table:
-        attr, schema = self._FRAMES[name]
-        return results_mod.conform(getattr(self._result, attr), schema)
+        if name not in layout.RESULT_PARQUETS:
+            raise KeyError(name)
+        frame = name.removesuffix(".parquet")
+        return results_mod.conform(getattr(self._result, frame), frame)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._FRAMES)
+        return iter(layout.RESULT_PARQUETS)
 
     def __len__(self) -> int:
-        return len(self._FRAMES)
+        return len(layout.RESULT_PARQUETS)
 
 
 def report_html(result: BacktestResult) -> str:

@@ -423,9 +423,6 @@ class _Speculation:
         self.outcome: dict[str, Any] | None = None
         self.error: str | None = None
 
-    def wait_for_approval(self) -> None:
-        self.approved.wait()
-
 
 _SPECULATIONS: dict[str, _Speculation] = {}
 
@@ -495,7 +492,7 @@ def speculate_task(
                 days[-1].isoformat(),
                 run_id,
                 loader,
-                spec.wait_for_approval,
+                spec.approved.wait,
             )
         except BaseException as exc:  # sent as text by collect_task
             spec.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
