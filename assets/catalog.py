@@ -1,5 +1,6 @@
 """Group ``catalog``: the day's tick slices as a NautilusTrader ``ParquetDataCatalog``."""
 
+import shutil
 from datetime import date
 from typing import Any
 
@@ -39,21 +40,32 @@ def prebuild_day(
     slices: str,
     instruments: pa.Table,
     intervals: pa.Table,
+    table: pa.Table | None = None,
 ) -> bool:
     """Start the catalog of ``day`` in the run's worker as soon as its slices are stored.
 
     Called by ``tick_slices`` with each day the IO manager has stored (``slices``: the
-    object's path), so that the worker writes that day's catalog on the other core while the
-    next day is fetched; this step later takes it if the task's arguments are the ones it
-    would use itself (the same stored object among them). True if started
+    object's path; ``table``: the slices it stored there), so that the catalog is written
+    while the next day is fetched; this step later takes it if the task's arguments are the
+    ones it would use itself (the same stored object among them). True if started
     (``runtime.prebuild``).
+
+    Who writes what: this process writes the trade files from ``table``
+    (``stages.stage_trades``: NumPy and Arrow, a tenth of a second a day), and the worker adds
+    the books, the instruments and the manifest. The worker also runs the backtest started
+    ahead, on the catalogs as they come: every catalog second it spends is a second the engine
+    waits, while this process would only wait for the next step.
     """
     books = stages.book_requests(config, market_data, day, instruments, intervals)
+    match = _match(client, backtest, day, slices, instruments, books)
+    if not runtime.step_runs_in_this_process(context, runtime.CATALOG_STEP):
+        return False
+    staged = stages.stage_trades(day, table, instruments) if table is not None else None
     return runtime.prebuild(
         context,
         runtime.CATALOG_STEP,
         day.isoformat(),
-        _match(client, backtest, day, slices, instruments, books),
+        match,
         workers.catalog_task,
         client.root,
         day,
@@ -61,6 +73,8 @@ def prebuild_day(
         slices,
         instruments,
         books,
+        staged,
+        cleanup=(lambda: shutil.rmtree(staged.directory, ignore_errors=True)) if staged else None,
     )
 
 

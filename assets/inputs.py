@@ -153,10 +153,18 @@ def tick_slices(
         context, runtime.CATALOG_STEP
     ) and runtime.has_worker(context)
     market_data: dict[str, Any] | None = None
-    fetched: dict[str, tuple[pa.Table, pa.Table]] = {}  # a day's instruments and intervals
+    fetched: dict[str, tuple[pa.Table, pa.Table, pa.Table]] = {}  # instruments, intervals, slices
     ahead = False  # the backtest started in the worker
 
     def produce(key: str) -> pa.Table:
+        nonlocal ahead
+        if prebuild and not ahead:
+            # The backtest itself, on the catalogs as they follow (assets/backtest.py): started
+            # now, its worker reads the run's stored inputs while this step fetches day 1.
+            ahead = True
+            backtest_assets.start_backtest_ahead(
+                context, client, backtest, config, days, instruments, signals, signal_intervals
+            )
         day = layout.parse_day(key)
         inst, intervals = instruments[key], signal_intervals[key]
         with stages.failing_run(client, config, days):
@@ -165,24 +173,19 @@ def tick_slices(
             )
         slice_checks.add(key, table)  # the day as it is stored: checked without a read back
         if prebuild:
-            fetched[key] = (inst, intervals)
+            fetched[key] = (inst, intervals, table)
         return table
 
     def on_stored(key: str, path: str) -> None:
-        nonlocal market_data, ahead
+        nonlocal market_data
         if key not in fetched:
             return
-        if not ahead:  # the backtest itself, on the catalogs as they follow (assets/backtest.py)
-            ahead = True
-            backtest_assets.start_backtest_ahead(
-                context, client, backtest, config, days, instruments, signals, signal_intervals
-            )
-        inst, intervals = fetched.pop(key)
+        inst, intervals, table = fetched.pop(key)
         if market_data is None:
             market_data = dict(runner.market_data_for(client, config, days))
         day = layout.parse_day(key)
         catalog.prebuild_day(
-            context, client, backtest, config, market_data, day, path, inst, intervals
+            context, client, backtest, config, market_data, day, path, inst, intervals, table
         )
 
     # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more

@@ -152,30 +152,36 @@ def prebuild(
     match: tuple[Any, ...],
     fn: Callable[..., Any],
     *args: Any,
+    cleanup: Callable[[], None] | None = None,
 ) -> bool:
     """Start ``fn(*args)`` (day ``day`` of the later step ``step``) in the run's worker now.
 
     Only when ``step`` runs later in this process and the run's worker is pooled here, and
     while fewer than ``MAX_PENDING_PREBUILDS`` such days are pending; True if started. ``match``
     is what the step compares with its own inputs before it takes the outcome
-    (:func:`take_prebuilt`): anything different and it does the work itself.
+    (:func:`take_prebuilt`): anything different and it does the work itself. ``cleanup`` runs
+    once the task is over, however it ended (cancelled with the run included), or at once if
+    it is not started: what was made for the task alone (its staged files) never outlives it.
     """
     run_id = context.run.run_id
     worker = _worker_for(context, step)
-    if worker is None:
-        return False
-    with _PREBUILT_LOCK:
-        for other in [k for k in _PREBUILT if k[0] != run_id]:  # another run's leftovers
-            _PREBUILT.pop(other).future.cancel()
-        pending = sum(not p.future.done() for k, p in _PREBUILT.items() if k[2] != WHOLE_RUN)
-        if pending >= MAX_PENDING_PREBUILDS:
-            return False
-        try:
-            future = worker.submit(fn, *args)
-        except RuntimeError:  # the worker has run its backtest already
-            return False
-        _PREBUILT[(run_id, step, day)] = _Prebuilt(match, future)
-    return True
+    future: Future[Any] | None = None
+    if worker is not None:
+        with _PREBUILT_LOCK:
+            for other in [k for k in _PREBUILT if k[0] != run_id]:  # another run's leftovers
+                _PREBUILT.pop(other).future.cancel()
+            pending = sum(not p.future.done() for k, p in _PREBUILT.items() if k[2] != WHOLE_RUN)
+            if pending < MAX_PENDING_PREBUILDS:
+                with contextlib.suppress(RuntimeError):  # the worker has run its backtest
+                    future = worker.submit(fn, *args)
+            if future is not None:
+                _PREBUILT[(run_id, step, day)] = _Prebuilt(match, future)
+    if cleanup is not None:
+        if future is None:
+            cleanup()
+        else:
+            future.add_done_callback(lambda _done: cleanup())
+    return future is not None
 
 
 def start_ahead(

@@ -102,3 +102,76 @@ def test_upload_and_download_through_ucs(
     assert c.read_day_trades(local)[KEY].equals(c.read_day_trades(tmp_path / "cat")[KEY])
     with pytest.raises(c.CatalogError, match="no _manifest.json"):
         c.download_catalog(ucs, c.catalog_prefix(DAY, "other"), tmp_path / "x")
+
+
+def test_trade_files_staged_ahead_give_the_catalog_of_the_stored_slices(tmp_path: Path) -> None:
+    """The Dagster path writes a day's trade files from the slices it has just stored
+    (``stages.stage_trades``) and the worker completes the catalog; that catalog is the one the
+    worker builds from the stored object alone, file by file and byte for byte."""
+    import io
+
+    from backtest_pipeline.config import load_config
+    from backtest_pipeline.data.sample import generate_sample_data
+    from backtest_pipeline.run import stages
+
+    ucs = UnifiedCloudService(str(tmp_path / "data"))
+    generate_sample_data(ucs, DAY.isoformat(), 1, trades_per_day=20_000)
+    config = load_config("demo")
+    inst = stages.load_instruments(ucs, DAY)
+    signals = stages.load_signals(ucs, config, DAY)
+    slices = stages.fetch_tick_slices(
+        ucs, config, DAY, inst, signals, stages.compute_intervals(signals, config, DAY)
+    )
+    assert slices.num_rows > 1_000
+    buf = io.BytesIO()
+    pq.write_table(slices, buf, compression="zstd", use_dictionary=False)
+    stored = pq.ParquetFile(io.BytesIO(buf.getvalue())).read()  # as the worker reads it back
+
+    staged = stages.stage_trades(DAY, slices, inst)
+    assert list(Path(staged.directory).rglob("*.parquet"))  # the trade files, written ahead
+    ahead = stages.build_catalog(ucs, DAY, "ahead", None, inst, staged=staged)
+    assert not Path(staged.directory).exists()  # completed in place, then removed
+    plain = stages.build_catalog(ucs, DAY, "plain", stored, inst)
+
+    def files(scope: str) -> dict[str, bytes]:
+        base = tmp_path / "data"
+        found = {
+            str(p.relative_to(base)).split(f"/{scope}/", 1)[1]: p.read_bytes()
+            for p in base.rglob("*")
+            if p.is_file() and f"/{scope}/" in str(p) and "nautilus_catalog" in str(p)
+        }
+        assert found, scope
+        return found
+
+    a, b = files("ahead"), files("plain")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name != c.MANIFEST:
+            assert a[name] == b[name], name
+    drop = ("scope", "uri")
+    assert {k: v for k, v in ahead.items() if k not in drop} == {
+        k: v for k, v in plain.items() if k not in drop
+    }
+    with pytest.raises(ValueError, match="slices or its staged"):
+        stages.build_catalog(ucs, DAY, "x", stored, inst, staged=staged)
+
+
+def test_catalog_side_codes_beyond_nautilus_are_refused(tmp_path: Path, day_data) -> None:  # type: ignore[no-untyped-def]
+    """A trade file whose aggressor codes are not 0..2 is bad data, not 'none' sides."""
+    instruments, trades = day_data
+    c.write_day_catalog(tmp_path / "cat", DAY, {KEY: trades.to_arrow()}, instruments)
+    (path,) = (tmp_path / "cat").rglob("trade_tick/*/*.parquet")
+    table = pq.read_table(path)
+    codes = table.column("aggressor_side").to_numpy().copy()
+    codes[3] = 7
+    import pyarrow as pa
+
+    i = table.schema.get_field_index("aggressor_side")
+    bad = table.set_column(i, table.schema.field(i), pa.array(codes, pa.uint8()))
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(c.CatalogError, match="aggressor_side codes beyond 0..2"):
+        c.read_day_trades(tmp_path / "cat")
+    # the good file reads back with its sides as written
+    c.write_day_catalog(tmp_path / "ok", DAY, {KEY: trades.to_arrow()}, instruments)
+    back = c.read_day_trades(tmp_path / "ok")[KEY]
+    assert back.column("side").to_pylist() == trades["side"].str.to_lowercase().to_list()

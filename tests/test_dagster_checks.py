@@ -70,3 +70,34 @@ def test_equity_markdown_embeds_a_png() -> None:
     assert md.startswith("![run](data:image/png;base64,")
     png = base64.b64decode(md.split(",", 1)[1].rstrip(")"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_long_equity_curve_is_drawn_as_its_envelope() -> None:
+    """A year of minutes is drawn from at most PLOT_POINTS points per line, every extreme kept."""
+    import numpy as np
+
+    n = 200_003
+    rng = np.random.default_rng(7)
+    value = 100_000.0 + np.cumsum(rng.normal(0.0, 5.0, n))
+    peak = np.maximum.accumulate(value)
+    equity = pl.DataFrame(
+        {
+            "ts_event": pl.Series(np.arange(n, dtype=np.int64) * 60_000_000_000).cast(
+                pl.Datetime("ns", "UTC")
+            ),
+            "portfolio_value": value,
+            "drawdown_pct": (value / peak - 1.0) * 100.0,
+        }
+    )
+    ts, v, dd = report.plot_series(equity)
+    assert len(ts) == len(v) == len(dd) <= report.PLOT_POINTS + 2
+    assert v.max() == value.max() and v.min() == value.min()
+    assert dd.min() == equity["drawdown_pct"].min()
+    assert np.all(np.diff(ts.astype(np.int64)) >= 0)
+    assert ts[0] == np.datetime64(0, "ns")
+    # a short curve is drawn as it is
+    short = equity.head(500)
+    ts_s, v_s, _ = report.plot_series(short)
+    assert np.array_equal(v_s, short["portfolio_value"].to_numpy())
+    for frame in (equity, equity.head(0)):
+        assert report.equity_png(frame, "run")[:8] == b"\x89PNG\r\n\x1a\n"

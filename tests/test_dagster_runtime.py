@@ -219,6 +219,8 @@ def test_cli_materialize_range_equals_run_backtest(tmp_path: Path) -> None:
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "RUN_SUCCESS" in out.stderr
+    # nothing of the command failed on the side (a thread's exception is only printed)
+    assert "Traceback" not in out.stderr and "Exception in thread" not in out.stderr
     assert "backtest process started with the run" in out.stderr  # the executor's warm start
     # … which took the process the instance spawned as the command started
     assert "spawned as the command started" in out.stderr

@@ -40,9 +40,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
+from backtest_pipeline.engine.names import instrument_id_str
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
 FIXED_PRECISION = 16
@@ -53,8 +55,13 @@ DEPTH10_DIR = "data/order_book_depths"
 #: Our tick data type → the catalog directory Nautilus 1.231 keeps it in.
 BOOK_DIRS = {"quotes": QUOTE_TICK_DIR, "book_depth10": DEPTH10_DIR}
 DEPTH_LEVELS = 10
+#: Catalog files are written in row groups of this size and without dictionary pages: trade ids,
+#: fixed-point prices and times are nearly all distinct, so a dictionary would be built for each
+#: column only to be dropped (half the write time of a day's trades, and larger files).
 ROW_GROUP_SIZE = 5_000
 _AGGRESSOR = {"buy": 1, "sell": 2}
+#: Our side names by Nautilus ``AggressorSide`` code (0: no aggressor), for reading back.
+_SIDE_NAMES = pa.array(["none", "buy", "sell"], pa.string())
 _SIDE = {1: "buy", 2: "sell"}
 
 CATALOG_TRADE_SCHEMA = pa.schema(
@@ -210,7 +217,7 @@ def trades_to_catalog_table(
             encode_fixed(df["price"].cast(pl.Float64).to_numpy(), price_precision),
             encode_fixed(df["size"].cast(pl.Float64).to_numpy(), size_precision),
             pa.array(side, pa.uint8()),
-            pa.array(df["trade_id"].cast(pl.Utf8).to_list(), pa.string()),
+            df["trade_id"].cast(pl.Utf8).to_arrow().cast(pa.string()),
             pa.array(ts, pa.uint64()),
             pa.array(ts, pa.uint64()),
         ],
@@ -240,7 +247,7 @@ def write_trades(
     directory = Path(catalog_dir) / TRADE_TICK_DIR / instrument_id
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / trade_file_name(int(ts_init[0].as_py()), int(ts_init[-1].as_py()))
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
+    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE, use_dictionary=False)
     return path
 
 
@@ -265,9 +272,12 @@ def read_trades(catalog_dir: Path, instrument_id: str) -> pa.Table:
     if not files:
         return TRADES_OUT_SCHEMA.empty_table()
     parts = []
-    for t, pp, sp in (_with_precisions(f) for f in files):
-        side_codes = t.column("aggressor_side").to_numpy()
-        sides = np.where(side_codes == 1, "buy", np.where(side_codes == 2, "sell", "none"))
+    for f in files:
+        t, pp, sp = _with_precisions(f)
+        codes = t.column("aggressor_side")
+        if len(codes) and pc.max(codes).as_py() >= len(_SIDE_NAMES):
+            raise CatalogError(f"{f}: aggressor_side codes beyond 0..2 (none, buy, sell)")
+        sides = pc.take(_SIDE_NAMES, codes)
         parts.append(
             pa.Table.from_arrays(
                 [
@@ -276,7 +286,7 @@ def read_trades(catalog_dir: Path, instrument_id: str) -> pa.Table:
                     t.column("trade_id").cast(pa.string()),
                     pa.array(decode_fixed(t.column("price"), pp)),
                     pa.array(decode_fixed(t.column("size"), sp)),
-                    pa.array(sides.tolist(), pa.string()),
+                    sides.combine_chunks(),
                 ],
                 schema=TRADES_OUT_SCHEMA,
             )
@@ -367,7 +377,7 @@ def write_book(
     directory = Path(catalog_dir) / BOOK_DIRS[data_type] / instrument_id
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / trade_file_name(int(ts_init[0].as_py()), int(ts_init[-1].as_py()))
-    pq.write_table(out, path, row_group_size=ROW_GROUP_SIZE)
+    pq.write_table(out, path, row_group_size=ROW_GROUP_SIZE, use_dictionary=False)
     return path
 
 
@@ -412,35 +422,25 @@ def read_book(catalog_dir: Path, data_type: str, instrument_id: str) -> pa.Table
 # ---- a day's catalog --------------------------------------------------------------------------
 
 
-def write_day_catalog(
+def write_day_trades(
     catalog_dir: Path,
     day: date,
     trades: Mapping[str, pa.Table | pl.DataFrame],
     instruments: pl.DataFrame,
-    extra: Mapping[str, Any] | None = None,
-    books: Mapping[str, Mapping[str, pa.Table | pl.DataFrame]] | None = None,
 ) -> dict[str, Any]:
-    """Write the day's trade slices (and their instruments) as a catalog; returns the manifest.
+    """The trade files of a day's catalog; returns their manifest entries by instrument key.
 
-    ``trades`` maps our instrument keys to trade tables; ``books`` maps keys to their book
-    slices by tick data type (``quotes``, ``book_depth10``); ``instruments`` is the day's
-    validated instruments frame (precisions come from there). The manifest maps keys to Nautilus
-    ids and row counts (per book data type under ``books``), and is written last.
+    NumPy and Arrow only, no NautilusTrader: the Dagster process writes them while it fetches
+    the next day's slices, and the run's worker (which has the engine loaded) adds the books,
+    the instruments and the manifest (:func:`write_day_catalog`'s ``trade_entries``).
     """
-    from backtest_pipeline.config import FeeOverride
-    from backtest_pipeline.engine.instruments import build_instrument, instrument_id_for
-
-    catalog_dir = Path(catalog_dir)
-    catalog_dir.mkdir(parents=True, exist_ok=True)
     rows = {r["instrument_key"]: r for r in instruments.to_dicts()}
     entries: dict[str, Any] = {}
-    nautilus_instruments = []
-    day_start = layout.day_bounds_ns(day)[0]
     for key, table in sorted(trades.items()):
         if key not in rows:
             raise CatalogError(f"{day}: trades for {key} but no such instrument that day")
         row = rows[key]
-        iid = str(instrument_id_for(key))
+        iid = instrument_id_str(key)
         path = write_trades(
             catalog_dir, table, iid, int(row["price_precision"]), int(row["size_precision"])
         )
@@ -449,6 +449,44 @@ def write_day_catalog(
             "rows": _rows(table),
             "file": str(path.relative_to(catalog_dir)) if path else None,
         }
+    return entries
+
+
+def write_day_catalog(
+    catalog_dir: Path,
+    day: date,
+    trades: Mapping[str, pa.Table | pl.DataFrame] | None,
+    instruments: pl.DataFrame,
+    extra: Mapping[str, Any] | None = None,
+    books: Mapping[str, Mapping[str, pa.Table | pl.DataFrame]] | None = None,
+    trade_entries: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the day's trade slices (and their instruments) as a catalog; returns the manifest.
+
+    ``trades`` maps our instrument keys to trade tables; ``books`` maps keys to their book
+    slices by tick data type (``quotes``, ``book_depth10``); ``instruments`` is the day's
+    validated instruments frame (precisions come from there). The manifest maps keys to Nautilus
+    ids and row counts (per book data type under ``books``), and is written last.
+    ``trade_entries``: the trade files are in ``catalog_dir`` already (these are the entries
+    :func:`write_day_trades` returned), and ``trades`` is None.
+    """
+    from backtest_pipeline.config import FeeOverride
+    from backtest_pipeline.engine.instruments import build_instrument
+
+    catalog_dir = Path(catalog_dir)
+    catalog_dir.mkdir(parents=True, exist_ok=True)
+    if (trades is None) == (trade_entries is None):
+        raise ValueError("write_day_catalog: give the trades or the entries of their files")
+    if trade_entries is None:
+        assert trades is not None
+        trade_entries = write_day_trades(catalog_dir, day, trades, instruments)
+    rows = {r["instrument_key"]: r for r in instruments.to_dicts()}
+    entries: dict[str, Any] = {k: dict(v) for k, v in trade_entries.items()}
+    nautilus_instruments = []
+    day_start = layout.day_bounds_ns(day)[0]
+    for key in sorted(entries):
+        row = rows[key]
+        iid = entries[key]["instrument_id"]
         for data_type, book in sorted((books or {}).get(key, {}).items()):
             bpath = write_book(
                 catalog_dir, book, data_type, iid,

@@ -1,14 +1,7 @@
-"""The one place where our instrument keys meet NautilusTrader names.
+"""Our instruments as NautilusTrader instruments, and their ids as Nautilus ``InstrumentId``.
 
-Nautilus splits account ids on the first hyphen, so a venue such as ``BINANCE-FUTURES`` must be
-renamed (``BINANCE_FUTURES``) before it reaches the engine, and every output must be mapped back.
-Keeping both directions here means no other module invents its own spelling.
-
-Mapping (injective, checked): ``VENUE:PERPETUAL:BASE-QUOTE`` → ``{BASE}{QUOTE}-PERP.{VENUE'}``,
-``VENUE:SPOT:BASE-QUOTE`` → ``{BASE}{QUOTE}.{VENUE'}``, ``VENUE:FUTURE:BASE-QUOTE`` →
-``{BASE}{QUOTE}-FUT.{VENUE'}`` with ``VENUE' = VENUE.replace('-', '_')``. Because the symbol drops
-the base/quote separator, the inverse uses a registry filled by :func:`instrument_id_for`; a
-collision (``BTC-USDT`` vs ``BTCU-SDT`` on one venue) is refused instead of silently merged.
+The names themselves (keys ↔ Nautilus id strings, venues) are ``engine/names.py``: re-exported
+here, so engine code keeps one import for both.
 """
 
 from __future__ import annotations
@@ -16,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from nautilus_trader.model.identifiers import InstrumentId, Symbol, Venue
+from nautilus_trader.model.identifiers import InstrumentId, Symbol
 from nautilus_trader.model.instruments import (
     CryptoFuture,
     CryptoPerpetual,
@@ -27,64 +20,29 @@ from nautilus_trader.model.objects import Currency, Money, Price, Quantity
 
 from backtest_pipeline import layout
 from backtest_pipeline.config import FeeOverride
+from backtest_pipeline.engine.names import (
+    InstrumentMappingError,
+    from_nautilus_venue,
+    instrument_id_str,
+    key_for,
+    to_nautilus_venue,
+    venue_of_key,
+)
 
-_SUFFIX = {"PERPETUAL": "-PERP", "SPOT": "", "FUTURE": "-FUT"}
-_KEY_BY_ID: dict[str, str] = {}
-_ID_BY_KEY: dict[str, str] = {}
-
-
-class InstrumentMappingError(ValueError):
-    """A key or venue that cannot be represented (or mapped back) unambiguously."""
-
-
-def to_nautilus_venue(venue: str) -> str:
-    """``BINANCE-FUTURES`` → ``BINANCE_FUTURES``.
-
-    Venues that already contain ``_`` or ``.`` are refused: ``_`` would make the inverse ambiguous
-    and ``.`` is the InstrumentId separator.
-    """
-    if not venue or "_" in venue or "." in venue:
-        raise InstrumentMappingError(
-            f"venue {venue!r} cannot be mapped to a Nautilus venue (empty, or contains '_' or '.')"
-        )
-    return venue.replace("-", "_")
-
-
-def from_nautilus_venue(venue: str | Venue) -> str:
-    """Inverse of :func:`to_nautilus_venue`."""
-    return str(venue).replace("_", "-")
-
-
-def venue_of_key(key: str) -> str:
-    return layout.parse_instrument_key(key)[0]
+__all__ = [
+    "InstrumentMappingError",
+    "build_instrument",
+    "from_nautilus_venue",
+    "instrument_id_for",
+    "key_for",
+    "to_nautilus_venue",
+    "venue_of_key",
+]
 
 
 def instrument_id_for(key: str) -> InstrumentId:
     """Our key → Nautilus InstrumentId (registered so :func:`key_for` can invert it)."""
-    cached = _ID_BY_KEY.get(key)
-    if cached is not None:
-        return InstrumentId.from_str(cached)
-    venue, itype, base, quote = layout.parse_instrument_key(key)
-    value = f"{base}{quote}{_SUFFIX[itype]}.{to_nautilus_venue(venue)}"
-    other = _KEY_BY_ID.get(value)
-    if other is not None and other != key:
-        raise InstrumentMappingError(
-            f"instrument keys {other!r} and {key!r} map to the same Nautilus id {value!r}"
-        )
-    _KEY_BY_ID[value] = key
-    _ID_BY_KEY[key] = value
-    return InstrumentId.from_str(value)
-
-
-def key_for(instrument_id: InstrumentId | str) -> str:
-    """Nautilus InstrumentId → our key; only ids produced by :func:`instrument_id_for` map back."""
-    value = str(instrument_id)
-    try:
-        return _KEY_BY_ID[value]
-    except KeyError:
-        raise InstrumentMappingError(
-            f"Nautilus instrument id {value!r} was not produced by instrument_id_for()"
-        ) from None
+    return InstrumentId.from_str(instrument_id_str(key))
 
 
 def _currency(code: str) -> Currency:

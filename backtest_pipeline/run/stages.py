@@ -279,29 +279,64 @@ def book_requests(
     return out
 
 
+@dataclass(frozen=True)
+class StagedTrades:
+    """A day's catalog trade files, written ahead by :func:`stage_trades` (a local directory).
+
+    Why: writing them is most of a catalog's work and needs no NautilusTrader, so the Dagster
+    process writes them from the slices it has just fetched and stored, on its own core, and
+    the run's worker, which also runs the engine, only adds the books, the instruments and the
+    manifest (:func:`build_catalog` with ``staged``). The files are those :func:`build_catalog`
+    writes from the stored slices object: the same table, the same bytes.
+    """
+
+    directory: str
+    entries: dict[str, Any]
+    inputs: list[dict[str, Any]]
+
+
+def stage_trades(day: date, slices: pa.Table, instruments: pa.Table | pl.DataFrame) -> StagedTrades:
+    """The trade files of ``day``'s catalog written now, in a new directory of this machine."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"catalog-{day}-"))
+    try:
+        entries = catalog_mod.write_day_trades(
+            workdir, day, split_slices(slices), to_polars(instruments)
+        )
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return StagedTrades(str(workdir), entries, [r.as_dict() for r in inputs_of(slices)])
+
+
 def build_catalog(
     ucs: UnifiedCloudService,
     day: date,
     scope: str,
-    slices: pa.Table,
+    slices: pa.Table | None,
     instruments: pa.Table | pl.DataFrame,
     books: Mapping[str, BookRequest] | None = None,
+    staged: StagedTrades | None = None,
 ) -> dict[str, Any]:
     """Write the day's slices as a Nautilus catalog and store it under its prefix via UCS.
 
     ``books`` (from :func:`book_requests`): the quotes or 10-level snapshots read here, by the
     byte ranges of ``load_day``, and written beside the trades; their read records follow each
     instrument's trades record in the manifest's ``inputs``, in ``load_day``'s order, and the
-    invalid periods of a depth book travel in the manifest (``book_invalid``).
+    invalid periods of a depth book travel in the manifest (``book_invalid``). ``staged``: the
+    trade files were written ahead (:func:`stage_trades`; ``slices`` is then None); the catalog
+    is completed in their directory, which is removed afterwards, as a new one would be.
     """
-    workdir = Path(tempfile.mkdtemp(prefix=f"catalog-{day}-"))
+    if (slices is None) == (staged is None):
+        raise ValueError("build_catalog: give the day's slices or its staged trade files")
+    workdir = Path(staged.directory) if staged else Path(tempfile.mkdtemp(prefix=f"catalog-{day}-"))
     try:
         tables: dict[str, dict[str, pa.Table]] = {}
         records: dict[str, InputRecord] = {}
         invalid: dict[str, list[dict[str, Any]]] = {}
-        trades = split_slices(slices)
+        trades = split_slices(slices) if slices is not None else None
+        keys = set(staged.entries) if staged else set(trades or {})
         for key, (data_type, ranges, needed_by) in sorted((books or {}).items()):
-            if key not in trades:
+            if key not in keys:
                 continue
             table, rec, periods = fetch_book(ucs, day, key, data_type, ranges, needed_by)  # type: ignore[arg-type]
             tables[key] = {data_type: table}
@@ -309,10 +344,11 @@ def build_catalog(
             if periods:
                 invalid[key] = [dataclasses.asdict(p) for p in periods]
         inputs: list[dict[str, Any]] = []
-        for r in inputs_of(slices):
-            inputs.append(r.as_dict())
-            if r.path in records:
-                inputs.append(records[r.path].as_dict())
+        read = staged.inputs if staged else [r.as_dict() for r in inputs_of(slices)]  # type: ignore[arg-type]
+        for r in read:
+            inputs.append(r)
+            if r["path"] in records:
+                inputs.append(records[r["path"]].as_dict())
         manifest = catalog_mod.write_day_catalog(
             workdir,
             day,
@@ -320,6 +356,7 @@ def build_catalog(
             to_polars(instruments),
             extra={"inputs": inputs, "scope": scope, "book_invalid": invalid},
             books=tables,
+            trade_entries=staged.entries if staged else None,
         )
         prefix = catalog_mod.catalog_prefix(day, scope)
         catalog_mod.upload_catalog(ucs, workdir, prefix)
@@ -344,16 +381,20 @@ def build_catalog_task(
     root: str,
     day: date,
     scope: str,
-    slices: pa.Table | str,
+    slices: pa.Table | str | None,
     instruments: pa.Table | pl.DataFrame,
     books: Mapping[str, BookRequest] | None = None,
+    staged: StagedTrades | None = None,
 ) -> dict[str, Any]:
     """:func:`build_catalog` as a :class:`BacktestWorker` task.
 
     ``slices`` is the day's tick_slices table, or the path of its stored object in the results
-    bucket: then the worker reads it itself, and the slices never cross the pipe.
+    bucket: then the worker reads it itself, and the slices never cross the pipe; with
+    ``staged`` (the trade files written ahead from that very table) it is not read at all.
     """
     ucs = _client_for(root)
+    if staged is not None:
+        return build_catalog(ucs, day, scope, None, instruments, books, staged)
     if isinstance(slices, str):
         data = ucs.download_bytes_sync(layout.target("results"), slices)
         slices = pq.ParquetFile(io.BytesIO(data)).read()

@@ -369,10 +369,11 @@ def catalog_task(
     slices: Any,
     instruments: Any,
     books: Any = None,
+    staged: stages.StagedTrades | None = None,
 ) -> dict[str, Any]:
     """``stages.build_catalog_task`` as a worker task; a backtest started ahead is told the day
     is stored (its day loader waits for exactly that)."""
-    manifest = stages.build_catalog_task(root, day, scope, slices, instruments, books)
+    manifest = stages.build_catalog_task(root, day, scope, slices, instruments, books, staged)
     entry = _day_catalog(root, scope, day)
     with _CATALOGS_LOCK:
         entry.builds += 1
