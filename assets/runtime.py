@@ -289,6 +289,19 @@ def prewarm_backtest(context: AssetExecutionContext) -> None:
         workers.prewarm_worker(context.run.run_id)
 
 
+def call_in_background(fn: Callable[[], None]) -> threading.Thread:
+    """``fn()`` in a daemon thread (while the step only waits for another process); an error
+    is left to the step that needs what ``fn`` prepares."""
+
+    def _call() -> None:
+        with contextlib.suppress(Exception):
+            fn()
+
+    thread = threading.Thread(target=_call, name="preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def import_in_background(*modules: str) -> threading.Thread:
     """Import ``modules`` in a daemon thread (while the step only waits for another process)."""
 

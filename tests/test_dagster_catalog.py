@@ -175,3 +175,35 @@ def test_catalog_side_codes_beyond_nautilus_are_refused(tmp_path: Path, day_data
     c.write_day_catalog(tmp_path / "ok", DAY, {KEY: trades.to_arrow()}, instruments)
     back = c.read_day_trades(tmp_path / "ok")[KEY]
     assert back.column("side").to_pylist() == trades["side"].str.to_lowercase().to_list()
+
+
+def test_the_code_location_and_staged_trade_files_need_no_pandas(tmp_path: Path, day_data) -> None:  # type: ignore[no-untyped-def]
+    """The Dagster process loads the code location and writes the catalogs' trade files without
+    pandas (which pyarrow imports, ~0.2-0.4 s, on its first ``pa.array`` of NumPy or Python
+    values): both happen before the run's engine can start."""
+    import subprocess
+    import sys
+
+    instruments, trades = day_data
+    instruments.write_parquet(tmp_path / "instruments.parquet")
+    trades.with_columns(instrument_key=pl.lit(KEY)).write_parquet(tmp_path / "slices.parquet")
+    code = f"""
+import sys, warnings
+warnings.simplefilter("ignore")
+from datetime import date
+import pyarrow.parquet as pq
+import definitions  # noqa: F401  (the code location, as dagster loads it)
+from backtest_pipeline.run import stages
+staged = stages.stage_trades(
+    date({DAY.year}, {DAY.month}, {DAY.day}),
+    pq.ParquetFile({str(tmp_path / "slices.parquet")!r}).read(),
+    pq.ParquetFile({str(tmp_path / "instruments.parquet")!r}).read(),
+)
+assert staged.entries[{KEY!r}]["rows"] == {trades.height}, staged.entries
+assert "pandas" not in sys.modules, "pandas was imported"
+"""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo
+    )
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -61,7 +61,7 @@ DEPTH_LEVELS = 10
 ROW_GROUP_SIZE = 5_000
 _AGGRESSOR = {"buy": 1, "sell": 2}
 #: Our side names by Nautilus ``AggressorSide`` code (0: no aggressor), for reading back.
-_SIDE_NAMES = pa.array(["none", "buy", "sell"], pa.string())
+_SIDE_NAMES = ("none", "buy", "sell")
 _SIDE = {1: "buy", 2: "sell"}
 
 CATALOG_TRADE_SCHEMA = pa.schema(
@@ -204,22 +204,24 @@ def trades_to_catalog_table(
     """
     df = trades if isinstance(trades, pl.DataFrame) else pl.from_arrow(trades)
     assert isinstance(df, pl.DataFrame)
-    ts = df["ts_event"].cast(pl.Int64).to_numpy().astype(np.uint64)
+    # Columns go to Arrow through Polars, not ``pa.array`` of NumPy values: that would make
+    # pyarrow import pandas (~0.2 s), and the Dagster process writes these files too.
+    ts = df["ts_event"].cast(pl.Int64).reinterpret(signed=False).to_arrow()
     side = (
         df["side"]
         .cast(pl.Utf8)
         .str.to_lowercase()
         .replace_strict(_AGGRESSOR, default=0, return_dtype=pl.UInt8)
-        .to_numpy()
+        .to_arrow()
     )
     table = pa.Table.from_arrays(
         [
             encode_fixed(df["price"].cast(pl.Float64).to_numpy(), price_precision),
             encode_fixed(df["size"].cast(pl.Float64).to_numpy(), size_precision),
-            pa.array(side, pa.uint8()),
+            side,
             df["trade_id"].cast(pl.Utf8).to_arrow().cast(pa.string()),
-            pa.array(ts, pa.uint64()),
-            pa.array(ts, pa.uint64()),
+            ts,
+            ts,
         ],
         schema=CATALOG_TRADE_SCHEMA,
     )
@@ -277,7 +279,7 @@ def read_trades(catalog_dir: Path, instrument_id: str) -> pa.Table:
         codes = t.column("aggressor_side")
         if len(codes) and pc.max(codes).as_py() >= len(_SIDE_NAMES):
             raise CatalogError(f"{f}: aggressor_side codes beyond 0..2 (none, buy, sell)")
-        sides = pc.take(_SIDE_NAMES, codes)
+        sides = pc.take(pa.array(_SIDE_NAMES, pa.string()), codes)
         parts.append(
             pa.Table.from_arrays(
                 [

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import math
+import threading
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -45,12 +46,43 @@ def plot_series(equity: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return frame["ts"].to_numpy(), frame["v"].to_numpy(), frame["dd"].to_numpy()
 
 
+#: One drawing at a time: matplotlib's font and text caches are shared by every figure of a
+#: process, and a warm-up (:func:`warm_up_plots`) may draw in another thread.
+_DRAWING = threading.Lock()
+
+
 def equity_png(equity: pl.DataFrame, title: str = "equity") -> bytes:
     """A small PNG of portfolio value (and drawdown) over time.
 
     Drawn on a bare Agg figure (no pyplot state machine, no ``tight_layout`` pass) from NumPy
     arrays: it is rendered in the Dagster step after the engine, where every 0.1 s is waited for.
     """
+    with _DRAWING:
+        return _equity_png(equity, title)
+
+
+def warm_up_plots() -> None:
+    """Import matplotlib and draw a throwaway equity PNG.
+
+    Why: a process's first drawing also loads the fonts and fills the text caches (~0.1 s on
+    top of the imports). The Dagster run does this while ``backtest_run`` waits for its engine,
+    so that ``backtest_summary``'s plot, drawn after the engine, costs only itself.
+    """
+    equity_png(
+        pl.DataFrame(
+            {
+                "ts_event": pl.Series([0, 60_000_000_000], dtype=pl.Int64).cast(
+                    pl.Datetime("ns", "UTC")
+                ),
+                "portfolio_value": [1.0, 1.0],
+                "drawdown_pct": [0.0, 0.0],
+            }
+        ),
+        "warm-up",
+    )
+
+
+def _equity_png(equity: pl.DataFrame, title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
