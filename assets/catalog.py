@@ -135,10 +135,7 @@ def nautilus_catalog(
     client, config = ucs.client(), backtest.load()
     days = days_of(context.partition_keys)
     market_data = runner.market_data_for(client, config, days)
-    # Days that tick_slices handed the run's worker as it fetched them are taken as built. While
-    # this step waits for them: pandas, which pyarrow imports on its first table of Python
-    # values (the manifests, below) and which no step before this one needed (~0.4 s).
-    runtime.import_in_background("pandas")
+    # Days that tick_slices handed the run's worker as it fetched them are taken as built.
     run_id = context.run.run_id
     out, uris, rows, book_rows, size, ahead = {}, [], 0, 0, 0, 0
     for d in days:

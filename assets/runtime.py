@@ -19,7 +19,6 @@ Kubernetes) nothing is started ahead of time: ``backtest_run`` spawns its proces
 
 import contextlib
 import gc
-import importlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -298,18 +297,5 @@ def call_in_background(fn: Callable[[], None]) -> threading.Thread:
             fn()
 
     thread = threading.Thread(target=_call, name="preload", daemon=True)
-    thread.start()
-    return thread
-
-
-def import_in_background(*modules: str) -> threading.Thread:
-    """Import ``modules`` in a daemon thread (while the step only waits for another process)."""
-
-    def _load() -> None:
-        for name in modules:  # an import error is reported by the step that needs the module
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=_load, name="preload-imports", daemon=True)
     thread.start()
     return thread

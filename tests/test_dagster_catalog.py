@@ -177,7 +177,9 @@ def test_catalog_side_codes_beyond_nautilus_are_refused(tmp_path: Path, day_data
     assert back.column("side").to_pylist() == trades["side"].str.to_lowercase().to_list()
 
 
-def test_the_code_location_and_staged_trade_files_need_no_pandas(tmp_path: Path, day_data) -> None:  # type: ignore[no-untyped-def]
+def test_the_code_location_catalog_files_and_manifests_need_no_pandas(
+    tmp_path: Path, day_data
+) -> None:  # type: ignore[no-untyped-def]
     """The Dagster process loads the code location and writes the catalogs' trade files without
     pandas (which pyarrow imports, ~0.2-0.4 s, on its first ``pa.array`` of NumPy or Python
     values): both happen before the run's engine can start."""
@@ -200,6 +202,9 @@ staged = stages.stage_trades(
     pq.ParquetFile({str(tmp_path / "instruments.parquet")!r}).read(),
 )
 assert staged.entries[{KEY!r}]["rows"] == {trades.height}, staged.entries
+table = stages.manifest_table({{"instruments": staged.entries, "uri": "gs://b/p"}})
+assert table.column("rows").to_pylist() == [{trades.height}]
+assert table.schema == stages.MANIFEST_SCHEMA, table.schema
 assert "pandas" not in sys.modules, "pandas was imported"
 """
     repo = Path(__file__).resolve().parents[1]
