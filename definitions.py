@@ -39,6 +39,7 @@ from assets.shards import (
     sharded_backtest_job,
 )
 from resources.io_manager import UCSIOManager
+from resources.local_instance import resume_collection
 from resources.settings import BacktestSettings
 from resources.step_io import UCSPickleIOManager
 from resources.ucs_resource import UCSResource
@@ -72,6 +73,7 @@ defs = Definitions(
 )
 
 gc.freeze()  # the code location is built: its objects live as long as the process
+resume_collection()  # paused while a run's command loaded it (resources/local_instance.py)
 
 
 def sharded_job() -> JobDefinition:

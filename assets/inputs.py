@@ -153,11 +153,18 @@ def tick_slices(
         context, runtime.CATALOG_STEP
     ) and runtime.has_worker(context)
     market_data: dict[str, Any] | None = None
-    fetched: dict[str, tuple[pa.Table, pa.Table, pa.Table]] = {}  # instruments, intervals, slices
+    # The day fetched and not yet stored: its instruments, intervals and slices. Its checks come
+    # after the IO manager has stored it and its catalog is handed on (~0.06 s a day sooner).
+    fetched: dict[str, tuple[pa.Table, pa.Table, pa.Table]] = {}
     ahead = False  # the backtest started in the worker
+
+    def check_fetched() -> None:
+        for k in list(fetched):  # a day stored without on_stored (another IO manager)
+            slice_checks.add(k, fetched.pop(k)[2])
 
     def produce(key: str) -> pa.Table:
         nonlocal ahead
+        check_fetched()
         if prebuild and not ahead:
             # The backtest itself, on the catalogs as they follow (assets/backtest.py): started
             # now, its worker reads the run's stored inputs while this step fetches day 1.
@@ -171,9 +178,7 @@ def tick_slices(
             table = stages.fetch_tick_slices(
                 client, config, day, inst, signals[key], stages.to_polars(intervals)
             )
-        slice_checks.add(key, table)  # the day as it is stored: checked without a read back
-        if prebuild:
-            fetched[key] = (inst, intervals, table)
+        fetched[key] = (inst, intervals, table)
         return table
 
     def on_stored(key: str, path: str) -> None:
@@ -181,18 +186,21 @@ def tick_slices(
         if key not in fetched:
             return
         inst, intervals, table = fetched.pop(key)
-        if market_data is None:
-            market_data = dict(runner.market_data_for(client, config, days))
-        day = layout.parse_day(key)
-        catalog.prebuild_day(
-            context, client, backtest, config, market_data, day, path, inst, intervals, table
-        )
+        if prebuild:
+            if market_data is None:
+                market_data = dict(runner.market_data_for(client, config, days))
+            day = layout.parse_day(key)
+            catalog.prebuild_day(
+                context, client, backtest, config, market_data, day, path, inst, intervals, table
+            )
+        slice_checks.add(key, table)  # the day as it is stored: checked without a read back
 
     # Lazy: each day is fetched when the IO manager stores it, so a long range never holds more
     # than one day of ticks; rows and bytes read vs available are recorded by the IO manager.
     # Dagster stores a yielded output before resuming this generator: every day has been
     # fetched, checked and written when the check results below are computed.
     yield Output(LazyDays([d.isoformat() for d in days], produce, on_stored=on_stored))
+    check_fetched()
     sorted_ok, schema_ok = slice_checks.outcomes()
     yield check_result("tick_slices_sorted", sorted_ok)
     yield check_result("tick_slices_schema", schema_ok)

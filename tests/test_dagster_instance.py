@@ -151,3 +151,28 @@ def test_new_databases_are_stamped_at_dagsters_head_with_one_revision_map(tmp_pa
     assert ScriptDirectory.from_config(cfg).revision_map is not (
         ScriptDirectory.from_config(cfg).revision_map
     )
+
+
+def test_a_run_command_collects_no_garbage_only_while_it_loads() -> None:
+    """`dagster asset materialize` pauses garbage collection from the instance's import until
+    the code location is built (start-up only), and never in other processes (the webserver,
+    the daemon, a test) that load the instance."""
+    import gc
+    import subprocess
+    import sys
+
+    assert gc.isenabled()  # this process imported resources.local_instance: not paused
+    repo = Path(__file__).resolve().parents[1]
+    code = """
+import gc, sys, warnings
+warnings.simplefilter("ignore")
+sys.argv = ["dagster", "asset", "materialize", "-m", "definitions"]
+import resources.local_instance
+assert not gc.isenabled(), "collection should be paused while the command loads"
+import definitions  # noqa: F401
+assert gc.isenabled(), "collection should run again once the code location is built"
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo
+    )
+    assert out.returncode == 0, out.stderr[-3000:]

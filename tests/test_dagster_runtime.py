@@ -6,6 +6,7 @@ exits; an idle one is stopped when its run ends. The end-to-end test runs the re
 run) and checks the range gives exactly what ``run_backtest`` gives.
 """
 
+import gc
 import os
 import subprocess
 import sys
@@ -44,6 +45,8 @@ def test_worker_serves_tasks_then_exits_after_the_last() -> None:
     w = workers.BacktestWorker()
     assert w.call(os.getpid) == w.pid != os.getpid()
     assert w.call(sorted, [3, 1, 2]) == [1, 2, 3]
+    # collection was paused for its imports only: the tasks (the engine) run with it
+    assert w.call(gc.isenabled) is True
     assert w.ready() and w.alive()
     assert w.run(os.getpid) == w.pid
     assert not w.alive()

@@ -107,6 +107,7 @@ def serve(conn: Connection) -> None:
     except Exception:  # pragma: no cover - the task itself reports the import error
         log.debug("warm-up imports failed", exc_info=True)
     gc.freeze()  # the imported modules: never garbage, no need to walk them in every collection
+    gc.enable()  # paused while they were imported (spawn.worker_main)
     code = 0
     try:
         conn.send(("ready", None))
