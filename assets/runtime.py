@@ -4,14 +4,16 @@ A run on the in-process executor executes all its steps in one process, one afte
 Its backtest runs in a process of its own (``workers.BacktestWorker``), and starting that process
 — an interpreter, NautilusTrader, the engine — takes seconds. So the run starts it at once, and
 it gets ready on the second core while the input steps execute; ``backtest_run`` (and the
-catalog, which needs NautilusTrader too) then hand it their work. Modules a later step needs are
-imported while ``backtest_run`` only waits for its engine.
+catalog, which needs NautilusTrader too) then hand it their work. What a later step needs is
+imported (and warmed up) while ``backtest_run`` only waits for its engine.
 
-The catalog's days are handed to that process as soon as ``tick_slices`` has each of them
-(:func:`prebuild`): the process writes day *d*'s catalog on the second core while this one
-fetches day *d + 1*, and ``nautilus_catalog`` then takes what was built (:func:`take_prebuilt`)
-instead of starting the same work after the last day. It is the same call with the same
-arguments, so the catalog (and everything downstream) is the same bytes.
+The catalog's days are handed to that process as soon as ``tick_slices`` has stored each of
+them (:func:`prebuild`): this process writes the day's trade files (NumPy and Arrow) and the
+worker completes the catalog, while this one fetches day *d + 1*; ``nautilus_catalog`` then
+takes what was built (:func:`take_prebuilt`) instead of starting the same work after the last
+day. The worker also runs the backtest started ahead on those catalogs, so every catalog second
+kept out of it is a second its engine does not wait. The catalog is the bytes the worker would
+write from the stored slices alone (``tests/test_dagster_catalog.py``).
 
 On executors that run each step in a process or pod of its own (multiprocess, Celery,
 Kubernetes) nothing is started ahead of time: ``backtest_run`` spawns its process itself.

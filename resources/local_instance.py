@@ -343,6 +343,16 @@ class LocalInstance(DagsterInstance):
         super().__init__(*args, **kwargs)
         _COMMITS.register(self.root_directory)
 
+    # Whatever code location the command loaded (ours resumes collection once built), the run
+    # itself collects garbage: both ways Dagster creates a run resume it.
+    def create_run_for_job(self, *args: Any, **kwargs: Any) -> Any:
+        resume_collection()
+        return super().create_run_for_job(*args, **kwargs)
+
+    def create_run(self, *args: Any, **kwargs: Any) -> Any:
+        resume_collection()
+        return super().create_run(*args, **kwargs)
+
     # What Dagster asks of an ``instance_class`` of dagster.yaml: no settings of its own, and the
     # defaults of a plain instance.
     @classmethod

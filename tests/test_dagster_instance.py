@@ -172,7 +172,29 @@ assert not gc.isenabled(), "collection should be paused while the command loads"
 import definitions  # noqa: F401
 assert gc.isenabled(), "collection should run again once the code location is built"
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    # another code location with this instance: the run resumes it
+    other = """
+import gc, shutil, sys, tempfile, warnings
+warnings.simplefilter("ignore")
+sys.argv = ["dagster", "job", "execute", "-f", "mine.py"]
+from resources.local_instance import LocalInstance
+assert not gc.isenabled()
+from dagster import DagsterInstance, job, op
+@op
+def one() -> int:
+    return 1
+@job
+def mine() -> None:
+    one()
+home = tempfile.mkdtemp()
+shutil.copy("dagster.yaml", home)
+instance = DagsterInstance.from_config(home)
+assert isinstance(instance, LocalInstance) and not gc.isenabled()
+result = mine.execute_in_process(instance=instance)
+assert result.success and gc.isenabled()
+"""
+    for source in (code, other):
+        out = subprocess.run(
+            [sys.executable, "-c", source], capture_output=True, text=True, timeout=120, cwd=repo
+        )
+        assert out.returncode == 0, out.stderr[-3000:]

@@ -332,8 +332,9 @@ def run_backtest_isolated(
 
 # ---- the backtest started ahead of its step, on the catalogs as they are stored ----------------
 #
-# The Dagster path writes each day's catalog in the worker as soon as that day's tick slices are
-# stored. The CLI's engine replays day d while its prefetch thread reads day d + 1; to do the
+# The Dagster path completes each day's catalog in the worker as soon as that day's tick slices
+# are stored (their trade files written by the Dagster process, ``stages.stage_trades``; the
+# worker adds the books, the instruments and the manifest). The CLI's engine replays day d while its prefetch thread reads day d + 1; to do the
 # same, the worker starts the backtest in a thread of its own as soon as its inputs are known
 # (:func:`speculate_task`), its day loader waiting for each day's catalog to be stored by this
 # process (:func:`catalog_task`), while the worker's loop goes on writing the next catalogs.
