@@ -10,6 +10,7 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from hashlib import sha256
 from pathlib import Path
@@ -175,6 +176,29 @@ def test_a_spare_worker_is_taken_by_the_next_run() -> None:
         workers.discard_worker("run-spare")
     assert workers.prewarm_worker("run-fresh") is False  # no spare left: a new process
     workers.discard_worker("run-fresh")
+
+
+def _temp_file() -> str:
+    """A temp file of the worker's, left behind as a task killed mid-way would leave it."""
+    fd, path = tempfile.mkstemp(prefix="left-")
+    os.close(fd)
+    return path
+
+
+def test_a_stopped_worker_leaves_no_temp_files() -> None:
+    """Killed idle, or exited after its last task: its temp directory goes with it."""
+    for last in (False, True):
+        w = workers.BacktestWorker()
+        left = w.run(_temp_file) if last else w.call(_temp_file)
+        assert os.path.exists(left) or last  # an exited worker's directory is already gone
+        assert not left.startswith(tempfile.gettempdir() + os.sep + "left-")  # its own dir
+        w.close()
+        assert not os.path.exists(left) and not os.path.exists(os.path.dirname(left))
+    spawn.start_spare(workers.ENTRY)
+    spare = spawn.take_spare(workers.ENTRY)
+    assert spare is not None and os.path.isdir(spare.tmp)
+    spawn.stop(spare)
+    assert not os.path.exists(spare.tmp) and not spare.proc.is_alive()
 
 
 def test_spawning_keeps_the_main_module() -> None:

@@ -12,24 +12,40 @@ import atexit
 import gc
 import importlib
 import multiprocessing
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-
-#: A spawned worker process and the owner's end of its pipe.
-Started = tuple[BaseProcess, Connection]
+from typing import NamedTuple
 
 
-def worker_main(entry: str, conn: Connection) -> None:
+class Started(NamedTuple):
+    """A spawned worker process, the owner's end of its pipe, and the process's temp directory.
+
+    Why a temp directory of its own: a worker that is stopped (a discarded backtest started
+    ahead, a run that ends without its backtest) is killed mid-task, and the temp files of that
+    task (its engine log, catalogs read back) would stay behind; its owner removes the whole
+    directory once the process is reaped (:func:`stop`).
+    """
+
+    proc: BaseProcess
+    conn: Connection
+    tmp: str
+
+
+def worker_main(entry: str, conn: Connection, tmp: str) -> None:
     """Entry point of a worker process: ``entry``'s module is imported in the child only.
 
-    Without garbage collection while it imports (NautilusTrader, polars, pyarrow: long-lived
-    objects, next to no garbage, ~0.15 s of collections): ``entry`` resumes it once warm.
+    Its temp files go under ``tmp`` (see :class:`Started`). Without garbage collection while it
+    imports (NautilusTrader, polars, pyarrow: long-lived objects, next to no garbage, ~0.15 s of
+    collections): ``entry`` resumes it once warm.
     """
     module, name = entry.split(":")
+    tempfile.tempdir = tmp
     gc.disable()
     getattr(importlib.import_module(module), name)(conn)
 
@@ -60,13 +76,14 @@ def spawn_worker_process(entry: str) -> Started:
     its pipe."""
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
+    tmp = tempfile.mkdtemp(prefix="backtest-worker-")
     proc = ctx.Process(
-        target=worker_main, args=(entry, child_conn), name="backtest-worker", daemon=True
+        target=worker_main, args=(entry, child_conn, tmp), name="backtest-worker", daemon=True
     )
     with main_module_hidden():
         proc.start()
     child_conn.close()
-    return proc, conn
+    return Started(proc, conn, tmp)
 
 
 _SPARE: dict[str, Started] = {}
@@ -85,22 +102,27 @@ def take_spare(entry: str) -> Started | None:
     """The spare worker process of ``entry`` (removed), if one was started and is alive."""
     with _SPARE_LOCK:
         started = _SPARE.pop(entry, None)
-    if started is not None and not started[0].is_alive():
-        _stop(started)
+    if started is not None and not started.proc.is_alive():
+        stop(started)
         return None
     return started
 
 
-def _stop(started: Started) -> None:
-    proc, conn = started
-    conn.close()
-    if proc.is_alive():
-        proc.kill()
-    proc.join(timeout=30)
+def stop(started: Started, kill: bool = True) -> None:
+    """Close the pipe, kill the process if ``kill`` and it still runs, reap it, remove its
+    temp directory (a process still running after 30 s is killed: its files are removed)."""
+    started.conn.close()
+    if kill and started.proc.is_alive():
+        started.proc.kill()
+    started.proc.join(timeout=30)
+    if started.proc.is_alive():  # pragma: no cover - a stuck worker
+        started.proc.kill()
+        started.proc.join()
+    shutil.rmtree(started.tmp, ignore_errors=True)
 
 
 @atexit.register
 def _stop_unused_spare() -> None:
     with _SPARE_LOCK:
         for entry in list(_SPARE):
-            _stop(_SPARE.pop(entry))
+            stop(_SPARE.pop(entry))

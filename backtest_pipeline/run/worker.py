@@ -148,7 +148,8 @@ class BacktestWorker:
 
     def __init__(self, started: spawn.Started | None = None) -> None:
         """``started``: a process already spawned (``spawn.take_spare``), else one is now."""
-        self._proc, self._conn = started or spawn.spawn_worker_process(ENTRY)
+        self._started = started or spawn.spawn_worker_process(ENTRY)
+        self._proc, self._conn = self._started.proc, self._started.conn
         self._done = False
         self._ready = False
         self._lock = threading.Lock()
@@ -230,13 +231,7 @@ class BacktestWorker:
         atexit.unregister(self.close)
         if self._sender is not None:  # a queued task fails its future; none waits for it
             self._sender.shutdown(wait=False, cancel_futures=True)
-        self._conn.close()
-        if not self._done and self._proc.is_alive():
-            self._proc.kill()
-        self._proc.join(timeout=30)
-        if self._proc.is_alive():  # pragma: no cover - a stuck worker
-            self._proc.kill()
-            self._proc.join()
+        spawn.stop(self._started, kill=not self._done)
         self._done = True
 
 
