@@ -58,8 +58,8 @@ def prebuild_day(
     """
     books = stages.book_requests(config, market_data, day, instruments, intervals)
     match = _match(client, backtest, day, slices, instruments, books)
-    if not runtime.step_runs_in_this_process(context, runtime.CATALOG_STEP):
-        return False
+    if not runtime.can_prebuild(context, runtime.CATALOG_STEP):
+        return False  # the step builds the day itself: nothing staged for nobody
     staged = stages.stage_trades(day, table, instruments) if table is not None else None
     return runtime.prebuild(
         context,

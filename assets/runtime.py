@@ -146,6 +146,19 @@ def _worker_for(context: AssetExecutionContext, step: str) -> workers.BacktestWo
     return worker if worker is not None and worker.alive() else None
 
 
+def _pending_prebuilds() -> int:
+    return sum(not p.future.done() for k, p in _PREBUILT.items() if k[2] != WHOLE_RUN)
+
+
+def can_prebuild(context: AssetExecutionContext, step: str) -> bool:
+    """Whether :func:`prebuild` would start a day of ``step`` now: a caller with work of its
+    own to do for the task (the staged trade files) does it only then."""
+    if _worker_for(context, step) is None:
+        return False
+    with _PREBUILT_LOCK:
+        return _pending_prebuilds() < MAX_PENDING_PREBUILDS
+
+
 def prebuild(
     context: AssetExecutionContext,
     step: str,
@@ -171,8 +184,7 @@ def prebuild(
         with _PREBUILT_LOCK:
             for other in [k for k in _PREBUILT if k[0] != run_id]:  # another run's leftovers
                 _PREBUILT.pop(other).future.cancel()
-            pending = sum(not p.future.done() for k, p in _PREBUILT.items() if k[2] != WHOLE_RUN)
-            if pending < MAX_PENDING_PREBUILDS:
+            if _pending_prebuilds() < MAX_PENDING_PREBUILDS:
                 with contextlib.suppress(RuntimeError):  # the worker has run its backtest
                     future = worker.submit(fn, *args)
             if future is not None:

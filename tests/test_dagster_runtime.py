@@ -8,6 +8,7 @@ run) and checks the range gives exactly what ``run_backtest`` gives.
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,41 @@ def test_prebuilt_work_is_taken_only_with_the_same_arguments() -> None:
         assert runtime.take_prebuilt("run-p", runtime.CATALOG_STEP, "d3", ("a", table)) is None
     finally:
         workers.discard_worker("run-p")
+
+
+def test_prebuild_slots_and_the_cleanup_of_what_was_made_for_a_day(tmp_path: Path) -> None:
+    """Work made for a day's task alone (staged files) is cleaned up however the task ends, and
+    at once when no task starts; ``can_prebuild`` says beforehand whether one would."""
+    ctx = _context("run-q", [runtime.CATALOG_STEP, runtime.BACKTEST_STEP])
+    made: list[Path] = []
+
+    def staged(name: str) -> tuple[Path, Any]:
+        d = tmp_path / name
+        d.mkdir()
+        made.append(d)
+        return d, lambda: shutil.rmtree(d)
+
+    d0, clean0 = staged("no-worker")
+    assert not runtime.can_prebuild(ctx, runtime.CATALOG_STEP)
+    assert not runtime.prebuild(ctx, runtime.CATALOG_STEP, "d0", (0,), sorted, [], cleanup=clean0)
+    assert not d0.exists()  # not started: cleaned up at once
+    workers.prewarm_worker("run-q")
+    try:
+        for i in range(runtime.MAX_PENDING_PREBUILDS):
+            assert runtime.can_prebuild(ctx, runtime.CATALOG_STEP)
+            d, clean = staged(f"day-{i}")
+            assert runtime.prebuild(
+                ctx, runtime.CATALOG_STEP, f"d{i}", (i,), _slow_square, i, cleanup=clean
+            )
+        assert not runtime.can_prebuild(ctx, runtime.CATALOG_STEP)  # the slots are taken
+        assert runtime.take_prebuilt("run-q", runtime.CATALOG_STEP, "d1", (1,)) == 1
+        deadline = time.monotonic() + 30
+        while any(p.exists() for p in made) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(p.exists() for p in made)  # every task over: every staged dir gone
+    finally:
+        runtime.drop_prebuilt("run-q")
+        workers.discard_worker("run-q")
 
 
 def test_work_started_ahead_is_taken_once_and_says_it_was_started() -> None:
