@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from backtest_pipeline import layout
+from backtest_pipeline.data import schemas
 from backtest_pipeline.results.writer import ResultWriter
 from backtest_pipeline.storage.base import ObjectNotFoundError
 from backtest_pipeline.storage.ucs import UnifiedCloudService
@@ -37,15 +38,6 @@ from resources.ucs_resource import UCSResource
 
 POINTER_KEY = b"backtest.pointer"
 #: A run object's per-day pointer: which object of which run covers the day.
-POINTER_COLUMNS: dict[str, Any] = {
-    "run_id": pl.Utf8,
-    "name": pl.Utf8,
-    "path": pl.Utf8,
-    "start": pl.Utf8,
-    "end": pl.Utf8,
-    "days": pl.List(pl.Utf8),
-    "config_name": pl.Utf8,
-}
 POINTER_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -258,23 +250,19 @@ class UCSIOManager(ConfigurableIOManager):
         days = art.days or [k for k in keys if k is not None]
         # Through Polars: ``pa.table`` of Python values would make pyarrow import pandas
         # (~0.3 s) in the Dagster process, right after the backtest step's engine.
-        pointer = (
-            pl.DataFrame(
-                {
-                    "run_id": [art.run_id],
-                    "name": [art.name],
-                    "path": [art.path()],
-                    "start": [min(days) if days else None],
-                    "end": [max(days) if days else None],
-                    "days": [list(days)],
-                    "config_name": [self.settings.scope],
-                },
-                schema=POINTER_COLUMNS,
-            )
-            .to_arrow()
-            .cast(POINTER_SCHEMA)
-            .replace_schema_metadata({POINTER_KEY: b"1"})
+        row = pl.DataFrame(
+            {
+                "run_id": [art.run_id],
+                "name": [art.name],
+                "path": [art.path()],
+                "start": [min(days) if days else None],
+                "end": [max(days) if days else None],
+                "days": [list(days)],
+                "config_name": [self.settings.scope],
+            },
+            schema=schemas.empty_frame(POINTER_SCHEMA).schema,
         )
+        pointer = schemas.to_arrow(row, POINTER_SCHEMA).replace_schema_metadata({POINTER_KEY: b"1"})
         payload = _parquet_bytes(pointer)
         for key in keys:  # … then one pointer per day it covers
             ucs.upload_to_gcs_sync(target, self.day_path(asset, key), payload, format="bytes")

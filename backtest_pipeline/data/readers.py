@@ -125,6 +125,6 @@ validate_trades = schemas.validate_trades
 
 def empty_signals() -> pl.DataFrame:
     """A zero-row signals frame with the canonical schema (a day the strategy did not signal)."""
-    out = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
+    out = schemas.empty_frame(schemas.SIGNALS_SCHEMA)
     assert isinstance(out, pl.DataFrame)
     return out

@@ -870,8 +870,12 @@ def validate_bars(table: pa.Table | pl.DataFrame, object_name: str) -> pl.DataFr
 
 
 def empty_frame(schema: pa.Schema) -> pl.DataFrame:
-    """A zero-row polars frame of a canonical schema."""
-    out = pl.from_arrow(schema.empty_table())
+    """A zero-row polars frame of a canonical schema.
+
+    From an empty list of batches, not ``schema.empty_table()``: that builds its columns from
+    Python values, which makes pyarrow import pandas (see :func:`string_array`).
+    """
+    out = pl.from_arrow(pa.Table.from_batches([], schema=schema))
     assert isinstance(out, pl.DataFrame)
     return out
 

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from backtest_pipeline import layout
+from backtest_pipeline.data import schemas
 from backtest_pipeline.engine.names import instrument_id_str
 from backtest_pipeline.storage.ucs import UnifiedCloudService
 
@@ -60,9 +61,9 @@ DEPTH_LEVELS = 10
 #: column only to be dropped (half the write time of a day's trades, and larger files).
 ROW_GROUP_SIZE = 5_000
 _AGGRESSOR = {"buy": 1, "sell": 2}
-#: Our side names by Nautilus ``AggressorSide`` code (0: no aggressor), for reading back.
-_SIDE_NAMES = ("none", "buy", "sell")
-_SIDE = {1: "buy", 2: "sell"}
+#: Our side names by Nautilus ``AggressorSide`` code (0: no aggressor), for reading back
+#: (built from buffers: ``pa.array`` of Python values would import pandas).
+_SIDE_NAMES = schemas.string_array(("none", "buy", "sell"))
 
 CATALOG_TRADE_SCHEMA = pa.schema(
     [
@@ -279,7 +280,7 @@ def read_trades(catalog_dir: Path, instrument_id: str) -> pa.Table:
         codes = t.column("aggressor_side")
         if len(codes) and pc.max(codes).as_py() >= len(_SIDE_NAMES):
             raise CatalogError(f"{f}: aggressor_side codes beyond 0..2 (none, buy, sell)")
-        sides = pc.take(pa.array(_SIDE_NAMES, pa.string()), codes)
+        sides = pc.take(_SIDE_NAMES, codes)
         parts.append(
             pa.Table.from_arrays(
                 [

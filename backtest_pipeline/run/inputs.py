@@ -111,7 +111,7 @@ def load_day(
             day,
             ucs.uri(t_sig, spath),
         )
-        signals = pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())
+        signals = schemas.empty_frame(schemas.SIGNALS_SCHEMA)
     else:
         signals = apply_execution_window(
             readers.read_signals(ucs, day, config.strategy_id), config.algo

@@ -57,10 +57,6 @@ log = logging.getLogger("backtest_pipeline.stages")
 INPUTS_KEY = b"backtest.inputs"
 
 
-def _empty_signals() -> pl.DataFrame:
-    return pl.from_arrow(schemas.SIGNALS_SCHEMA.empty_table())  # type: ignore[return-value]
-
-
 # ---- read statistics carried in schema metadata ----------------------------------------------
 
 
@@ -129,7 +125,7 @@ def load_signals(ucs: UnifiedCloudService, config: BacktestConfig, day: date) ->
         rec = record(ucs, "signals", path)
     except ObjectNotFoundError:
         log.warning("no signals for strategy %s on %s", config.strategy_id, day)
-        return with_inputs(_empty_signals(), [])
+        return with_inputs(readers.empty_signals(), [])
     signals = apply_execution_window(
         readers.read_signals(ucs, day, config.strategy_id), config.algo
     )
@@ -426,14 +422,9 @@ def manifest_table(manifest: dict[str, Any]) -> pa.Table:
             "rows": [int(e["rows"]) for e in entries.values()],
             "file": [e["file"] or "" for e in entries.values()],
         },
-        schema={
-            "instrument_key": pl.Utf8,
-            "instrument_id": pl.Utf8,
-            "rows": pl.Int64,
-            "file": pl.Utf8,
-        },
+        schema=schemas.empty_frame(MANIFEST_SCHEMA).schema,
     )
-    t = frame.to_arrow().cast(MANIFEST_SCHEMA)
+    t = schemas.to_arrow(frame, MANIFEST_SCHEMA)
     return t.replace_schema_metadata(
         {b"backtest.catalog_uri": str(manifest.get("uri", "")).encode()}
     )

@@ -329,8 +329,8 @@ def run_backtest_isolated(
 #
 # The Dagster path completes each day's catalog in the worker as soon as that day's tick slices
 # are stored (their trade files written by the Dagster process, ``stages.stage_trades``; the
-# worker adds the books, the instruments and the manifest). The CLI's engine replays day d while its prefetch thread reads day d + 1; to do the
-# same, the worker starts the backtest in a thread of its own as soon as its inputs are known
+# worker adds the books, the instruments and the manifest). The CLI's engine replays day d
+# while its prefetch thread reads day d + 1; to do the same, the worker starts the backtest in a thread of its own as soon as its inputs are known
 # (:func:`speculate_task`), its day loader waiting for each day's catalog to be stored by this
 # process (:func:`catalog_task`), while the worker's loop goes on writing the next catalogs.
 # The run writes nothing until the step that owns it collects it (:func:`collect_task`): if the
